@@ -1,0 +1,70 @@
+"""`python -m factory [key=value ...]`: compose conf/ with Hydra and run the factory."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("factory")
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    """Resolved plain containers: picklable to actors, free of ${hydra:...} interpolations."""
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg.pop("hydra", None)
+    return cfg
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of an error the user can fix, looking through Ray's wrappers."""
+    from factory.io.read import InputError
+    from factory.run import RunError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (InputError, RunError, ValueError)) and not type(exc).__module__.startswith("ray"):
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def summary_lines(m: dict) -> list[str]:
+    c, sel = m["counts"], m.get("selection", {})
+    lines = [
+        f"read {c['read']}  rejected {c['rejected']}  curated {c['curated']}  "
+        f"synthesized {c['synthesized']} (resumed {c['resumed']}, generated {c['generated']})  scored {c['scored']}  selected {c['selected']}",
+    ]
+    if c.get("rejected_by_reason"):
+        lines.append("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in c["rejected_by_reason"].items()))
+    if sel.get("k"):
+        lines.append(
+            f"selected mean clip_score {sel['mean_clip_score']:.4f}  ssim {sel['mean_ssim']:.4f}  score {sel['mean_score']:.4f}  threshold {sel['threshold']:.4f}"
+        )
+    lines.append("wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["wall_seconds"].items()))
+    lines.append(f"output: {m['config']['output']}")
+    return lines
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    from factory.run import run
+
+    try:
+        manifest = run(plain_config(cfg))
+    except Exception as exc:  # one clear line for what the user can fix; a traceback for the rest
+        msg = user_error(exc)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    for line in summary_lines(manifest):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Caption rows → sample rows (id, caption, sample, seed), skipping samples already on disk."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+from factory import schema as S
+from factory.seeds import sample_seed
+
+
+def sample_key(caption_id: str, sample: int) -> int:
+    """A 63-bit key of (id, sample), for the sorted array of samples already done."""
+    d = hashlib.blake2b(f"{caption_id}\x1f{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(d, "little") & ((1 << 63) - 1)
+
+
+def done_keys(table: pa.Table) -> np.ndarray:
+    """Sorted keys of the (id, sample) pairs in a candidates table."""
+    ids = table.column(S.ID).to_pylist()
+    samples = table.column(S.SAMPLE).to_pylist()
+    return np.unique(np.array([sample_key(i, s) for i, s in zip(ids, samples)], dtype=np.int64))
+
+
+class ExpandSamples:
+    """Stage: (id, caption) → `repeat` sample rows with their seeds, minus those already done."""
+
+    def __init__(self, repeat: int, seed: int, done: np.ndarray | None = None):
+        if repeat < 1:
+            raise ValueError(f"synth.repeat must be ≥ 1, got {repeat}")
+        self.repeat, self.seed = repeat, seed
+        self.done = done if done is not None else np.empty(0, np.int64)
+
+    def __call__(self, batch: pa.Table) -> dict:
+        ids, caps, samples, seeds = [], [], [], []
+        for cid, cap in zip(batch.column(S.ID).to_pylist(), batch.column(S.CAPTION).to_pylist()):
+            for s in range(self.repeat):
+                if len(self.done):
+                    k = sample_key(cid, s)
+                    j = np.searchsorted(self.done, k)
+                    if j < len(self.done) and self.done[j] == k:
+                        continue
+                ids.append(cid)
+                caps.append(cap)
+                samples.append(s)
+                seeds.append(sample_seed(self.seed, cid, s))
+        return {
+            S.ID: np.array(ids, dtype=object),
+            S.CAPTION: np.array(caps, dtype=object),
+            S.SAMPLE: np.array(samples, dtype=np.int32),
+            S.SEED: np.array(seeds, dtype=np.int64),
+        }

@@ -1,0 +1,234 @@
+"""A whole run: check the output folder, stream generation, select, write dataset/ and the manifest."""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from factory import schema as S
+from factory.curate.dedup import find_duplicates
+from factory.expand import done_keys
+from factory.io import files
+from factory.io.read import InputError, list_inputs
+
+log = logging.getLogger("factory")
+
+SAMPLE_INPUT = str(Path(__file__).parent / "data" / "sample_captions.jsonl")
+
+# Settings that change what a sample is: resuming across a change of these would mix runs.
+FINGERPRINT_KEYS = [("model",), ("scorer",), ("synth", "seed"), ("synth", "steps"), ("synth", "guidance"),
+                    ("synth", "negative_prompt"), ("score", "lam"), ("score", "prefix"), ("score", "ssim_size"),
+                    ("score", "ssim_low"), ("image", "format"), ("image", "quality")]
+# Settings that only say where and how fast: free to change between a run and its resume.
+NOT_FINGERPRINTED = {("model", "compile"), ("model", "channels_last"), ("model", "fuse_qkv"), ("model", "batch_size"), ("model", "device")}
+
+
+class RunError(Exception):
+    """A run that must not start (or go on): one line for the user."""
+
+
+def fingerprint(cfg: dict) -> dict:
+    out = {}
+    for key in FINGERPRINT_KEYS:
+        v = cfg
+        for k in key:
+            v = v.get(k) if isinstance(v, dict) else None
+        if isinstance(v, dict):
+            v = {k: x for k, x in v.items() if (key[0], k) not in NOT_FINGERPRINTED}
+        out[".".join(key)] = v
+    return out
+
+
+def run_dirs(output: str) -> dict:
+    return {name: files.join(output, name) for name in ("candidates", "dataset", "rejects", "report")} | {
+        "manifest": files.join(output, "manifest.json")
+    }
+
+
+def check_resume(cfg: dict, dirs: dict) -> dict | None:
+    """The previous manifest if this output holds a run of the same settings; refuse a different one."""
+    if not files.exists(dirs["manifest"]):
+        if files.list_files(dirs["candidates"], ".parquet"):
+            raise RunError(f"{dirs['candidates']} holds candidates but no manifest.json: not a run of this factory; use a new output=")
+        return None
+    import json
+
+    old = json.loads(files.read_bytes(dirs["manifest"]))
+    mine, theirs = fingerprint(cfg), old.get("fingerprint", {})
+    changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if changed and not cfg["resume"].get("allow_config_change", False):
+        raise RunError(
+            f"{cfg['output']} was made with other settings ({', '.join(changed)}); resuming would mix two runs. "
+            "Use a new output=, or resume.allow_config_change=true to go on anyway"
+        )
+    return old
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in ("synth-factory", "ray", "torch", "diffusers", "transformers", "open_clip_torch", "kornia", "pyarrow", "hydra-core"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def count_rejects(rejects_dir: str) -> tuple[int, dict]:
+    paths = files.list_files(rejects_dir, ".parquet")
+    if not paths:
+        return 0, {}
+    fs, _ = files.resolve(rejects_dir)
+    t = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=[S.REASON])
+    counts = t.group_by(S.REASON).aggregate([(S.REASON, "count")]).to_pylist()
+    by_reason = {r[S.REASON]: r[f"{S.REASON}_count"] for r in counts}
+    return t.num_rows, dict(sorted(by_reason.items(), key=lambda kv: -kv[1]))
+
+
+def count_candidates(candidates_dir: str) -> dict:
+    paths = files.list_files(candidates_dir, ".parquet")
+    if not paths:
+        return {"rows": 0, "usable": 0, "unusable": {}}
+    fs, _ = files.resolve(candidates_dir)
+    t = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=[S.REASON])
+    bad = t.filter(pc.is_valid(t.column(S.REASON)))
+    reasons = collections.Counter(bad.column(S.REASON).to_pylist())
+    return {"rows": t.num_rows, "usable": t.num_rows - bad.num_rows, "unusable": dict(reasons)}
+
+
+def candidate_keys(candidates_dir: str) -> pa.Table:
+    paths = files.list_files(candidates_dir, ".parquet")
+    if not paths:
+        return pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32())})
+    fs, _ = files.resolve(candidates_dir)
+    return pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=[S.ID, S.SAMPLE])
+
+
+class Manifest:
+    """manifest.json, rewritten atomically whenever it changes."""
+
+    def __init__(self, path: str, cfg: dict, previous: dict | None):
+        self.path = path
+        self.data = {
+            "status": "running",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": cfg,
+            "fingerprint": fingerprint(cfg),
+            "versions": package_versions(),
+            "runs": (previous or {}).get("runs", 0) + 1,
+            "counts": {},
+            "wall_seconds": {},
+        }
+
+    def save(self) -> None:
+        files.write_json_atomic(self.path, self.data)
+
+
+def run(cfg: dict) -> dict:
+    """Run the factory on a resolved plain config; returns the manifest."""
+    from factory import pipeline
+
+    t_start = time.perf_counter()
+    output = cfg["output"]
+    if not output:
+        raise RunError("no output given: pass output=PATH (a folder, local or a URI)")
+    cfg["input"] = cfg.get("input") or SAMPLE_INPUT
+    paths = list_inputs(cfg["input"])
+    dirs = run_dirs(output)
+    previous = check_resume(cfg, dirs)
+    files.makedirs(output)
+    for d in ("candidates", "rejects"):
+        files.remove_stale_temp(dirs[d])
+    # Rejects are re-derived from the whole input on every run, so the old ones go first.
+    files.delete_dir(dirs["rejects"])
+    manifest = Manifest(dirs["manifest"], cfg, previous)
+    manifest.save()
+    wall = manifest.data["wall_seconds"]
+    counts = manifest.data["counts"]
+
+    pipeline.init_ray(cfg["ray"])
+    pipeline.configure_data_context(cfg["ray"])
+    cpu = cfg["resources"]["cpu_task_cpus"]
+
+    t = time.perf_counter()
+    keys, n_read = pipeline.scan_keys(paths, cpu)
+    if n_read == 0:
+        raise InputError(f"input is empty: no caption rows in {cfg['input']}")
+    dedup = cfg["curate"]["dedup"]
+    rejected = find_duplicates(keys, ids=dedup.get("ids", True), captions=dedup.get("captions", True))
+    wall["scan"] = round(time.perf_counter() - t, 3)
+    counts["read"] = n_read
+    log.info("read %d caption rows from %d file(s); %d exact duplicates", n_read, len(paths), rejected.num_rows)
+
+    done_table = candidate_keys(dirs["candidates"])
+    done = done_keys(done_table)
+    counts["resumed"] = int(len(done))
+    if len(done):
+        log.info("resuming: %d samples already in %s", len(done), dirs["candidates"])
+
+    t = time.perf_counter()
+    generated = unusable = 0
+    busy = {"synthesize": 0.0, "score": 0.0}
+    last_save = time.perf_counter()
+    for summary in pipeline.generation_stream(paths, rejected, done, dirs, cfg):
+        generated += int(summary["rows"].sum())
+        unusable += int(summary["unusable"].sum())
+        busy["synthesize"] += float(summary["synth_s"].sum())
+        busy["score"] += float(summary["score_s"].sum())
+        if time.perf_counter() - last_save > 30:
+            counts["generated"] = generated
+            manifest.save()
+            last_save = time.perf_counter()
+    wall["generate"] = round(time.perf_counter() - t, 3)
+    counts["generated"] = generated
+
+    n_rejected, by_reason = count_rejects(dirs["rejects"])
+    cands = count_candidates(dirs["candidates"])
+    counts.update(
+        rejected=n_rejected,
+        rejected_by_reason=by_reason,
+        curated=n_read - n_rejected,
+        synthesized=cands["rows"],
+        scored=cands["usable"],
+        unusable=cands["unusable"],
+    )
+
+    t = time.perf_counter()
+    from factory.select import read_scores, select_top_k
+
+    chosen, threshold, competing = select_top_k(read_scores(dirs["candidates"]), cfg["select"].get("k"), cfg["select"].get("fraction"))
+    staging = files.join(output, f".dataset-staging-{os.getpid()}")
+    files.delete_dir(staging)
+    n_selected = pipeline.write_selected(files.list_files(dirs["candidates"], ".parquet"), chosen, staging, cpu) if chosen.num_rows else 0
+    if n_selected != chosen.num_rows:
+        raise RunError(f"selection chose {chosen.num_rows} pairs but {n_selected} were written; candidates/ may hold duplicates")
+    files.delete_dir(dirs["dataset"])
+    if chosen.num_rows:
+        files.move(staging, dirs["dataset"])
+    else:
+        files.makedirs(dirs["dataset"])
+    wall["select"] = round(time.perf_counter() - t, 3)
+    counts["selected"] = n_selected
+    mean = lambda col: round(pc.mean(chosen.column(col)).as_py(), 6) if chosen.num_rows else None  # noqa: E731
+    manifest.data["selection"] = {
+        "k": chosen.num_rows,
+        "competing_captions": competing,
+        "threshold": threshold,
+        "mean_clip_score": mean(S.CLIP_SCORE),
+        "mean_ssim": mean(S.SSIM),
+        "mean_score": mean(S.SCORE),
+    }
+    wall["total"] = round(time.perf_counter() - t_start, 3)
+    manifest.data["busy_seconds"] = {k: round(v, 3) for k, v in busy.items()}
+    manifest.data["status"] = "complete"
+    manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    manifest.save()
+    return manifest.data

@@ -1,0 +1,78 @@
+"""Column names and Arrow schemas: the one place the data's shape is written down."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Caption rows, as the reader emits them and curation passes them on.
+ID = "id"  # string: the user's id, or a hash of the caption when none was given
+CAPTION = "caption"  # string: kept whole, even where encoders truncate it
+SOURCE = "source"  # string: "file:line" (or "file:row"), for error messages and rejects
+POS = "pos"  # int64: (file index << 32) | row: the input order, which breaks dedup ties
+RAW = "raw"  # string: the raw input row as text, kept for rejects
+REASON = "reason"  # string or null: why a row was rejected; null = kept
+DETAIL = "detail"  # string or null: the measured value behind a reason, or the id duplicated
+
+# Candidates: one row per generated sample.
+SAMPLE = "sample"  # int32: 0..repeat-1
+SEED = "seed"  # int64: the generator seed of this (id, sample)
+IMAGE = "image"  # binary: encoded image bytes (PNG by default)
+WIDTH = "width"
+HEIGHT = "height"
+CLIP_SCORE = "clip_score"  # float64: max(cos(image, "A photo depicts " + caption), 0)
+SSIM = "ssim"  # float64: image vs its 768->336->768 round trip, grayscale
+SCORE = "score"  # float64: clip_score + lam * ssim
+RANK = "rank"  # int64: 1 = best, in dataset/ only
+
+CAPTION_ROW = pa.schema(
+    [
+        pa.field(ID, pa.string()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(SOURCE, pa.string()),
+        pa.field(POS, pa.int64()),
+        pa.field(RAW, pa.string()),
+        pa.field(REASON, pa.string()),
+        pa.field(DETAIL, pa.string()),
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        pa.field(ID, pa.string()),
+        pa.field(RAW, pa.string()),
+        pa.field(REASON, pa.string()),
+        pa.field(DETAIL, pa.string()),
+        pa.field(SOURCE, pa.string()),
+    ]
+)
+
+CANDIDATES = pa.schema(
+    [
+        pa.field(ID, pa.string()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(SAMPLE, pa.int32()),
+        pa.field(SEED, pa.int64()),
+        pa.field(IMAGE, pa.binary()),
+        pa.field(WIDTH, pa.int32()),
+        pa.field(HEIGHT, pa.int32()),
+        pa.field(CLIP_SCORE, pa.float64()),
+        pa.field(SSIM, pa.float64()),
+        pa.field(SCORE, pa.float64()),
+        pa.field(REASON, pa.string()),  # null for a usable sample; else never selected
+    ]
+)
+
+DATASET = pa.schema(list(CANDIDATES) + [pa.field(RANK, pa.int64())])
+
+# The columns selection reads: never the image bytes.
+SELECT_COLUMNS = [ID, SAMPLE, SCORE, CLIP_SCORE, SSIM, REASON]
+
+# Reasons a row can be rejected or a sample marked unusable.
+R_MALFORMED = "malformed_row"
+R_NO_CAPTION = "missing_caption"
+R_NOT_STRING = "caption_not_string"
+R_BLANK = "blank_caption"
+R_DUP_ID = "duplicate_id"
+R_DUP_CAPTION = "duplicate_caption"
+R_BAD_IMAGE = "bad_image"  # NaN/Inf or a single colour
+R_OOM = "out_of_memory"
+R_SYNTH_ERROR = "synthesis_error"

@@ -1,0 +1,52 @@
+"""CLIPScore with open_clip: max(cos(image, prefix + caption), 0), the raw cosine."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from factory.synth.diffusion import torch_dtype
+
+
+def load_open_clip(arch: str, pretrained: str | None, device: str, dtype: str = "float32"):
+    """An open_clip model and tokenizer. `pretrained`: a tag ('openai'), a hub id or a local file."""
+    import open_clip
+
+    if arch == "tiny":
+        from factory.synth.tiny import ensure_tiny_clip, register_tiny_clip
+
+        arch = register_tiny_clip()
+        pretrained = pretrained or str(ensure_tiny_clip())
+    model = open_clip.create_model(arch, pretrained=pretrained, device=device, require_pretrained=bool(pretrained))
+    model = model.to(device=device, dtype=torch_dtype(dtype)).eval()
+    return model, open_clip.get_tokenizer(arch)
+
+
+class ClipScore:
+    """Image and text towers of one open_clip model; images come in as uint8 on the device."""
+
+    def __init__(self, arch: str, pretrained: str | None, device: str, dtype: str = "float32", prefix: str = "A photo depicts "):
+        self.model, self.tokenizer = load_open_clip(arch, pretrained, device, dtype)
+        self.device, self.dtype, self.prefix = device, torch_dtype(dtype), prefix
+        cfg = self.model.visual.preprocess_cfg
+        self.size = cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
+        self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """open_clip's eval transform in torch: bicubic resize of the short side, centre crop, normalize."""
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        h, w = x.shape[-2:]
+        scale = self.size / min(h, w)
+        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        x = x[..., top : top + self.size, left : left + self.size]
+        return ((x - self.mean) / self.std).to(self.dtype)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer([self.prefix + c for c in captions]).to(self.device)  # truncated to 77 tokens
+        img = F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)
+        txt = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return (img * txt).sum(dim=-1).clamp_min(0.0)

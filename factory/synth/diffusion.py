@@ -1,0 +1,191 @@
+"""The synthesis stage: a diffusers text-to-image pipeline turning captions into uint8 images."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from factory import schema as S
+from factory.retry import run_in_halves
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}: expected one of {sorted(DTYPES)}") from None
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"model.device={device} but this worker sees no CUDA device")
+    return device
+
+
+def load_text_to_image(path: str, dtype: str = "float32", device: str = "cpu", variant: str | None = None):
+    """Any diffusers text-to-image pipeline, from a hub id or a local folder ('tiny': the built-in one)."""
+    from diffusers import DiffusionPipeline
+
+    if path == "tiny":
+        from factory.synth.tiny import ensure_tiny_sdxl
+
+        path = str(ensure_tiny_sdxl())
+    kwargs = {"torch_dtype": torch_dtype(dtype)}
+    if variant:
+        kwargs["variant"] = variant
+    pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_refiner(path: str, base, dtype: str, device: str, variant: str | None = None):
+    """SDXL's refiner, sharing the base's second text encoder and VAE as the reference recipe does."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    kwargs = {"torch_dtype": torch_dtype(dtype), "text_encoder_2": base.text_encoder_2, "vae": base.vae}
+    if variant:
+        kwargs["variant"] = variant
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(path, **kwargs)
+    refiner.set_progress_bar_config(disable=True)
+    return refiner.to(device)
+
+
+def to_uint8(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(N,3,H,W) floats in [0,1] → (N,H,W,3) uint8 on the host, and a per-image 'finite' mask."""
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    images = torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+    out = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return out.cpu().numpy(), finite.cpu().numpy()
+
+
+def image_problem(image: np.ndarray, finite: bool) -> str | None:
+    if not finite:
+        return "NaN or Inf in the decoded image"
+    if image.max() == image.min():
+        return f"a single colour ({int(image.flat[0])})"
+    return None
+
+
+class DiffusionSynth:
+    """Stage: batch with id, caption, sample, seed → + image (uint8 N×H×W×3), width, height, reason ("" = ok).
+
+    One torch.Generator per sample, seeded from its (seed, id, sample), so how rows are batched
+    never changes an image. A batch that runs out of device memory is retried in halves.
+    """
+
+    def __init__(
+        self,
+        path: str = "tiny",
+        refiner_path: str | None = None,
+        high_noise_frac: float = 0.8,
+        device: str = "auto",
+        dtype: str = "float32",
+        variant: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int = 4,
+        guidance: float = 5.0,
+        negative_prompt: str = "",
+        channels_last: bool = False,
+        fuse_qkv: bool = False,
+        compile: bool = False,
+        torch_threads: int | None = None,
+    ):
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = resolve_device(device)
+        self.pipe = load_text_to_image(path, dtype, self.device, variant)
+        self.refiner = load_refiner(refiner_path, self.pipe, dtype, self.device, variant) if refiner_path else None
+        self.high_noise_frac = high_noise_frac
+        self.height, self.width = height, width
+        self.steps, self.guidance, self.negative_prompt = steps, guidance, negative_prompt
+        self.oom_retries = 0
+        self._speedups(channels_last, fuse_qkv, compile)
+
+    def _speedups(self, channels_last: bool, fuse_qkv: bool, compile: bool) -> None:
+        pipe = self.pipe
+        if fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
+            pipe.fuse_qkv_projections()
+        if channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if compile:
+            pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
+            pipe.vae.decode = torch.compile(pipe.vae.decode, mode="max-autotune-no-cudagraphs", fullgraph=True)
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """(N,3,H,W) float images in [0,1], on the device."""
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        kwargs = dict(
+            prompt=prompts,
+            negative_prompt=[self.negative_prompt] * len(prompts) if self.guidance > 1 else None,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            generator=generators,
+            height=self.height,
+            width=self.width,
+        )
+        with torch.inference_mode():
+            if self.refiner is None:
+                return self.pipe(output_type="pt", **kwargs).images
+            latents = self.pipe(output_type="latent", denoising_end=self.high_noise_frac, **kwargs).images
+            return self.refiner(
+                prompt=prompts,
+                negative_prompt=kwargs["negative_prompt"],
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                generator=generators,
+                denoising_start=self.high_noise_frac,
+                image=latents,
+                output_type="pt",
+            ).images
+
+    def __call__(self, batch: dict) -> dict:
+        t0 = time.perf_counter()
+        prompts = [str(c) for c in batch[S.CAPTION]]
+        seeds = [int(s) for s in batch[S.SEED]]
+        n = len(prompts)
+        images: list[np.ndarray | None] = [None] * n
+        # In flight, "" means "no problem": Ray may turn None in object columns into NaN.
+        reasons: list[str] = [""] * n
+        details: list[str] = [""] * n
+
+        def run(idx):
+            out = self.generate([prompts[i] for i in idx], [seeds[i] for i in idx])
+            imgs, finite = to_uint8(out)
+            return list(zip(imgs, finite))
+
+        def count_oom():
+            self.oom_retries += 1
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+
+        results, failed = run_in_halves(run, range(n), on_oom=count_oom)
+        shape = next((r[0].shape for r in results if r is not None), None)
+        for i, r in enumerate(results):
+            if r is None:
+                reasons[i], details[i] = S.R_OOM, "out of device memory even alone"
+                continue
+            images[i] = r[0]
+            if (problem := image_problem(*r)) is not None:
+                reasons[i], details[i] = S.R_BAD_IMAGE, problem
+        if shape is None:  # every sample failed: emit 1×1 black placeholders, marked unusable
+            shape = (1, 1, 3)
+        images = [im if im is not None else np.zeros(shape, np.uint8) for im in images]
+        out = dict(batch)
+        out[S.IMAGE] = np.stack(images)
+        out[S.HEIGHT] = np.full(n, shape[0], np.int32)
+        out[S.WIDTH] = np.full(n, shape[1], np.int32)
+        out[S.REASON] = np.array(reasons, dtype=object)
+        out[S.DETAIL] = np.array(details, dtype=object)
+        out["_synth_s"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
+        return out
