@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from factory.config import CONF_DIR
+
 log = logging.getLogger("factory")
 
 

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny models built once per session, a local Ray, configs from conf/."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Tiny models go to a fresh cache for the session (never the user's ~/.cache)."""
+    path = tmp_path_factory.mktemp("factory-cache")
+    os.environ["FACTORY_CACHE"] = str(path)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": {"FACTORY_CACHE": os.environ["FACTORY_CACHE"], "PYTHONPATH": str(ROOT)}})
+    yield ray
+    ray.shutdown()
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+CAPTIONS = [
+    "A golden retriever resting on a rainy street in Tokyo, with soft morning light.",
+    "An old fisherman standing beside a calm lake at dawn, with warm golden tones.",
+    "A red vintage car parked in an autumn forest, with vivid saturated colors.",
+    "A bowl of ramen glowing in a sunlit kitchen, with a shallow depth of field.",
+    "A snowy mountain cabin under a starry sky, with crisp winter air around it.",
+    "Two children waiting on a crowded beach, with dramatic sunset colors.",
+    "A tabby cat framed in a quiet library window, with high contrast shadows.",
+    "A lighthouse surrounded by fog near a busy harbor, with a misty atmosphere.",
+    "A street musician lit by candles on a cobblestone square, with warm tones.",
+    "A hot air balloon drifting over a field of sunflowers, with soft light.",
+    "A wooden sailboat reflected in a calm harbor at dusk, with pastel colors.",
+    "A glass teapot on a wooden table in a greenhouse, with morning sunlight.",
+]
+
+
+@pytest.fixture
+def captions_file(tmp_path):
+    return write_jsonl(tmp_path / "captions.jsonl", [{"id": i + 1, "caption": c} for i, c in enumerate(CAPTIONS)])
+
+
+def tiny_overrides(output: Path, input_path: Path, *extra: str) -> list[str]:
+    return [f"output={output}", f"input={input_path}", "ray.progress_bars=false", "synth.steps=2", "select.k=5", *extra]
