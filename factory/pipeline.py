@@ -15,7 +15,7 @@ from factory import schema as S
 from factory.curate.dedup import MarkRejected, dedup_keys
 from factory.curate.rules import CaptionRules
 from factory.expand import ExpandSamples
-from factory.io.read import read_caption_file
+from factory.io.read import InputError, read_caption_file
 from factory.io.write import CandidateWriter, RejectsSplit
 from factory.score.scorer import ClipSsimScorer
 from factory.select import AttachRank
@@ -59,7 +59,12 @@ def configure_data_context(ray_cfg: dict) -> None:
 
 def _read_files(batch: pa.Table) -> Iterator[pa.Table]:
     for path, index in zip(batch.column("path").to_pylist(), batch.column("file_index").to_pylist()):
-        yield read_caption_file(path, index)
+        try:
+            yield read_caption_file(path, index)
+        except InputError as e:  # a row, not a task failure: the driver reports it in one line
+            yield pa.Table.from_pylist(
+                [{S.SOURCE: path, S.POS: index << 32, S.RAW: "", S.REASON: S.R_UNREADABLE, S.DETAIL: str(e)}], schema=S.CAPTION_ROW
+            )
 
 
 def caption_rows(paths: list[str], cpu_per_task: float):
@@ -70,22 +75,36 @@ def caption_rows(paths: list[str], cpu_per_task: float):
     return files_ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
 
 
+def _scan_batch(batch: pa.Table) -> pa.Table:
+    """Per block: dedup keys of the valid rows, the row count, and any unreadable-file message."""
+    keys = dedup_keys(batch)
+    unreadable = batch.filter(pc.equal(batch.column(S.REASON), S.R_UNREADABLE)).column(S.DETAIL).to_pylist()
+    # One row per block, the keys packed as Arrow IPC: blocks of any size travel as one value.
+    return pa.table({"ipc": [_to_ipc(keys)], "rows": [batch.num_rows - len(unreadable)], "error": [unreadable[0] if unreadable else None]})
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
 def scan_keys(paths: list[str], cpu_per_task: float) -> tuple[pa.Table, int]:
-    """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read."""
-    import ray
+    """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read.
 
-    def keys(batch: pa.Table) -> pa.Table:
-        k = dedup_keys(batch)
-        return k.append_column("rows", pa.array([batch.num_rows] + [0] * (k.num_rows - 1), pa.int64())) if k.num_rows else pa.table(
-            {S.ID: pa.array([None], pa.string()), S.POS: pa.array([-1], pa.int64()), "norm_hash": pa.array([0], pa.int64()), "rows": pa.array([batch.num_rows], pa.int64())}
-        )
-
-    refs = caption_rows(paths, cpu_per_task).map_batches(keys, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task).to_arrow_refs()
-    tables = [t for t in ray.get(refs) if t.num_rows]
-    table = pa.concat_tables(tables) if tables else pa.table({S.ID: pa.array([], pa.string()), S.POS: pa.array([], pa.int64()), "norm_hash": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())})
-    n_read = int(pc.sum(table.column("rows")).as_py() or 0)
-    table = table.filter(pc.greater_equal(table.column(S.POS), 0)).drop_columns(["rows"])
-    return table, n_read
+    Raises InputError for the first unreadable file, before anything is generated.
+    """
+    ds = caption_rows(paths, cpu_per_task).map_batches(_scan_batch, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task)
+    parts, n_read = [], 0
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for ipc, rows, error in zip(*(block.column(c).to_pylist() for c in ("ipc", "rows", "error"))):
+            if error:
+                raise InputError(error)
+            n_read += rows
+            parts.append(pa.ipc.open_stream(ipc).read_all())
+    parts = [p for p in parts if p.num_rows]
+    return (pa.concat_tables(parts) if parts else dedup_keys(pa.Table.from_pylist([], schema=S.CAPTION_ROW))), n_read
 
 
 def _actor_pool(res: dict):

@@ -67,6 +67,7 @@ DATASET = pa.schema(list(CANDIDATES) + [pa.field(RANK, pa.int64())])
 SELECT_COLUMNS = [ID, SAMPLE, SCORE, CLIP_SCORE, SSIM, REASON]
 
 # Reasons a row can be rejected or a sample marked unusable.
+R_UNREADABLE = "unreadable_file"  # a whole file; the scan stops the run on it before anything is generated
 R_MALFORMED = "malformed_row"
 R_NO_CAPTION = "missing_caption"
 R_NOT_STRING = "caption_not_string"

@@ -39,7 +39,7 @@ def load_text_to_image(path: str, dtype: str = "float32", device: str = "cpu", v
         from factory.synth.tiny import ensure_tiny_sdxl
 
         path = str(ensure_tiny_sdxl())
-    kwargs = {"torch_dtype": torch_dtype(dtype)}
+    kwargs = {"dtype": torch_dtype(dtype)}
     if variant:
         kwargs["variant"] = variant
     pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
@@ -51,7 +51,7 @@ def load_refiner(path: str, base, dtype: str, device: str, variant: str | None =
     """SDXL's refiner, sharing the base's second text encoder and VAE as the reference recipe does."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    kwargs = {"torch_dtype": torch_dtype(dtype), "text_encoder_2": base.text_encoder_2, "vae": base.vae}
+    kwargs = {"dtype": torch_dtype(dtype), "text_encoder_2": base.text_encoder_2, "vae": base.vae}
     if variant:
         kwargs["variant"] = variant
     refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(path, **kwargs)

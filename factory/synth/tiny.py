@@ -36,17 +36,23 @@ def build_clip_tokenizer_files(folder: str | Path) -> Path:
     return folder
 
 
-def clip_tokenizer(folder: str | Path):
+def clip_tokenizer(folder: str | Path | None = None):
+    """CLIP's tokenizer as transformers loads it; converted from the BPE files once, then cached."""
     from transformers import CLIPTokenizer
 
-    folder = build_clip_tokenizer_files(folder)
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, pad_token="<|endoftext|>")
+    folder = Path(folder) if folder else tiny_cache_dir() / "clip-tokenizer"
+
+    def save(tmp: Path) -> None:
+        build_clip_tokenizer_files(tmp / "bpe")
+        tok = CLIPTokenizer.from_pretrained(str(tmp / "bpe"), model_max_length=77, pad_token="<|endoftext|>")
+        tok.save_pretrained(str(tmp))
+
+    _save_once(folder, save)
+    return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def build_tiny_sdxl(seed: int = TINY_SEED, sample_size: int = 32):
     """A StableDiffusionXLPipeline with SDXL's structure at toy width (images of 2*sample_size px)."""
-    import tempfile
-
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -108,9 +114,8 @@ def build_tiny_sdxl(seed: int = TINY_SEED, sample_size: int = 32):
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     torch.manual_seed(seed + 1)
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg))
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = clip_tokenizer(tmp)
-        tokenizer_2 = clip_tokenizer(tmp)
+    tokenizer = clip_tokenizer()
+    tokenizer_2 = clip_tokenizer()
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,

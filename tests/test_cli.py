@@ -1,0 +1,128 @@
+"""`python -m factory` end to end on a local Ray, and its one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from factory import schema as S
+from tests.conftest import CAPTIONS, ROOT, tiny_overrides, write_jsonl
+
+
+def run_cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
+    env.pop("RAY_ADDRESS")
+    return subprocess.run([sys.executable, "-m", "factory", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    rows = [{"id": i + 1, "caption": c} for i, c in enumerate(CAPTIONS)]
+    rows += [
+        "{broken json",
+        {"id": 100},
+        {"id": 101, "caption": "   "},
+        {"id": 1, "caption": "A different caption that reuses the id of the first row."},
+        {"id": 102, "caption": CAPTIONS[0].upper()},
+        {"id": 103, "caption": " ".join(CAPTIONS[:9])},  # ~680 chars: far past CLIP's 77 tokens
+    ]
+    inp = write_jsonl(tmp / "captions.jsonl", rows)
+    out = tmp / "run"
+    proc = run_cli(*tiny_overrides(out, inp, "synth.repeat=2", "curate.rules.max_chars=2000"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_outputs_and_manifest(finished_run):
+    out, proc = finished_run
+    m = json.loads((out / "manifest.json").read_text())
+    c = m["counts"]
+    assert m["status"] == "complete"
+    assert c["read"] == len(CAPTIONS) + 6
+    assert c["rejected_by_reason"] == {S.R_MALFORMED: 1, S.R_NO_CAPTION: 1, S.R_BLANK: 1, S.R_DUP_ID: 1, S.R_DUP_CAPTION: 1}
+    assert c["curated"] == len(CAPTIONS) + 1
+    assert c["synthesized"] == 2 * c["curated"] == c["generated"] and c["resumed"] == 0
+    assert c["selected"] == 5
+    assert m["config"]["synth"]["repeat"] == 2
+    assert {"ray", "torch", "diffusers", "open_clip_torch"} <= set(m["versions"])
+    assert set(m["wall_seconds"]) >= {"scan", "generate", "select", "total"}
+    assert "selected 5" in proc.stdout
+
+
+def test_candidates_and_dataset_read_back(finished_run):
+    out, _ = finished_run
+    cands = pads.dataset(out / "candidates").to_table()
+    assert cands.schema.names == S.CANDIDATES.names
+    keys = list(zip(cands.column(S.ID).to_pylist(), cands.column(S.SAMPLE).to_pylist()))
+    assert len(keys) == len(set(keys))
+    data = pads.dataset(out / "dataset").to_table().sort_by(S.RANK)
+    assert data.schema.names == S.DATASET.names
+    assert data.column(S.RANK).to_pylist() == [1, 2, 3, 4, 5]
+    # the selected pairs are the top 5 of the best-of-2 per caption, by a plain sort here
+    usable = cands.filter(pads.field(S.REASON).is_null()).sort_by([(S.SCORE, "descending"), (S.SAMPLE, "ascending")]).to_pylist()
+    best = {}
+    for r in usable:
+        best.setdefault(r[S.ID], r)
+    top = sorted(best.values(), key=lambda r: (-r[S.SCORE], r[S.ID]))[:5]
+    assert [(r[S.ID], r[S.SAMPLE]) for r in top] == list(zip(data.column(S.ID).to_pylist(), data.column(S.SAMPLE).to_pylist()))
+    # long captions are kept whole
+    assert any(len(c) > 600 for c in cands.column(S.CAPTION).to_pylist())
+    # images decode as the size recorded
+    from factory.io.write import decode_image
+
+    img = decode_image(data.column(S.IMAGE)[0].as_py())
+    assert img.shape == (data.column(S.HEIGHT)[0].as_py(), data.column(S.WIDTH)[0].as_py(), 3)
+
+
+def test_rejects_keep_raw_rows_and_reasons(finished_run):
+    out, _ = finished_run
+    rej = pads.dataset(out / "rejects").to_table().to_pylist()
+    by_reason = {r[S.REASON]: r for r in rej}
+    assert by_reason[S.R_MALFORMED][S.RAW] == "{broken json"
+    assert by_reason[S.R_DUP_ID][S.ID] == "1" and "duplicate of id 1" == by_reason[S.R_DUP_ID][S.DETAIL]
+    assert by_reason[S.R_DUP_CAPTION][S.ID] == "102"
+
+
+def test_huggingface_datasets_reads_both_folders(finished_run):
+    import datasets
+
+    out, _ = finished_run
+    for name, n in (("candidates", None), ("dataset", 5)):
+        ds = datasets.load_dataset("parquet", data_dir=str(out / name), split="train")
+        assert S.IMAGE in ds.column_names
+        if n:
+            assert len(ds) == n
+
+
+def test_every_parquet_file_opens(finished_run):
+    out, _ = finished_run
+    for path in out.rglob("*.parquet"):
+        assert pq.ParquetFile(path).metadata.num_rows >= 0
+    assert not [p for p in out.rglob(".*.tmp")]
+
+
+def error_lines(proc):
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_missing_input_is_one_line(tmp_path):
+    proc = run_cli(f"input={tmp_path}/nope*.jsonl", f"output={tmp_path}/o")
+    assert proc.returncode == 2
+    assert error_lines(proc) == [f"error: input not found: no file matches '{tmp_path}/nope*.jsonl'"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_format_and_broken_file(tmp_path):
+    (tmp_path / "c.xml").write_text("<x/>")
+    proc = run_cli(f"input={tmp_path}/c.xml", f"output={tmp_path}/o")
+    assert proc.returncode == 2 and len(error_lines(proc)) == 1 and "unknown input format" in error_lines(proc)[0]
+    (tmp_path / "c.json").write_text("[{broken")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    proc = run_cli(f"input={tmp_path}/c.json", f"output={tmp_path}/o2", "ray.progress_bars=false")
+    assert proc.returncode == 2 and error_lines(proc) == [f"error: {tmp_path}/c.json:1: not valid JSON (Expecting property name enclosed in double quotes); use .jsonl for one object a line"]
+    proc = run_cli(f"input={tmp_path}/empty.jsonl", f"output={tmp_path}/o3", "ray.progress_bars=false")
+    assert proc.returncode == 2 and "input is empty" in error_lines(proc)[0]

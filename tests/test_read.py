@@ -1,0 +1,82 @@
+"""Readers: every format, ids as strings, and every kind of bad row kept with a reason."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from factory import schema as S
+from factory.io.read import InputError, caption_id, list_inputs, read_caption_file
+
+
+def rows(table):
+    return table.to_pylist()
+
+
+def test_synthvlm_json_array(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps([{"id": 1, "caption": "A red car on a quiet street."}, {"id": "x7", "caption": "A cat on a mat."}]))
+    out = rows(read_caption_file(str(p), 0))
+    assert [r[S.ID] for r in out] == ["1", "x7"]
+    assert all(r[S.REASON] is None for r in out)
+    assert out[0][S.SOURCE].endswith("c.json:1")
+
+
+def test_jsonl_malformed_and_invalid_rows_are_kept_with_reasons(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text(
+        '{"id": 1, "caption": "good one here"}\n'
+        "{not json\n"
+        '{"id": 2}\n'
+        '{"id": 3, "caption": 42}\n'
+        '{"id": 4, "caption": "   "}\n'
+        '["a", "list"]\n'
+        "\n"
+        '{"caption": "no id given"}\n'
+    )
+    out = rows(read_caption_file(str(p), 3))
+    reasons = [r[S.REASON] for r in out]
+    assert reasons == [None, S.R_MALFORMED, S.R_NO_CAPTION, S.R_NOT_STRING, S.R_BLANK, S.R_MALFORMED, None]
+    assert out[1][S.RAW] == "{not json"
+    assert out[-1][S.ID] == caption_id("no id given")
+    assert out[1][S.SOURCE].endswith("c.jsonl:2")
+    # pos keeps the input order, file index in the high bits
+    assert [r[S.POS] >> 32 for r in out] == [3] * 7
+    assert [r[S.POS] & 0xFFFFFFFF for r in out] == sorted(r[S.POS] & 0xFFFFFFFF for r in out)
+
+
+def test_parquet_csv_txt(tmp_path):
+    pq.write_table(pa.table({"id": [10, 11], "caption": ["a dog in the park", None]}), tmp_path / "c.parquet")
+    (tmp_path / "c.csv").write_text('id,caption\n5,"a boat, at sea"\n6,\n')
+    (tmp_path / "c.txt").write_text("first caption line\n\nsecond caption line\n")
+    pqr = rows(read_caption_file(str(tmp_path / "c.parquet"), 0))
+    assert [(r[S.ID], r[S.REASON]) for r in pqr] == [("10", None), ("11", S.R_NO_CAPTION)]
+    csvr = rows(read_caption_file(str(tmp_path / "c.csv"), 1))
+    assert csvr[0][S.CAPTION] == "a boat, at sea" and csvr[0][S.ID] == "5"
+    assert csvr[1][S.REASON] == S.R_BLANK
+    txt = rows(read_caption_file(str(tmp_path / "c.txt"), 2))
+    assert [r[S.CAPTION] for r in txt] == ["first caption line", "second caption line"]
+    assert txt[0][S.ID] == caption_id("first caption line")
+
+
+def test_whole_input_errors_are_one_line(tmp_path):
+    with pytest.raises(InputError, match="no file matches"):
+        list_inputs(str(tmp_path / "missing*.jsonl"))
+    (tmp_path / "c.xml").write_text("<a/>")
+    with pytest.raises(InputError, match="unknown input format"):
+        list_inputs(str(tmp_path / "c.xml"))
+    bad = tmp_path / "c.json"
+    bad.write_text("[{broken")
+    with pytest.raises(InputError, match=r"c\.json:1: not valid JSON"):
+        read_caption_file(str(bad), 0)
+    pq_bad = tmp_path / "c.parquet"
+    pq_bad.write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="cannot read .* as Parquet"):
+        read_caption_file(str(pq_bad), 0)
+
+
+def test_glob_and_folder_inputs(tmp_path):
+    for i in range(3):
+        (tmp_path / f"part{i}.txt").write_text(f"caption number {i}\n")
+    assert len(list_inputs(str(tmp_path / "part*.txt"))) == 3
+    assert len(list_inputs(str(tmp_path))) == 3

@@ -1,0 +1,55 @@
+"""Selection against a plain pyarrow sort of the whole candidates table."""
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from factory import schema as S
+from factory.select import best_of_n, resolve_k, select_top_k
+
+
+def candidates(n_ids=300, repeat=3, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [f"id{rng.integers(0, 10**6)}" for _ in range(n_ids)]
+    ids = list(dict.fromkeys(ids))
+    rows = [(i, s, float(rng.integers(0, 40)) / 40) for i in ids for s in range(repeat)]  # coarse scores: many ties
+    order = rng.permutation(len(rows))
+    rows = [rows[j] for j in order]
+    return pa.table({S.ID: [r[0] for r in rows], S.SAMPLE: pa.array([r[1] for r in rows], pa.int32()), S.SCORE: [r[2] for r in rows]})
+
+
+def reference(t, k):
+    by_id = t.sort_by([(S.ID, "ascending"), (S.SCORE, "descending"), (S.SAMPLE, "ascending")]).to_pylist()
+    best, seen = [], set()
+    for r in by_id:
+        if r[S.ID] not in seen:
+            seen.add(r[S.ID])
+            best.append(r)
+    return pa.Table.from_pylist(best).sort_by([(S.SCORE, "descending"), (S.ID, "ascending")]).slice(0, k).to_pylist()
+
+
+@pytest.mark.parametrize("k", [0, 1, 17, 100, 299, 10_000])
+def test_top_k_equals_full_sort(k):
+    t = candidates()
+    chosen, threshold, competing = select_top_k(t, k=k)
+    ref = reference(t, k)
+    got = chosen.to_pylist()
+    assert [(r[S.ID], r[S.SAMPLE], r[S.SCORE]) for r in got] == [(r[S.ID], r[S.SAMPLE], r[S.SCORE]) for r in ref]
+    assert [r[S.RANK] for r in got] == list(range(1, len(ref) + 1))
+    assert competing == len(set(t.column(S.ID).to_pylist()))
+    if ref:
+        assert threshold == ref[-1][S.SCORE]
+
+
+def test_best_of_n_ties_go_to_lower_sample():
+    t = pa.table({S.ID: ["a", "a", "a", "b"], S.SAMPLE: pa.array([2, 0, 1, 0], pa.int32()), S.SCORE: [0.5, 0.5, 0.4, 0.1]})
+    best = best_of_n(t).sort_by(S.ID).to_pylist()
+    assert [(r[S.ID], r[S.SAMPLE]) for r in best] == [("a", 0), ("b", 0)]
+
+
+def test_fraction():
+    t = candidates()
+    n = len(set(t.column(S.ID).to_pylist()))
+    chosen, _, _ = select_top_k(t, fraction=0.1)
+    assert chosen.num_rows == resolve_k(n, None, 0.1) == int(np.ceil(0.1 * n))
+    with pytest.raises(ValueError, match="fraction"):
+        resolve_k(10, None, 1.5)

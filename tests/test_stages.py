@@ -1,0 +1,88 @@
+"""The synthesis and scoring stages in a plain loop, as an actor would run them."""
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from factory import schema as S
+from factory.score.scorer import ClipSsimScorer
+from factory.seeds import sample_seed
+from factory.synth.diffusion import DiffusionSynth, image_problem
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return DiffusionSynth(path="tiny", device="cpu", steps=2, guidance=5.0)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return ClipSsimScorer(arch="tiny", device="cpu", ssim_size=128, ssim_low=56)
+
+
+def batch(ids, samples, caption="A lighthouse surrounded by fog near a busy harbor."):
+    return {
+        S.ID: np.array(ids, dtype=object),
+        S.CAPTION: np.array([caption] * len(ids), dtype=object),
+        S.SAMPLE: np.array(samples, np.int32),
+        S.SEED: np.array([sample_seed(0, i, s) for i, s in zip(ids, samples)], np.int64),
+    }
+
+
+def test_images_depend_on_seed_not_on_batching(synth):
+    together = synth(batch(["a", "b", "c"], [0, 0, 1]))
+    alone = synth(batch(["c"], [1]))
+    assert together[S.IMAGE].shape == (3, 64, 64, 3) and together[S.IMAGE].dtype == np.uint8
+    # the same (id, sample) gives the same image alone or in a batch (±1 level of float noise)
+    assert np.abs(together[S.IMAGE][2].astype(int) - alone[S.IMAGE][0].astype(int)).max() <= 1
+    # different seeds give different images
+    assert np.abs(together[S.IMAGE][0].astype(int) - together[S.IMAGE][1].astype(int)).mean() > 1
+    assert list(together[S.REASON]) == ["", "", ""]
+    assert list(together[S.WIDTH]) == [64] * 3
+
+
+def test_bad_images_are_flagged():
+    assert image_problem(np.zeros((4, 4, 3), np.uint8), True).startswith("a single colour")
+    assert "NaN" in image_problem(np.zeros((4, 4, 3), np.uint8), False)
+    assert image_problem(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), True) is None
+
+
+def test_nan_output_is_recorded_not_scored(synth, scorer):
+    class NanSynth(DiffusionSynth):
+        def generate(self, prompts, seeds):
+            out = torch.rand(len(prompts), 3, 8, 8)
+            out[0] = float("nan")
+            return out
+
+    stage = NanSynth.__new__(NanSynth)
+    stage.__dict__.update(synth.__dict__)
+    out = stage(batch(["a", "b"], [0, 0]))
+    assert list(out[S.REASON]) == [S.R_BAD_IMAGE, ""]
+    scored = scorer(out)
+    assert np.isnan(scored[S.SCORE][0]) and np.isfinite(scored[S.SCORE][1])
+
+
+def test_clip_score_matches_open_clip_reference(synth, scorer):
+    """Our torch preprocessing vs open_clip's own PIL transform and encoders."""
+    out = synth(batch(["a", "b"], [0, 0]))
+    scored = scorer(out)
+    model, pre = scorer.clip.model, open_clip.create_model_and_transforms(
+        "factory-tiny-clip", pretrained=None)[2]
+    tok = open_clip.get_tokenizer("factory-tiny-clip")
+    with torch.no_grad():
+        img = torch.stack([pre(Image.fromarray(im)) for im in out[S.IMAGE]])
+        fi = model.encode_image(img)
+        ft = model.encode_text(tok(["A photo depicts " + c for c in out[S.CAPTION]]))
+        ref = torch.nn.functional.cosine_similarity(fi, ft).clamp_min(0).numpy()
+    assert np.allclose(scored[S.CLIP_SCORE], ref, atol=0.02)
+    assert np.allclose(scored[S.SCORE], scored[S.CLIP_SCORE] + 0.5 * scored[S.SSIM])
+    assert ((scored[S.CLIP_SCORE] >= 0) & (scored[S.CLIP_SCORE] <= 1)).all()
+
+
+def test_long_captions_are_truncated_for_encoders_only(synth, scorer):
+    long_caption = "A very detailed scene of a harbor " * 40
+    out = synth(batch(["long"], [0], caption=long_caption))
+    scored = scorer(out)
+    assert scored[S.CAPTION][0] == long_caption
+    assert np.isfinite(scored[S.SCORE][0])
