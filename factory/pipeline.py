@@ -124,16 +124,10 @@ def gpus_for(res: dict, device: str, default: float) -> float:
     return default if str(device).startswith("cuda") else 0.0
 
 
-def generation_stream(
-    paths: list[str],
-    rejected: pa.Table,
-    done,
-    dirs: dict,
-    cfg: dict,
-):
+def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, cfg: dict):
     """read → rules → mark duplicates → rejects/ → expand → synthesize → score → candidates/.
 
-    Yields one small summary row per written candidate file; everything streams.
+    A lazy dataset of one small summary row per written candidate file; everything streams.
     """
     res = cfg["resources"]
     cpu = res["cpu_task_cpus"]
@@ -143,13 +137,10 @@ def generation_stream(
     ds = ds.map_batches(CaptionRules(**cfg["curate"]["rules"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(MarkRejected(rejected), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(RejectsSplit(dirs["rejects"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
-    # Blocks of one synthesis batch: the unit that streams, and all a crash can cost.
-    ds = ds.map_batches(
-        ExpandSamples(synth_cfg["repeat"], synth_cfg["seed"], done),
-        batch_size=max(1, synth_cfg["batch_size"] // synth_cfg["repeat"]),
-        batch_format="pyarrow",
-        num_cpus=cpu,
-    )
+    ds = ds.map_batches(ExpandSamples(synth_cfg["repeat"], synth_cfg["seed"], done), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+    # Blocks of one synthesis batch: the unit that streams to the GPUs, and all a crash can cost.
+    # (Fused CPU stages coalesce their small outputs into one big block otherwise.)
+    ds = ds.repartition(target_num_rows_per_block=synth_cfg["batch_size"])
 
     synth_kwargs = dict(
         path=model_cfg["path"],
@@ -204,7 +195,7 @@ def generation_stream(
         batch_format="numpy",
         num_cpus=cpu,
     )
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    return ds
 
 
 def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: str, cpu: float) -> int:

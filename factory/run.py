@@ -178,7 +178,8 @@ def run(cfg: dict) -> dict:
     generated = unusable = 0
     busy = {"synthesize": 0.0, "score": 0.0}
     last_save = time.perf_counter()
-    for summary in pipeline.generation_stream(paths, rejected, done, dirs, cfg):
+    gen = pipeline.generation_dataset(paths, rejected, done, dirs, cfg)
+    for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
         generated += int(summary["rows"].sum())
         unusable += int(summary["unusable"].sum())
         busy["synthesize"] += float(summary["synth_s"].sum())
@@ -189,6 +190,7 @@ def run(cfg: dict) -> dict:
             last_save = time.perf_counter()
     wall["generate"] = round(time.perf_counter() - t, 3)
     counts["generated"] = generated
+    log.debug("generation stats:\n%s", gen.stats())
 
     n_rejected, by_reason = count_rejects(dirs["rejects"])
     cands = count_candidates(dirs["candidates"])

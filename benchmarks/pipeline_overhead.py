@@ -1,0 +1,101 @@
+"""Ray pipeline vs a bare Python loop over the same tiny stages and captions.
+
+    python benchmarks/pipeline_overhead.py [--captions 400]
+
+Both include model loading, curation, synthesis, scoring, encoding and writing candidates;
+Ray's cluster start is outside the timing (on a cluster it is already running). Prints both
+throughputs (images/s) and, last, pipeline / loop (goal ≥ 0.85).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import write_captions  # noqa: E402
+
+
+def bare_loop(cfg: dict, out: str) -> int:
+    """The same stage classes, called one after another in this process, all cores to torch."""
+    import torch
+
+    from factory.curate.dedup import MarkRejected, dedup_keys, find_duplicates
+    from factory.curate.rules import CaptionRules
+    from factory.expand import ExpandSamples
+    from factory.io.read import read_caption_file
+    from factory.io.write import CandidateWriter, RejectsSplit
+    from factory.score.scorer import ClipSsimScorer
+    from factory.synth.diffusion import DiffusionSynth
+
+    torch.set_num_threads(os.cpu_count())
+    m, sc, sy = cfg["model"], cfg["scorer"], cfg["synth"]
+    synth = DiffusionSynth(path=m["path"], device="cpu", dtype=m["dtype"], steps=sy["steps"], guidance=sy["guidance"])
+    scorer = ClipSsimScorer(arch=sc["arch"], device="cpu", lam=cfg["score"]["lam"])
+    rows = read_caption_file(cfg["input"], 0)
+    rows = CaptionRules(**cfg["curate"]["rules"])(rows)
+    rows = MarkRejected(find_duplicates(dedup_keys(rows)))(rows)
+    kept = RejectsSplit(f"{out}/rejects")(rows)
+    samples = ExpandSamples(sy["repeat"], sy["seed"])(kept)
+    writer = CandidateWriter(f"{out}/candidates")
+    n, bs, sbs = len(samples["id"]), sy["batch_size"], cfg["score"]["batch_size"]
+    pending = []
+    for i in range(0, n, bs):
+        pending.append(synth({k: v[i : i + bs] for k, v in samples.items()}))
+        if sum(len(p["id"]) for p in pending) >= sbs or i + bs >= n:
+            import numpy as np
+
+            merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+            writer(scorer(merged))
+            pending = []
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--captions", type=int, default=400)
+    ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats")
+    args = ap.parse_args()
+
+    import logging
+
+    import ray
+
+    from factory.config import compose
+    from factory.run import run
+
+    tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
+    os.environ.setdefault("FACTORY_CACHE", str(tmp / "cache"))
+    inp = write_captions(tmp / "captions.jsonl", args.captions)
+    cfg = compose([f"input={inp}", f"output={tmp}/ray", "ray.progress_bars=false", f"select.k={args.captions // 10}"])
+
+    # warm the tiny-model cache so neither side pays for building it
+    from factory.synth.tiny import ensure_tiny_clip, ensure_tiny_sdxl
+
+    ensure_tiny_sdxl()
+    ensure_tiny_clip()
+
+    t = time.perf_counter()
+    n_loop = bare_loop(dict(cfg, input=str(inp)), str(tmp / "loop"))
+    loop_s = time.perf_counter() - t
+    print(f"bare loop: {n_loop} images in {loop_s:.1f} s = {n_loop / loop_s:.3f} images/s", flush=True)
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env={"env_vars": {"FACTORY_CACHE": os.environ["FACTORY_CACHE"]}})
+    if args.stats:
+        logging.getLogger("factory").setLevel(logging.DEBUG)
+        logging.basicConfig()
+    t = time.perf_counter()
+    manifest = run(cfg)
+    ray_s = time.perf_counter() - t
+    n_ray = manifest["counts"]["generated"]
+    print(f"ray pipeline: {n_ray} images in {ray_s:.1f} s = {n_ray / ray_s:.3f} images/s "
+          f"(generate {manifest['wall_seconds']['generate']:.1f} s)", flush=True)
+    print(f"pipeline/loop throughput ratio: {(n_ray / ray_s) / (n_loop / loop_s):.3f}")
+
+
+if __name__ == "__main__":
+    main()
