@@ -178,7 +178,8 @@ def run(cfg: dict) -> dict:
     generated = unusable = 0
     busy = {"synthesize": 0.0, "score": 0.0}
     last_save = time.perf_counter()
-    for summary in pipeline.generation_stream(paths, rejected, done, dirs, cfg):
+    ray_stats: dict = {}
+    for summary in pipeline.generation_stream(paths, rejected, done, dirs, cfg, stats=ray_stats):
         generated += int(summary["rows"].sum())
         unusable += int(summary["unusable"].sum())
         busy["synthesize"] += float(summary["synth_s"].sum())
@@ -210,6 +211,14 @@ def run(cfg: dict) -> dict:
     n_selected = pipeline.write_selected(files.list_files(dirs["candidates"], ".parquet"), chosen, staging, cpu) if chosen.num_rows else 0
     if n_selected != chosen.num_rows:
         raise RunError(f"selection chose {chosen.num_rows} pairs but {n_selected} were written; candidates/ may hold duplicates")
+    # Exports go into the staging folder: dataset/ appears with them complete or not at all.
+    if chosen.num_rows and any(cfg.get("export", {}).get(k) for k in ("llava", "webdataset", "hf")):
+        from factory.export import write_exports
+
+        t_export = time.perf_counter()
+        manifest.data["exports"] = write_exports(staging, cfg["export"], dict(counts, selected=n_selected), cfg)
+        wall["export"] = round(time.perf_counter() - t_export, 3)
+        t += wall["export"]  # select's wall time leaves the exports out
     files.delete_dir(dirs["dataset"])
     if chosen.num_rows:
         files.move(staging, dirs["dataset"])
@@ -228,7 +237,19 @@ def run(cfg: dict) -> dict:
     }
     wall["total"] = round(time.perf_counter() - t_start, 3)
     manifest.data["busy_seconds"] = {k: round(v, 3) for k, v in busy.items()}
+    from factory.stages import stage_summary
+
+    manifest.data["ray_operators"] = ray_stats.get("operators", [])
+    manifest.data["stages"] = stage_summary(manifest.data, manifest.data["ray_operators"], unusable)
     manifest.data["status"] = "complete"
     manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest.save()
+    if cfg.get("report", {}).get("enabled", True):
+        from factory.report import report_after_run
+
+        t = time.perf_counter()
+        manifest.data["report"] = report_after_run(output)
+        wall["report"] = round(time.perf_counter() - t, 3)
+        wall["total"] = round(time.perf_counter() - t_start, 3)
+        manifest.save()
     return manifest.data
