@@ -72,4 +72,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "estimate":  # `python -m factory estimate ...`: before Hydra sees argv
+        from factory.estimate import main as estimate_main
+
+        sys.exit(estimate_main(sys.argv[2:]))
     main()

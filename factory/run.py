@@ -144,6 +144,9 @@ def run(cfg: dict) -> dict:
     paths = list_inputs(cfg["input"])
     dirs = run_dirs(output)
     previous = check_resume(cfg, dirs)
+    from factory.export import check_exports
+
+    check_exports(cfg.get("export", {}))
     files.makedirs(output)
     for d in ("candidates", "rejects"):
         files.remove_stale_temp(dirs[d])

@@ -77,6 +77,14 @@ def pick(items: list[str], caption_id: str) -> str:
     return items[h % len(items)]
 
 
+def check_exports(export_cfg: dict) -> None:
+    """Fail before a run, not after hours of synthesis, on an export setting that cannot work."""
+    if export_cfg.get("llava"):
+        load_instructions(export_cfg.get("llava_instructions"))
+    if export_cfg.get("webdataset") and not int(export_cfg.get("shard_size", 1000)) >= 1:
+        raise ValueError(f"export.shard_size must be ≥ 1, got {export_cfg.get('shard_size')}")
+
+
 def write_exports(dataset_dir: str, export_cfg: dict, counts: dict, config: dict) -> dict:
     """Run the enabled exports on a (staging) dataset folder; returns what each wrote and how long it took."""
     out = {}
