@@ -73,7 +73,7 @@ def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
     from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     titles = {S.CLIP_SCORE: "CLIP score", S.SSIM: "SSIM (round trip)", S.SCORE: "score = CLIP + λ·SSIM"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), layout="constrained")
     for ax, col in zip(axes, SCORES):
         c = cands.column(col).to_numpy() if cands.num_rows else np.empty(0)
         s = chosen.column(col).to_numpy() if chosen.num_rows else np.empty(0)
@@ -84,18 +84,19 @@ def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
             lo, hi = float(both.min()), float(both.max())
             if hi - lo < 1e-9:
                 lo, hi = lo - 0.005, hi + 0.005
+            digits = max(2, int(np.ceil(-np.log10(hi - lo))) + 1)  # enough to tell the ticks apart
             bins = np.linspace(lo, hi, 41)
             if len(c):
                 ax.hist(c, bins=bins, density=True, color=CANDIDATE_COLOR, alpha=0.55, label=f"candidates (n={len(c)})")
             if len(s):
                 ax.hist(s, bins=bins, density=True, histtype="stepfilled", color=SELECTED_COLOR, alpha=0.45,
                         edgecolor=SELECTED_COLOR, linewidth=1.5, label=f"selected (n={len(s)})")
-                ax.axvline(float(np.mean(s)), color=SELECTED_COLOR, linestyle="--", linewidth=1, label=f"selected mean {np.mean(s):.4f}")
             if len(c):
-                ax.axvline(float(np.mean(c)), color="#444444", linestyle=":", linewidth=1, label=f"candidates mean {np.mean(c):.4f}")
-            ax.legend(fontsize=8, loc="best", framealpha=0.85)
+                ax.axvline(float(np.mean(c)), color="#444444", linestyle=":", linewidth=1.2, label=f"candidates mean {np.mean(c):.{digits + 1}f}")
+            if len(s):
+                ax.axvline(float(np.mean(s)), color=SELECTED_COLOR, linestyle="--", linewidth=1.2, label=f"selected mean {np.mean(s):.{digits + 1}f}")
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)  # below: never on the bars
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-            digits = max(2, int(np.ceil(-np.log10(hi - lo))) + 1)  # enough to tell the ticks apart
             ax.xaxis.set_major_formatter(FormatStrFormatter(f"%.{digits}f"))
         ax.set_title(titles[col])
         ax.set_xlabel(col)
@@ -162,6 +163,7 @@ def contact_sheet_png(candidates_dir: str, top: pa.Table, bottom: pa.Table, rank
         sub.suptitle(title, fontsize=14, fontweight="bold", x=0.005, ha="left")
         axes = np.atleast_2d(sub.subplots(nr, cols))
         images = load_images(candidates_dir, rows)
+        by_id = {i: r for (i, _), r in ranks.items()}  # a caption selected with another of its samples
         recs = rows.select([S.ID, S.SAMPLE, S.CAPTION, *SCORES]).to_pylist()
         for k, ax in enumerate(axes.flat):
             ax.set_xticks([])
@@ -172,7 +174,8 @@ def contact_sheet_png(candidates_dir: str, top: pa.Table, bottom: pa.Table, rank
             r, im = recs[k], images[k]
             ax.imshow(im, interpolation="nearest" if max(im.size) < 256 else "antialiased")
             rank = ranks.get((r[S.ID], r[S.SAMPLE]))
-            tag = f"selected #{rank}" if rank else "not selected"
+            other = by_id.get(r[S.ID])
+            tag = f"selected #{rank}" if rank else f"its caption's #{other}" if other else "not selected"
             ax.set_title(f"score {r[S.SCORE]:.4f} · {tag}\nclip {r[S.CLIP_SCORE]:.4f} · ssim {r[S.SSIM]:.4f}", fontsize=7.5,
                          color=SELECTED_COLOR if rank else "#333333")
             ax.set_xlabel(_caption_text(r[S.CAPTION]), fontsize=7, linespacing=1.15)

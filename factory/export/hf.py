@@ -71,7 +71,7 @@ def card_text(counts: dict, config: dict, scores: dict, exports: list[str]) -> s
     counts_rows = "\n".join(f"| {k} | {v} |" for k, v in counts.items() if not isinstance(v, dict))
     rejects = counts.get("rejected_by_reason") or {}
     rejects_text = ", ".join(f"{k} {v}" for k, v in rejects.items()) or "none"
-    extra = "".join(f"\n- `{e}`" for e in exports)
+    extra = "".join(f"\n- {e}" for e in exports)
     return f"""---
 {yaml.safe_dump(front_matter(n), sort_keys=False).strip()}
 ---
@@ -80,10 +80,10 @@ def card_text(counts: dict, config: dict, scores: dict, exports: list[str]) -> s
 
 {n} image–caption pairs made by synth-factory following SynthVLM (arXiv 2407.20756): captions were
 curated by rules and exact deduplication, each turned into {config.get('synth', {}).get('repeat', 1)} image(s) by
-`{model.get('path')}` ({model.get('steps', config.get('synth', {}).get('steps'))} steps), scored by CLIPScore
-(`{scorer.get('arch')}`, `{scorer.get('pretrained')}`) + {score.get('lam')} × SSIM of a
-{score.get('ssim_size')}→{score.get('ssim_low')}→{score.get('ssim_size')} round trip, and the global top
-{sel.get('k') if sel.get('fraction') is None else f"{sel.get('fraction'):.0%}"} by score kept.
+`{model.get('path')}` ({config.get('synth', {}).get('steps')} steps, guidance {config.get('synth', {}).get('guidance')}),
+scored by CLIPScore (`{scorer.get('arch')}`, weights `{scorer.get('pretrained')}`) + {score.get('lam')} × SSIM of a
+{score.get('ssim_size')}→{score.get('ssim_low')}→{score.get('ssim_size')} px round trip, and the best sample of each caption
+competed for the global top {sel.get('k') if sel.get('fraction') is None else f"{sel.get('fraction'):.0%}"} by score.
 
 ```python
 from datasets import load_dataset
@@ -119,9 +119,10 @@ Rejected by reason: {rejects_text}.
 def write_card(dataset_dir: str, counts: dict, config: dict) -> dict:
     """Write README.md (the dataset card) into the dataset folder."""
     exports = []
-    for name, label in (("llava.json", "LLaVA pretraining JSON (images under `images/`)"), ("wds", "WebDataset shards (`wds/shard-*.tar`)")):
+    for name, label in (("llava.json", "`llava.json`: LLaVA pretraining JSON, the images under `images/`"),
+                        ("wds", "`wds/shard-*.tar`: WebDataset shards (KEY.png|jpg|webp, KEY.txt, KEY.json)")):
         if files.exists(files.join(dataset_dir, name)):
-            exports.append(f"{name}: {label}")
+            exports.append(label)
     text = card_text(counts, config, score_summary(dataset_dir), exports)
     files.write_bytes_atomic(files.join(dataset_dir, "README.md"), text.encode("utf-8"))
     return {"file": "README.md", "rows": int(counts.get("selected", 0))}
