@@ -298,3 +298,16 @@ def test_estimate_cli_input_not_found(tmp_path):
     proc = cli("factory", "estimate", f"input={tmp_path}/missing.jsonl", "estimate.seconds_per_image=1", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: input not found")
+
+
+def test_failed_export_leaves_no_shard_behind(tmp_path):
+    from factory.export.webdataset import write_shards
+
+    folder = _dataset_dir(tmp_path, "png")
+    table = pq.read_table(folder / "part-0.parquet")
+    images = table.column(S.IMAGE).to_pylist()
+    images[3] = b"not an image"  # the 4th pair: shard 0 is complete, shard 1 is half-written when it fails
+    pq.write_table(table.set_column(table.schema.get_field_index(S.IMAGE), S.IMAGE, pa.array(images, pa.binary())), folder / "part-0.parquet")
+    with pytest.raises(ValueError, match="unknown image encoding"):
+        write_shards(str(folder), shard_size=2)
+    assert sorted(os.listdir(folder / "wds")) == ["shard-000000.tar"]

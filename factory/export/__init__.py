@@ -25,8 +25,15 @@ META_COLUMNS = [S.ID, S.CAPTION, S.SAMPLE, S.SEED, S.WIDTH, S.HEIGHT, S.CLIP_SCO
 
 
 def dataset_files(directory: str) -> list[str]:
-    """The dataset's Parquet parts (top level only: exports' own folders are not data)."""
-    return [p for p in files.list_files(directory, ".parquet") if "/" not in p[len(directory.rstrip("/")) + 1 :]]
+    """The dataset's Parquet parts: top level only (not the exports' folders, which may hold millions of files)."""
+    import pyarrow.fs as pafs
+
+    fs, p = files.resolve(directory)
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    return sorted(files.join(directory, i.base_name) for i in infos
+                  if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not files.is_hidden(i.base_name))
 
 
 def dataset_batches(directory: str, columns: list[str], batch_size: int = 256) -> Iterator[pa.RecordBatch]:
