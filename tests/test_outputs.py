@@ -78,7 +78,7 @@ def test_dataset_folder_is_complete(run_out, manifest, dataset):
 
 def test_llava_export_loads_like_llava(run_out, dataset):
     folder = run_out[0] / "dataset"
-    items = json.load(open(folder / "llava.json"))  # LLaVA's LazySupervisedDataset: json.load, then PIL per item
+    items = json.loads((folder / "llava.json").read_text())  # LLaVA's LazySupervisedDataset: json.load, then PIL per item
     instructions = yaml.safe_load((ROOT / "conf" / "export" / "llava_instructions.yaml").read_text())
     by_id = {r[S.ID]: r for r in dataset.to_pylist()}
     assert len(items) == len(by_id) == K
@@ -232,7 +232,7 @@ def test_exports_keep_the_configured_image_format(tmp_path, fmt, ext):
     folder = _dataset_dir(tmp_path, fmt)
     out = write_exports(str(folder), {"llava": True, "webdataset": True, "shard_size": 2}, {"selected": 5}, {})
     assert out["webdataset"]["shards"] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    items = json.load(open(folder / "llava.json"))
+    items = json.loads((folder / "llava.json").read_text())
     assert [it["id"] for it in items] == [f"a.b/{i}" for i in range(4, -1, -1)]
     for it in items:
         assert it["image"].endswith("." + ext)
@@ -266,7 +266,8 @@ def test_estimate_matches_the_run(captions_path, manifest, run_out):
     from factory.config import compose
     from factory.estimate import estimate
 
-    cfg = compose([f"input={captions_path}", f"synth.repeat={REPEAT}", f"select.k={K}", "synth.steps=2", "model.batch_size=2", "estimate.gpus=3"])
+    cfg = compose([f"input={captions_path}", f"synth.repeat={REPEAT}", f"select.k={K}", "synth.steps=2", "model.batch_size=2", "estimate.gpus=3",
+                    "score.ssim_size=128", "score.ssim_low=64"])
     e = estimate(cfg)
     c = manifest["counts"]
     assert e["captions_in"] == c["read"]

@@ -36,7 +36,7 @@ class _ShardWriter:
         name = SHARD_PATTERN % self.index
         self.tmp, self.final = f"{self.root}/.{name}.{uuid.uuid4().hex[:8]}.tmp", f"{self.root}/{name}"
         self.stream = self.fs.open_output_stream(self.tmp)
-        self.tar = tarfile.open(fileobj=self.stream, mode="w|")  # stream mode: no seeking, any filesystem
+        self.tar = tarfile.open(fileobj=self.stream, mode="w")  # plain tar writes forward only: any filesystem
         self.in_shard = 0
         self.names.append(name)
 
