@@ -45,6 +45,12 @@ def summary_lines(m: dict) -> list[str]:
             f"selected mean clip_score {sel['mean_clip_score']:.4f}  ssim {sel['mean_ssim']:.4f}  score {sel['mean_score']:.4f}  threshold {sel['threshold']:.4f}"
         )
     lines.append("wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["wall_seconds"].items()))
+    if m.get("stages"):
+        from factory.stages import stage_lines
+
+        lines.extend(stage_lines(m["stages"]))
+    if m.get("report"):
+        lines.append(f"report: {m['report'].get('index') or 'FAILED: ' + str(m['report'].get('error'))}")
     lines.append(f"output: {m['config']['output']}")
     return lines
 
@@ -66,4 +72,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "estimate":  # `python -m factory estimate ...`: before Hydra sees argv
+        from factory.estimate import main as estimate_main
+
+        sys.exit(estimate_main(sys.argv[2:]))
     main()

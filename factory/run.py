@@ -144,6 +144,9 @@ def run(cfg: dict) -> dict:
     paths = list_inputs(cfg["input"])
     dirs = run_dirs(output)
     previous = check_resume(cfg, dirs)
+    from factory.export import check_exports
+
+    check_exports(cfg.get("export", {}))
     files.makedirs(output)
     for d in ("candidates", "rejects"):
         files.remove_stale_temp(dirs[d])
@@ -190,7 +193,9 @@ def run(cfg: dict) -> dict:
             last_save = time.perf_counter()
     wall["generate"] = round(time.perf_counter() - t, 3)
     counts["generated"] = generated
-    log.debug("generation stats:\n%s", gen.stats())
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("generation stats:\n%s", gen.stats())
+    ray_operators = pipeline.operator_stats(gen)
 
     n_rejected, by_reason = count_rejects(dirs["rejects"])
     cands = count_candidates(dirs["candidates"])
@@ -212,6 +217,14 @@ def run(cfg: dict) -> dict:
     n_selected = pipeline.write_selected(files.list_files(dirs["candidates"], ".parquet"), chosen, staging, cpu) if chosen.num_rows else 0
     if n_selected != chosen.num_rows:
         raise RunError(f"selection chose {chosen.num_rows} pairs but {n_selected} were written; candidates/ may hold duplicates")
+    # Exports go into the staging folder: dataset/ appears with them complete or not at all.
+    if chosen.num_rows and any(cfg.get("export", {}).get(k) for k in ("llava", "webdataset", "hf")):
+        from factory.export import write_exports
+
+        t_export = time.perf_counter()
+        manifest.data["exports"] = write_exports(staging, cfg["export"], dict(counts, selected=n_selected), cfg)
+        wall["export"] = round(time.perf_counter() - t_export, 3)
+        t += wall["export"]  # select's wall time leaves the exports out
     files.delete_dir(dirs["dataset"])
     if chosen.num_rows:
         files.move(staging, dirs["dataset"])
@@ -230,7 +243,19 @@ def run(cfg: dict) -> dict:
     }
     wall["total"] = round(time.perf_counter() - t_start, 3)
     manifest.data["busy_seconds"] = {k: round(v, 3) for k, v in busy.items()}
+    from factory.stages import stage_summary
+
+    manifest.data["ray_operators"] = ray_operators
+    manifest.data["stages"] = stage_summary(manifest.data, manifest.data["ray_operators"], unusable)
     manifest.data["status"] = "complete"
     manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest.save()
+    if cfg.get("report", {}).get("enabled", True):
+        from factory.report import report_after_run
+
+        t = time.perf_counter()
+        manifest.data["report"] = report_after_run(output)
+        wall["report"] = round(time.perf_counter() - t, 3)
+        wall["total"] = round(time.perf_counter() - t_start, 3)
+        manifest.save()
     return manifest.data

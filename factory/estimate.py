@@ -1,0 +1,275 @@
+"""`python -m factory estimate [key=value ...]`: what a run will cost, before it runs.
+
+Counts the input, tries the caption rules on a sample of it, times a short calibration of the
+chosen model and scorer on this machine (or takes estimate.seconds_per_image), and prints captions
+in and after curation, images to generate, GPU-hours, wall hours on N GPUs and storage.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import random
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from factory import schema as S
+
+log = logging.getLogger("factory")
+
+# Bytes per pixel of an encoded image when none was measured: rough figures for photographs.
+ASSUMED_BYTES_PER_PIXEL = {"png": 1.5, "webp": 0.25, "jpeg": 0.3, "jpg": 0.3}
+ROW_OVERHEAD_BYTES = 64  # the score, seed and size columns of one Parquet row
+
+
+def scan_input(paths: list[str], sample_rows: int, seed: int = 0) -> dict:
+    """Rows read, rejected by the reader (by reason), exact duplicates, and a uniform sample of the rest.
+
+    The sample is drawn (reservoir, fixed seed) from the rows that survive the reader and dedup,
+    so when the input is smaller than the sample every row is in it and the estimate is exact.
+    """
+    from factory.curate.dedup import dedup_keys, find_duplicates
+    from factory.io.read import read_caption_file
+
+    rng = random.Random(seed)
+    n_read, seen, reader = 0, 0, {}
+    sample: list[tuple[int, str]] = []  # (pos, caption)
+    keys = []
+    for i, path in enumerate(paths):
+        t = read_caption_file(path, i)
+        n_read += t.num_rows
+        for reason in t.column(S.REASON).drop_null().to_pylist():
+            reader[reason] = reader.get(reason, 0) + 1
+        keys.append(dedup_keys(t))
+        valid = t.filter(pc.is_null(t.column(S.REASON)))
+        for pos, cap in zip(valid.column(S.POS).to_pylist(), valid.column(S.CAPTION).to_pylist()):
+            seen += 1
+            if len(sample) < sample_rows:
+                sample.append((pos, cap))
+            elif (j := rng.randrange(seen)) < sample_rows:
+                sample[j] = (pos, cap)
+    dups = find_duplicates(pa.concat_tables(keys)) if keys else pa.table({S.POS: pa.array([], pa.int64()), S.REASON: pa.array([], pa.string())})
+    dup_pos = set(dups.column(S.POS).to_pylist())
+    by_dup = {}
+    for r in dups.column(S.REASON).to_pylist():
+        by_dup[r] = by_dup.get(r, 0) + 1
+    return {
+        "read": n_read,
+        "valid": seen,
+        "reader_rejects": reader,
+        "duplicates": by_dup,
+        "sample": [cap for pos, cap in sample if pos not in dup_pos],
+    }
+
+
+def rules_pass_rate(captions: list[str], rules_cfg: dict) -> tuple[float, dict]:
+    """The fraction of `captions` the caption rules keep, and the failures by rule."""
+    from factory.curate.rules import CaptionRules
+
+    rules = CaptionRules(**rules_cfg)
+    if not rules.enabled or not captions:
+        return 1.0, {}
+    failed = {}
+    for cap in captions:
+        if (f := rules.check(cap)) is not None:
+            failed[f[0]] = failed.get(f[0], 0) + 1
+    return 1.0 - sum(failed.values()) / len(captions), failed
+
+
+def synth_kwargs(cfg: dict) -> dict:
+    """DiffusionSynth's arguments from the config, as factory/pipeline.py passes them."""
+    m, s = cfg["model"], cfg["synth"]
+    return dict(path=m["path"], refiner_path=m.get("refiner_path"), high_noise_frac=m.get("high_noise_frac", 0.8), device=m["device"],
+                dtype=m["dtype"], variant=m.get("variant"), height=m.get("height"), width=m.get("width"), steps=s["steps"],
+                guidance=s["guidance"], negative_prompt=s.get("negative_prompt", ""), channels_last=m.get("channels_last", False),
+                fuse_qkv=m.get("fuse_qkv", False), compile=m.get("compile", False), torch_threads=cfg["resources"]["synth"].get("torch_threads"))
+
+
+def score_kwargs(cfg: dict) -> dict:
+    """ClipSsimScorer's arguments from the config, as factory/pipeline.py passes them."""
+    sc, s = cfg["scorer"], cfg["score"]
+    return dict(arch=sc["arch"], pretrained=sc.get("pretrained"), device=sc["device"], dtype=sc["dtype"], lam=s["lam"], prefix=s["prefix"],
+                ssim_size=s["ssim_size"], ssim_low=s["ssim_low"], torch_threads=cfg["resources"]["score"].get("torch_threads"))
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def calibrate(cfg: dict, captions: list[str], batches: int = 1) -> dict:
+    """Seconds per image of synthesis + scoring, after one untimed warm-up batch; model loading not counted."""
+    from factory.io.write import encode_image
+    from factory.score.scorer import ClipSsimScorer
+    from factory.synth.diffusion import DiffusionSynth
+
+    if not captions:
+        captions = ["A photo of a red bicycle leaning against a brick wall in the afternoon sun."]
+    n = max(1, int(cfg["synth"]["batch_size"]))
+    t = time.perf_counter()
+    synth = DiffusionSynth(**synth_kwargs(cfg))
+    scorer = ClipSsimScorer(**score_kwargs(cfg))
+    load_s = time.perf_counter() - t
+
+    def batch(b: int) -> dict:
+        caps = [captions[(b * n + i) % len(captions)] for i in range(n)]
+        return {S.ID: np.array([f"calibration-{b}-{i}" for i in range(n)], dtype=object), S.CAPTION: np.array(caps, dtype=object),
+                S.SAMPLE: np.zeros(n, np.int32), S.SEED: np.arange(b * n, (b + 1) * n, dtype=np.int64)}
+
+    scorer(synth(batch(0)))  # warm-up: kernels, compilation, caches
+    synth_s = score_s = 0.0
+    sizes = []
+    fmt, quality = cfg["image"]["format"], cfg["image"].get("quality", 95)
+    for b in range(1, max(1, batches) + 1):
+        t = time.perf_counter()
+        out = synth(batch(b))
+        synth_s += time.perf_counter() - t
+        t = time.perf_counter()
+        scorer(out)
+        score_s += time.perf_counter() - t
+        sizes.extend(len(encode_image(im, fmt, quality)) for im in out[S.IMAGE])
+    images = n * max(1, batches)
+    return {
+        "images": images,
+        "batch_size": n,
+        "load_s": round(load_s, 3),
+        "synth_s_per_image": synth_s / images,
+        "score_s_per_image": score_s / images,
+        "seconds_per_image": (synth_s + score_s) / images,
+        "image_bytes": float(np.mean(sizes)),
+        "image_size": f"{out[S.WIDTH][0]}x{out[S.HEIGHT][0]}",
+        "device": device_name(cfg["model"]["device"]),
+    }
+
+
+def estimate(cfg: dict) -> dict:
+    """The figures of the estimate table for a resolved plain config."""
+    from factory.io.read import InputError, list_inputs
+    from factory.run import SAMPLE_INPUT
+    from factory.select import resolve_k
+
+    est = cfg.get("estimate", {})
+    gpus = est.get("gpus", 1)
+    if not isinstance(gpus, (int, float)) or gpus <= 0:
+        raise ValueError(f"estimate.gpus must be > 0, got {gpus}")
+    paths = list_inputs(cfg.get("input") or SAMPLE_INPUT)
+    scan = scan_input(paths, int(est.get("sample_rows", 2000)))
+    if scan["read"] == 0:
+        raise InputError(f"input is empty: no caption rows in {cfg.get('input')}")
+    rate, failed = rules_pass_rate(scan["sample"], cfg["curate"]["rules"])
+    n_dups = sum(scan["duplicates"].values())
+    curated = int(round((scan["valid"] - n_dups) * rate))
+    repeat = int(cfg["synth"]["repeat"])
+    images = curated * repeat
+    selected = resolve_k(curated, cfg["select"].get("k"), cfg["select"].get("fraction"))
+
+    fmt = cfg["image"]["format"]
+    if est.get("seconds_per_image") is not None:
+        spi = float(est["seconds_per_image"])
+        if spi <= 0:
+            raise ValueError(f"estimate.seconds_per_image must be > 0, got {spi}")
+        cal = {"seconds_per_image": spi, "device": "given (estimate.seconds_per_image)"}
+    else:
+        cal = calibrate(cfg, scan["sample"], int(est.get("calibration_batches", 1)))
+        spi = cal["seconds_per_image"]
+    if est.get("image_bytes") is not None:
+        image_bytes, bytes_from = float(est["image_bytes"]), "given"
+    elif "image_bytes" in cal:
+        image_bytes, bytes_from = cal["image_bytes"], "measured"
+    else:
+        side_h = cfg["model"].get("height") or 1024
+        side_w = cfg["model"].get("width") or 1024
+        image_bytes, bytes_from = side_h * side_w * ASSUMED_BYTES_PER_PIXEL[fmt], f"assumed {side_w}x{side_h}"
+    caption_bytes = float(np.mean([len(c.encode()) for c in scan["sample"]])) if scan["sample"] else 100.0
+    row_bytes = image_bytes + caption_bytes + ROW_OVERHEAD_BYTES
+    exports = cfg.get("export", {})
+    export_copies = int(bool(exports.get("llava"))) + int(bool(exports.get("webdataset")))
+    gpu_hours = images * spi / 3600
+    return {
+        "input_files": len(paths),
+        "captions_in": scan["read"],
+        "reader_rejects": scan["reader_rejects"],
+        "duplicates": scan["duplicates"],
+        "rules_sample": len(scan["sample"]),
+        "rules_pass_rate": rate,
+        "rules_failed": failed,
+        "curated": curated,
+        "repeat": repeat,
+        "images": images,
+        "selected": selected,
+        "seconds_per_image": spi,
+        "calibration": cal,
+        "gpu_hours": gpu_hours,
+        "gpus": gpus,
+        "wall_hours": gpu_hours / gpus,
+        "image_bytes": image_bytes,
+        "image_bytes_from": bytes_from,
+        "image_format": fmt,
+        "candidates_bytes": images * row_bytes,
+        "dataset_bytes": selected * row_bytes,
+        "exports_bytes": selected * image_bytes * export_copies,
+    }
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def _hours(h: float) -> str:
+    return f"{h:.3f}" if h < 10 else f"{h:,.1f}"
+
+
+def table_lines(e: dict) -> list[str]:
+    cal = e["calibration"]
+    rejects = {**e["reader_rejects"], **e["duplicates"]}
+    rows = [
+        ("captions in", f"{e['captions_in']:,}", f"{e['input_files']} file(s)"),
+        ("rejected before the rules", f"{sum(rejects.values()):,}", ", ".join(f"{k} {v}" for k, v in rejects.items()) or "none"),
+        ("rules pass rate", f"{e['rules_pass_rate']:.1%}", f"on a sample of {e['rules_sample']:,}"
+         + (": failed " + ", ".join(f"{k} {v}" for k, v in e["rules_failed"].items()) if e["rules_failed"] else "")),
+        ("captions after curation", f"{e['curated']:,}", "expected"),
+        ("images to generate", f"{e['images']:,}", f"{e['curated']:,} captions × repeat {e['repeat']}"),
+        ("pairs selected", f"{e['selected']:,}", "select.k / select.fraction"),
+        ("seconds per image", f"{e['seconds_per_image']:.4g}", cal["device"] if "images" not in cal else
+         f"synth {cal['synth_s_per_image']:.4g} + score {cal['score_s_per_image']:.4g}, {cal['image_size']}, batch {cal['batch_size']}, on {cal['device']}"),
+        ("GPU-hours", _hours(e["gpu_hours"]), "images × seconds per image"),
+        (f"wall hours on {e['gpus']:g} GPU(s)", _hours(e["wall_hours"]), "GPU-hours / GPUs, at full use"),
+        ("storage: candidates/", human_bytes(e["candidates_bytes"]), f"{human_bytes(e['image_bytes'])} per {e['image_format']} image ({e['image_bytes_from']})"),
+        ("storage: dataset/", human_bytes(e["dataset_bytes"]), "the selected pairs"),
+    ]
+    if e["exports_bytes"]:
+        rows.append(("storage: exports", human_bytes(e["exports_bytes"]), "image copies in llava images/ and wds/"))
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+
+
+def main(overrides: list[str]) -> int:
+    from factory.__main__ import user_error
+    from factory.config import compose
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        cfg = compose(overrides)
+        figures = estimate(cfg)
+    except Exception as exc:
+        msg = user_error(exc)
+        if msg is None and type(exc).__module__.startswith(("hydra", "omegaconf")):
+            msg = str(exc).strip().splitlines()[0]
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    for line in table_lines(figures):
+        print(line)
+    return 0

@@ -1,0 +1,283 @@
+"""The run report: report/ with score histograms, a contact sheet of the best and worst pairs, index.html.
+
+Made at the end of every run (report.enabled) and rebuilt from a finished run with
+`python -m factory.report OUTPUT`. Histograms read only the score columns; the contact sheet reads
+the image bytes of the files that hold the 32 pairs it shows, and keeps only those 32.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import logging
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from factory import schema as S
+from factory.io import files
+
+log = logging.getLogger("factory")
+
+SCORES = [S.CLIP_SCORE, S.SSIM, S.SCORE]
+SHEET_N = 16  # pairs shown at each end of the score range
+CANDIDATE_COLOR, SELECTED_COLOR = "#8c8c8c", "#1f77b4"
+
+
+class ReportError(Exception):
+    """A report that cannot be made: one line for the user."""
+
+
+def _read(path: str, columns: list[str]) -> pa.Table:
+    fs, p = files.resolve(path)
+    with fs.open_input_file(p) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def candidate_scores(candidates_dir: str) -> pa.Table:
+    """Score columns of every usable candidate, with the file and row it sits at (no image bytes)."""
+    parts = []
+    for i, path in enumerate(files.list_files(candidates_dir, ".parquet")):
+        t = _read(path, [S.ID, S.SAMPLE, S.CAPTION, *SCORES, S.REASON])
+        t = t.append_column("_file", pa.array(np.full(t.num_rows, i, np.int32))).append_column("_row", pa.array(np.arange(t.num_rows, dtype=np.int32)))
+        parts.append(t)
+    if not parts:
+        return pa.table({c: pa.array([], pa.float64()) for c in SCORES})
+    t = pa.concat_tables(parts)
+    return t.filter(pc.and_(pc.is_null(t.column(S.REASON)), pc.is_finite(t.column(S.SCORE))))
+
+
+def dataset_scores(dataset_dir: str) -> pa.Table:
+    from factory.export import dataset_files
+
+    parts = [_read(p, [S.ID, S.SAMPLE, *SCORES, S.RANK]) for p in dataset_files(dataset_dir)]
+    return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.float64()) for c in SCORES + [S.RANK]})
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
+    """CLIP score, SSIM and score: candidates vs selected, each as a density over shared bins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+    titles = {S.CLIP_SCORE: "CLIP score", S.SSIM: "SSIM (round trip)", S.SCORE: "score = CLIP + λ·SSIM"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), layout="constrained")
+    for ax, col in zip(axes, SCORES):
+        c = cands.column(col).to_numpy() if cands.num_rows else np.empty(0)
+        s = chosen.column(col).to_numpy() if chosen.num_rows else np.empty(0)
+        both = np.concatenate([c, s])
+        if len(both) == 0:
+            ax.text(0.5, 0.5, "no scored pairs", ha="center", va="center", transform=ax.transAxes)
+        else:
+            lo, hi = float(both.min()), float(both.max())
+            if hi - lo < 1e-9:
+                lo, hi = lo - 0.005, hi + 0.005
+            digits = max(2, int(np.ceil(-np.log10(hi - lo))) + 1)  # enough to tell the ticks apart
+            bins = np.linspace(lo, hi, 41)
+            if len(c):
+                ax.hist(c, bins=bins, density=True, color=CANDIDATE_COLOR, alpha=0.55, label=f"candidates (n={len(c)})")
+            if len(s):
+                ax.hist(s, bins=bins, density=True, histtype="stepfilled", color=SELECTED_COLOR, alpha=0.45,
+                        edgecolor=SELECTED_COLOR, linewidth=1.5, label=f"selected (n={len(s)})")
+            if len(c):
+                ax.axvline(float(np.mean(c)), color="#444444", linestyle=":", linewidth=1.2, label=f"candidates mean {np.mean(c):.{digits + 1}f}")
+            if len(s):
+                ax.axvline(float(np.mean(s)), color=SELECTED_COLOR, linestyle="--", linewidth=1.2, label=f"selected mean {np.mean(s):.{digits + 1}f}")
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)  # below: never on the bars
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.xaxis.set_major_formatter(FormatStrFormatter(f"%.{digits}f"))
+        ax.set_title(titles[col])
+        ax.set_xlabel(col)
+        ax.set_ylabel("density")
+        ax.grid(alpha=0.25)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def sheet_rows(cands: pa.Table, n: int = SHEET_N) -> tuple[pa.Table, pa.Table]:
+    """(top n, bottom n) candidates by score; the bottom never repeats a pair of the top."""
+    order = cands.sort_by([(S.SCORE, "descending"), (S.ID, "ascending"), (S.SAMPLE, "ascending")])
+    top = order.slice(0, min(n, order.num_rows))
+    rest = order.slice(top.num_rows)
+    bottom = rest.slice(max(0, rest.num_rows - n)).take(pa.array(np.arange(min(n, rest.num_rows))[::-1]))
+    return top, bottom
+
+
+def load_images(candidates_dir: str, rows: pa.Table) -> list:
+    """The PIL images of `rows` (from candidate_scores), reading only the files they sit in."""
+    from PIL import Image
+
+    paths = files.list_files(candidates_dir, ".parquet")
+    out: dict[tuple[int, int], object] = {}
+    want = list(zip(rows.column("_file").to_pylist(), rows.column("_row").to_pylist()))
+    for f in sorted({f for f, _ in want}):
+        col = _read(paths[f], [S.IMAGE]).column(S.IMAGE)
+        for ff, r in want:
+            if ff == f:
+                out[(f, r)] = Image.open(io.BytesIO(col[r].as_py())).convert("RGB")
+        del col
+    return [out[k] for k in want]
+
+
+def _caption_text(caption: str, width: int = 30, lines: int = 4) -> str:
+    wrapped = textwrap.wrap(" ".join(caption.split()), width=width) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 1].rstrip() + "…"
+    return "\n".join(wrapped)
+
+
+def contact_sheet_png(candidates_dir: str, top: pa.Table, bottom: pa.Table, ranks: dict) -> bytes:
+    """Two panels of up to 16 pairs (8 a row): image, caption (wrapped, cut at 4 lines) and scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 8
+    panels = [(f"Top {top.num_rows} candidates by score", top), (f"Bottom {bottom.num_rows} candidates by score", bottom)]
+    panels = [p for p in panels if p[1].num_rows]
+    if not panels:
+        fig = plt.figure(figsize=(8, 2))
+        fig.text(0.5, 0.5, "no scored pairs to show", ha="center", va="center")
+        data = _png(fig)
+        plt.close(fig)
+        return data
+    n_rows = [max(1, -(-p[1].num_rows // cols)) for p in panels]
+    fig = plt.figure(figsize=(cols * 2.2, sum(n_rows) * 3.0 + 0.45 * len(panels)), layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(len(panels), 1, height_ratios=[r * 3.0 + 0.45 for r in n_rows], hspace=0.04))
+    for sub, (title, rows), nr in zip(subfigs, panels, n_rows):
+        sub.suptitle(title, fontsize=14, fontweight="bold", x=0.005, ha="left")
+        axes = np.atleast_2d(sub.subplots(nr, cols))
+        images = load_images(candidates_dir, rows)
+        by_id = {i: r for (i, _), r in ranks.items()}  # a caption selected with another of its samples
+        recs = rows.select([S.ID, S.SAMPLE, S.CAPTION, *SCORES]).to_pylist()
+        for k, ax in enumerate(axes.flat):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k >= len(recs):
+                ax.axis("off")
+                continue
+            r, im = recs[k], images[k]
+            ax.imshow(im, interpolation="nearest" if max(im.size) < 256 else "antialiased")
+            rank = ranks.get((r[S.ID], r[S.SAMPLE]))
+            other = by_id.get(r[S.ID])
+            tag = f"selected #{rank}" if rank else f"its caption's #{other}" if other else "not selected"
+            ax.set_title(f"score {r[S.SCORE]:.4f} · {tag}\nclip {r[S.CLIP_SCORE]:.4f} · ssim {r[S.SSIM]:.4f}", fontsize=7.5,
+                         color=SELECTED_COLOR if rank else "#333333")
+            ax.set_xlabel(_caption_text(r[S.CAPTION]), fontsize=7, linespacing=1.15)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(SELECTED_COLOR if rank else "#bbbbbb")
+                spine.set_linewidth(2 if rank else 1)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v, spec: str = ".2f"):
+    return "" if v is None else format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def index_html(m: dict, n_cands: int, n_chosen: int) -> str:
+    c, sel, cfg = m.get("counts", {}), m.get("selection", {}), m.get("config", {})
+    count_rows = [[k, v] for k, v in c.items() if not isinstance(v, dict)]
+    rejects = [[k, v] for k, v in (c.get("rejected_by_reason") or {}).items()]
+    unusable = [[k, v] for k, v in (c.get("unusable") or {}).items()]
+    stages = [[s["stage"], _fmt(s.get("rows_in"), "d"), _fmt(s.get("rows_out"), "d"), _fmt(s.get("rows_per_s")),
+               _fmt(s.get("wall_s"), ".1f"), _fmt(s.get("busy_s"), ".1f"), s.get("note", "")] for s in m.get("stages", [])]
+    ops = [[o.get("operator"), o.get("rows_in"), o.get("rows_out"), _fmt(o.get("span_s"), ".1f"), _fmt(o.get("task_s"), ".1f")]
+           for o in m.get("ray_operators", [])]
+    sel_rows = [[k, _fmt(v, ".4f") if isinstance(v, float) else v] for k, v in sel.items()]
+    exports = [[k, ", ".join(f"{a}={b}" for a, b in v.items() if a != "shards")] for k, v in (m.get("exports") or {}).items()]
+    model, scorer = cfg.get("model", {}), cfg.get("scorer", {})
+    esc = html.escape
+    sections = [
+        f"<h1>synth-factory run report</h1><p class=meta>output <code>{esc(str(cfg.get('output')))}</code> · input <code>{esc(str(cfg.get('input')))}</code><br>"
+        f"status <b>{esc(str(m.get('status')))}</b> · started {esc(str(m.get('started')))} · finished {esc(str(m.get('finished')))} · runs {esc(str(m.get('runs')))}<br>"
+        f"model <code>{esc(str(model.get('path')))}</code> ({esc(str(model.get('device')))}, {esc(str(model.get('dtype')))}) · "
+        f"scorer <code>{esc(str(scorer.get('arch')))}</code> / <code>{esc(str(scorer.get('pretrained')))}</code> · "
+        f"λ = {esc(str(cfg.get('score', {}).get('lam')))} · repeat {esc(str(cfg.get('synth', {}).get('repeat')))}</p>",
+        "<h2>Counts per stage</h2>" + _table(["count", "rows"], count_rows),
+        ("<h3>Rejected captions by reason</h3>" + _table(["reason", "rows"], rejects)) if rejects else "<h3>Rejected captions</h3><p>none</p>",
+        ("<h3>Unusable samples by reason</h3>" + _table(["reason", "samples"], unusable)) if unusable else "",
+        "<h2>Throughput per stage</h2>" + _table(["stage", "rows in", "rows out", "rows/s", "wall s", "busy s", "what"], stages)
+        + "<p class=note>Curate, synthesize and score stream together: their wall time is the span of their Ray Data operator; "
+        "busy seconds are the time spent inside the stage's actors.</p>",
+        ("<details><summary>Ray Data operators</summary>" + _table(["operator", "rows in", "rows out", "span s", "task s"], ops) + "</details>") if ops else "",
+        "<h2>Selection</h2>" + _table(["", ""], sel_rows),
+        ("<h2>Exports</h2>" + _table(["export", "written"], exports)) if exports else "",
+        f"<h2>Scores: {n_cands} usable candidates vs {n_chosen} selected</h2><img src='histograms.png' alt='score histograms'>",
+        "<h2>Best and worst pairs</h2><p class=note>Blue frames: pairs in the dataset, with their rank.</p><img src='contact_sheet.png' alt='contact sheet'>",
+        "<h2>Wall seconds</h2>" + _table(["part", "seconds"], [[k, v] for k, v in m.get("wall_seconds", {}).items()]),
+        f"<details><summary>Configuration</summary><pre>{esc(json.dumps(cfg, indent=2, default=str))}</pre></details>",
+    ]
+    style = ("body{font-family:system-ui,sans-serif;max-width:1800px;margin:24px auto;padding:0 16px;color:#222}"
+             "table{border-collapse:collapse;margin:6px 0 14px}td,th{border:1px solid #ccc;padding:3px 10px;text-align:left}"
+             "th{background:#f2f2f2}img{max-width:100%;border:1px solid #ddd}.meta,.note{color:#555}code{background:#f5f5f5}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>synth-factory report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>\n"
+
+
+def build_report(output: str) -> str:
+    """Write report/ for the run in `output`; returns the path of index.html."""
+    from factory.run import run_dirs
+
+    dirs = run_dirs(output)
+    if not files.exists(dirs["manifest"]):
+        raise ReportError(f"no manifest.json in {output}: not a run of this factory")
+    m = json.loads(files.read_bytes(dirs["manifest"]))
+    cands = candidate_scores(dirs["candidates"])
+    chosen = dataset_scores(dirs["dataset"])
+    ranks = {(i, s): r for i, s, r in zip(*(chosen.column(c).to_pylist() for c in (S.ID, S.SAMPLE, S.RANK)))} if chosen.num_rows else {}
+    top, bottom = sheet_rows(cands) if cands.num_rows else (cands, cands)
+    report = dirs["report"]
+    files.write_bytes_atomic(files.join(report, "histograms.png"), histograms_png(cands, chosen))
+    files.write_bytes_atomic(files.join(report, "contact_sheet.png"), contact_sheet_png(dirs["candidates"], top, bottom, ranks))
+    index = files.join(report, "index.html")
+    files.write_bytes_atomic(index, index_html(m, cands.num_rows, chosen.num_rows).encode("utf-8"))
+    return index
+
+
+def report_after_run(output: str) -> dict:
+    """build_report for the end of a run: a failed report is logged and recorded, the data stays."""
+    try:
+        return {"index": build_report(output)}
+    except Exception as e:
+        log.error("report failed: %s: %s", type(e).__name__, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m factory.report", description="Rebuild report/ of a finished run.")
+    parser.add_argument("output", help="the run's folder (output= of the run), local or a URI")
+    args = parser.parse_args(argv)
+    try:
+        print(build_report(args.output))
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

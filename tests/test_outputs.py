@@ -1,0 +1,314 @@
+"""Exports, run report, per-stage summary and the cost estimate, checked against the libraries that read them.
+
+One CLI run (module scoped) with every export on feeds most tests here.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import CAPTIONS, ROOT, tiny_overrides, write_jsonl
+from factory import schema as S
+
+K, REPEAT, SHARD = 6, 2, 4
+JUNK = [
+    {"id": "short", "caption": "tiny"},  # rules: too_short
+    {"id": "dup", "caption": CAPTIONS[0].upper()},  # duplicate_caption
+    "{not json",  # malformed_row
+]
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def captions_path(tmp_path_factory) -> Path:
+    rows = [{"id": f"cap.{i}/x", "caption": c} for i, c in enumerate(CAPTIONS)] + JUNK  # ids with dots and slashes
+    return write_jsonl(tmp_path_factory.mktemp("in") / "captions.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory, captions_path):
+    """(output folder, CLI stdout) of one tiny run with every export on."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    args = tiny_overrides(out, captions_path, f"select.k={K}", f"synth.repeat={REPEAT}", "export.llava=true",
+                          "export.webdataset=true", "export.hf=true", f"export.shard_size={SHARD}", "model.batch_size=4")
+    proc = cli("factory", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def manifest(run_out):
+    return json.loads((run_out[0] / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dataset(run_out) -> pa.Table:
+    parts = sorted(glob.glob(str(run_out[0] / "dataset" / "*.parquet")))
+    return pa.concat_tables([pq.read_table(p) for p in parts]).sort_by(S.RANK)
+
+
+def test_dataset_folder_is_complete(run_out, manifest, dataset):
+    out = run_out[0]
+    assert manifest["status"] == "complete"
+    assert dataset.num_rows == manifest["counts"]["selected"] == K
+    assert not [p for p in os.listdir(out) if p.startswith(".dataset-staging")]
+    names = set(os.listdir(out / "dataset"))
+    assert {"llava.json", "images", "wds", "README.md"} <= names
+    assert not [p for p in glob.glob(str(out / "dataset" / "**" / "*"), recursive=True) if os.path.basename(p).startswith(".")]
+
+
+def test_llava_export_loads_like_llava(run_out, dataset):
+    folder = run_out[0] / "dataset"
+    items = json.loads((folder / "llava.json").read_text())  # LLaVA's LazySupervisedDataset: json.load, then PIL per item
+    instructions = yaml.safe_load((ROOT / "conf" / "export" / "llava_instructions.yaml").read_text())
+    by_id = {r[S.ID]: r for r in dataset.to_pylist()}
+    assert len(items) == len(by_id) == K
+    assert [it["id"] for it in items] == dataset.column(S.ID).to_pylist()  # rank order
+    for it in items:
+        image = Image.open(os.path.join(folder, it["image"])).convert("RGB")
+        row = by_id[it["id"]]
+        assert not os.path.isabs(it["image"]) and it["image"].startswith("images/")
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(io.BytesIO(row[S.IMAGE])).convert("RGB")))
+        human, gpt = it["conversations"]
+        assert human["from"] == "human" and gpt["from"] == "gpt"
+        assert human["value"].startswith("<image>\n") and human["value"][len("<image>\n"):] in instructions
+        assert gpt["value"] == row[S.CAPTION]
+
+
+def test_llava_instructions_are_deterministic(run_out, tmp_path):
+    import shutil
+
+    from factory.export import load_instructions
+    from factory.export.llava import write_llava
+
+    copy = tmp_path / "ds"
+    shutil.copytree(run_out[0] / "dataset", copy)
+    os.remove(copy / "llava.json")
+    write_llava(str(copy), load_instructions(None))
+    assert (copy / "llava.json").read_text() == (run_out[0] / "dataset" / "llava.json").read_text()
+
+
+def test_webdataset_shards_hold_every_pair_once(run_out, dataset):
+    import webdataset as wds
+
+    shards = sorted(glob.glob(str(run_out[0] / "dataset" / "wds" / "*.tar")))
+    assert [os.path.basename(s) for s in shards] == [f"shard-{i:06d}.tar" for i in range(math.ceil(K / SHARD))]
+    samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
+    assert len(samples) == K
+    seen = {(s["json"][S.ID], s["json"][S.SAMPLE]) for s in samples}
+    rows = {(r[S.ID], r[S.SAMPLE]): r for r in dataset.to_pylist()}
+    assert seen == set(rows) and len(seen) == len(samples)
+    for s in samples:
+        row = rows[(s["json"][S.ID], s["json"][S.SAMPLE])]
+        assert s["txt"] == row[S.CAPTION]
+        assert {k: s["json"][k] for k in (S.SEED, S.RANK, S.SCORE, S.CLIP_SCORE, S.SSIM)} == {k: row[k] for k in (S.SEED, S.RANK, S.SCORE, S.CLIP_SCORE, S.SSIM)}
+        assert np.array_equal(np.asarray(s["png"].convert("RGB")), np.asarray(Image.open(io.BytesIO(row[S.IMAGE])).convert("RGB")))
+
+
+def test_hf_folder_loads_with_load_dataset(run_out, dataset, tmp_path):
+    import datasets
+
+    ds = datasets.load_dataset(str(run_out[0] / "dataset"), split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == K
+    assert ds.column_names == S.DATASET.names
+    assert isinstance(ds.features[S.IMAGE], datasets.Image)
+    assert sorted(ds[S.RANK]) == list(range(1, K + 1))
+    first = ds[0]
+    assert first[S.IMAGE].size == (first[S.WIDTH], first[S.HEIGHT])
+    card = (run_out[0] / "dataset" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["configs"][0]["data_files"][0]["path"] == "*.parquet"
+    assert f"| selected | {K} |" in card
+
+
+def test_stage_summary_in_manifest_and_output(run_out, manifest):
+    c = manifest["counts"]
+    stages = {s["stage"]: s for s in manifest["stages"]}
+    assert list(stages) == ["scan", "curate", "synthesize", "score", "select", "export"]
+    assert stages["curate"]["rows_in"] == c["read"] and stages["curate"]["rows_out"] == c["curated"]
+    assert stages["synthesize"]["rows_out"] == c["generated"] == c["curated"] * REPEAT
+    assert stages["select"]["rows_out"] == c["selected"] == K
+    for s in stages.values():
+        assert s["wall_s"] is not None and s["wall_s"] >= 0
+        if s["rows_per_s"] is not None:
+            assert s["rows_per_s"] == pytest.approx(s["rows_out"] / s["wall_s"], rel=1e-2)
+    ops = [o["operator"] for o in manifest["ray_operators"]]
+    assert any("DiffusionSynth" in o for o in ops) and any("ClipSsimScorer" in o for o in ops)
+    stdout = run_out[1]
+    for name in stages:
+        assert re.search(rf"^{name}\s+in\s+\S+\s+out\s+\d+\s+\S+ rows/s\s+wall\s+[\d.]+ s", stdout, re.M), stdout
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_report_is_made_and_rebuilt(run_out, manifest):
+    out = run_out[0]
+    report = out / "report"
+    html_text = (report / "index.html").read_text()
+    links = _Links()
+    links.feed(html_text)
+    assert sorted(links.images) == ["contact_sheet.png", "histograms.png"]
+    for name in links.images:
+        with Image.open(report / name) as im:
+            im.verify()
+    for reason, n in manifest["counts"]["rejected_by_reason"].items():
+        assert f"<td>{reason}</td><td>{n}</td>" in html_text
+    for stage in manifest["stages"]:
+        assert f"<td>{stage['stage']}</td>" in html_text
+    with Image.open(report / "contact_sheet.png") as im:
+        assert im.width > 1500 and im.height > 1000  # two panels: 16 best, 8 remaining worst
+    for name in links.images:
+        os.remove(report / name)
+    proc = cli("factory.report", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert all((report / n).stat().st_size > 10_000 for n in links.images)
+
+
+def test_report_of_a_folder_that_is_no_run(tmp_path):
+    proc = cli("factory.report", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: no manifest.json in {tmp_path}: not a run of this factory"]
+
+
+def test_contact_sheet_rows_split_without_overlap():
+    from factory.report import sheet_rows
+
+    t = pa.table({S.ID: [str(i) for i in range(20)], S.SAMPLE: [0] * 20, S.SCORE: np.linspace(0, 1, 20)})
+    top, bottom = sheet_rows(t, 16)
+    assert top.column(S.SCORE).to_pylist() == sorted(t.column(S.SCORE).to_pylist(), reverse=True)[:16]
+    assert bottom.column(S.SCORE).to_pylist() == sorted(t.column(S.SCORE).to_pylist())[:4]
+
+
+def _dataset_dir(tmp_path: Path, fmt: str, n: int = 5) -> Path:
+    """A dataset/ folder written by hand: n rows of random images encoded as `fmt`."""
+    from factory.io.write import encode_image
+
+    rng = np.random.default_rng(0)
+    images = [encode_image(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), fmt, 90) for _ in range(n)]
+    table = pa.table({
+        S.ID: [f"a.b/{i}" for i in range(n)], S.CAPTION: [f"caption number {i}" for i in range(n)], S.SAMPLE: pa.array([0] * n, pa.int32()),
+        S.SEED: pa.array(range(n), pa.int64()), S.IMAGE: images, S.WIDTH: pa.array([16] * n, pa.int32()), S.HEIGHT: pa.array([16] * n, pa.int32()),
+        S.CLIP_SCORE: [0.1 * i for i in range(n)], S.SSIM: [0.9] * n, S.SCORE: [0.1 * i + 0.45 for i in range(n)],
+        S.REASON: pa.array([None] * n, pa.string()), S.RANK: pa.array(range(n, 0, -1), pa.int64())}, schema=S.DATASET)
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    pq.write_table(table, folder / "part-0.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("fmt,ext", [("webp", "webp"), ("jpeg", "jpg")])
+def test_exports_keep_the_configured_image_format(tmp_path, fmt, ext):
+    import webdataset as wds
+
+    from factory.export import write_exports
+
+    folder = _dataset_dir(tmp_path, fmt)
+    out = write_exports(str(folder), {"llava": True, "webdataset": True, "shard_size": 2}, {"selected": 5}, {})
+    assert out["webdataset"]["shards"] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    items = json.loads((folder / "llava.json").read_text())
+    assert [it["id"] for it in items] == [f"a.b/{i}" for i in range(4, -1, -1)]
+    for it in items:
+        assert it["image"].endswith("." + ext)
+        assert Image.open(folder / it["image"]).format == {"webp": "WEBP", "jpg": "JPEG"}[ext]
+    samples = list(wds.WebDataset(sorted(glob.glob(str(folder / "wds" / "*.tar"))), shardshuffle=False).decode("pil"))
+    assert sorted(s["txt"] for s in samples) == [f"caption number {i}" for i in range(5)]
+    assert all(s[ext].size == (16, 16) for s in samples)
+
+
+def test_sample_names_split_cleanly_in_webdataset():
+    from webdataset.tariterators import base_plus_ext
+
+    from factory.export import sample_name
+
+    for rank, cid in [(1, "a.b.c"), (12, "x/y z"), (3, "ünï.cöde"), (4, "..")]:
+        key = sample_name(rank, cid)
+        assert base_plus_ext(f"{key}.png") == (key, "png")
+        assert base_plus_ext(f"{key}.json") == (key, "json")
+    assert sample_name(1, "a.b") != sample_name(2, "a.b")
+
+
+def test_bad_instructions_file_fails_before_the_run(tmp_path, captions_path):
+    proc = cli("factory", *tiny_overrides(tmp_path / "out", captions_path, "export.llava=true", f"export.llava_instructions={tmp_path}/none.yaml"), timeout=120)
+    assert proc.returncode == 2
+    assert "export.llava_instructions" in proc.stderr and not (tmp_path / "out" / "candidates").exists()
+
+
+# ---- cost estimate ---------------------------------------------------------------------
+
+def test_estimate_matches_the_run(captions_path, manifest, run_out):
+    from factory.config import compose
+    from factory.estimate import estimate
+
+    cfg = compose([f"input={captions_path}", f"synth.repeat={REPEAT}", f"select.k={K}", "synth.steps=2", "model.batch_size=2", "estimate.gpus=3",
+                    "score.ssim_size=128", "score.ssim_low=64"])
+    e = estimate(cfg)
+    c = manifest["counts"]
+    assert e["captions_in"] == c["read"]
+    assert e["curated"] == c["curated"]  # the sample covers the whole input: exact
+    assert e["images"] == e["curated"] * REPEAT == c["synthesized"]
+    assert e["selected"] == K
+    assert e["seconds_per_image"] > 0 and e["calibration"]["images"] == 2
+    assert e["gpu_hours"] == pytest.approx(e["images"] * e["seconds_per_image"] / 3600)
+    assert e["wall_hours"] == pytest.approx(e["gpu_hours"] / 3)
+    actual = sum(os.path.getsize(p) for p in glob.glob(str(run_out[0] / "candidates" / "*.parquet")))
+    assert 0.5 < e["candidates_bytes"] / actual < 2.0, (e["candidates_bytes"], actual)
+    assert e["dataset_bytes"] == pytest.approx(e["candidates_bytes"] * K / e["images"])
+
+
+def test_estimate_cli_with_given_seconds(captions_path):
+    proc = cli("factory", "estimate", f"input={captions_path}", "synth.repeat=3", "estimate.seconds_per_image=36",
+               "estimate.gpus=2", "estimate.image_bytes=1048576", "select.k=4", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    table = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line)[1] for line in proc.stdout.splitlines()}
+    curated = int(table["captions after curation"])
+    assert curated == len(CAPTIONS)  # the junk rows: a short caption, a duplicate, a malformed line
+    assert int(table["images to generate"]) == curated * 3
+    assert float(table["GPU-hours"]) == pytest.approx(curated * 3 * 36 / 3600, abs=1e-3)
+    assert float(table["wall hours on 2 GPU(s)"]) == pytest.approx(curated * 3 * 36 / 3600 / 2, abs=1e-3)
+    assert table["storage: dataset/"].endswith("MiB") and float(table["storage: dataset/"].split()[0]) == pytest.approx(4.0, abs=0.01)
+
+
+def test_estimate_cli_input_not_found(tmp_path):
+    proc = cli("factory", "estimate", f"input={tmp_path}/missing.jsonl", "estimate.seconds_per_image=1", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: input not found")
+
+
+def test_failed_export_leaves_no_shard_behind(tmp_path):
+    from factory.export.webdataset import write_shards
+
+    folder = _dataset_dir(tmp_path, "png")
+    table = pq.read_table(folder / "part-0.parquet")
+    images = table.column(S.IMAGE).to_pylist()
+    images[3] = b"not an image"  # the 4th pair: shard 0 is complete, shard 1 is half-written when it fails
+    pq.write_table(table.set_column(table.schema.get_field_index(S.IMAGE), S.IMAGE, pa.array(images, pa.binary())), folder / "part-0.parquet")
+    with pytest.raises(ValueError, match="unknown image encoding"):
+        write_shards(str(folder), shard_size=2)
+    assert sorted(os.listdir(folder / "wds")) == ["shard-000000.tar"]
