@@ -80,22 +80,6 @@ def rules_pass_rate(captions: list[str], rules_cfg: dict) -> tuple[float, dict]:
     return 1.0 - sum(failed.values()) / len(captions), failed
 
 
-def synth_kwargs(cfg: dict) -> dict:
-    """DiffusionSynth's arguments from the config, as factory/pipeline.py passes them."""
-    m, s = cfg["model"], cfg["synth"]
-    return dict(path=m["path"], refiner_path=m.get("refiner_path"), high_noise_frac=m.get("high_noise_frac", 0.8), device=m["device"],
-                dtype=m["dtype"], variant=m.get("variant"), height=m.get("height"), width=m.get("width"), steps=s["steps"],
-                guidance=s["guidance"], negative_prompt=s.get("negative_prompt", ""), channels_last=m.get("channels_last", False),
-                fuse_qkv=m.get("fuse_qkv", False), compile=m.get("compile", False), torch_threads=cfg["resources"]["synth"].get("torch_threads"))
-
-
-def score_kwargs(cfg: dict) -> dict:
-    """ClipSsimScorer's arguments from the config, as factory/pipeline.py passes them."""
-    sc, s = cfg["scorer"], cfg["score"]
-    return dict(arch=sc["arch"], pretrained=sc.get("pretrained"), device=sc["device"], dtype=sc["dtype"], lam=s["lam"], prefix=s["prefix"],
-                ssim_size=s["ssim_size"], ssim_low=s["ssim_low"], torch_threads=cfg["resources"]["score"].get("torch_threads"))
-
-
 def device_name(device: str) -> str:
     import torch
 
@@ -108,6 +92,7 @@ def calibrate(cfg: dict, captions: list[str], batches: int = 1) -> dict:
     """Seconds per image of synthesis + scoring, after one untimed warm-up batch; model loading not counted."""
     from factory.io.write import encode_image
     from factory.score.scorer import ClipSsimScorer
+    from factory.stage_args import score_kwargs, synth_kwargs
     from factory.synth.diffusion import DiffusionSynth
 
     if not captions:

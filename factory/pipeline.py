@@ -19,6 +19,7 @@ from factory.io.read import InputError, read_caption_file
 from factory.io.write import CandidateWriter, RejectsSplit
 from factory.score.scorer import ClipSsimScorer
 from factory.select import AttachRank
+from factory.stage_args import score_kwargs, synth_kwargs
 from factory.synth.diffusion import DiffusionSynth
 
 log = logging.getLogger(__name__)
@@ -142,46 +143,18 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
     # (Fused CPU stages coalesce their small outputs into one big block otherwise.)
     ds = ds.repartition(target_num_rows_per_block=synth_cfg["batch_size"])
 
-    synth_kwargs = dict(
-        path=model_cfg["path"],
-        refiner_path=model_cfg.get("refiner_path"),
-        high_noise_frac=model_cfg.get("high_noise_frac", 0.8),
-        device=model_cfg["device"],
-        dtype=model_cfg["dtype"],
-        variant=model_cfg.get("variant"),
-        height=model_cfg.get("height"),
-        width=model_cfg.get("width"),
-        steps=synth_cfg["steps"],
-        guidance=synth_cfg["guidance"],
-        negative_prompt=synth_cfg.get("negative_prompt", ""),
-        channels_last=model_cfg.get("channels_last", False),
-        fuse_qkv=model_cfg.get("fuse_qkv", False),
-        compile=model_cfg.get("compile", False),
-        torch_threads=res["synth"].get("torch_threads"),
-    )
     ds = ds.map_batches(
         DiffusionSynth,
-        fn_constructor_kwargs=synth_kwargs,
+        fn_constructor_kwargs=synth_kwargs(cfg),
         compute=_actor_pool(res["synth"]),
         batch_size=synth_cfg["batch_size"],
         num_gpus=gpus_for(res["synth"], model_cfg["device"], 1.0),
         num_cpus=res["synth"]["num_cpus"],
         batch_format="numpy",
     )
-    score_kwargs = dict(
-        arch=scorer_cfg["arch"],
-        pretrained=scorer_cfg.get("pretrained"),
-        device=scorer_cfg["device"],
-        dtype=scorer_cfg["dtype"],
-        lam=score_cfg["lam"],
-        prefix=score_cfg["prefix"],
-        ssim_size=score_cfg["ssim_size"],
-        ssim_low=score_cfg["ssim_low"],
-        torch_threads=res["score"].get("torch_threads"),
-    )
     ds = ds.map_batches(
         ClipSsimScorer,
-        fn_constructor_kwargs=score_kwargs,
+        fn_constructor_kwargs=score_kwargs(cfg),
         compute=_actor_pool(res["score"]),
         batch_size=score_cfg["batch_size"],
         num_gpus=gpus_for(res["score"], scorer_cfg["device"], 0.25),
