@@ -21,7 +21,8 @@ def say(*parts) -> None:
 
 def captions(n: int) -> list[str]:
     rows = [json.loads(line) for line in (ROOT / "factory" / "data" / "sample_captions.jsonl").read_text().splitlines() if line.strip()]
-    return [rows[i % len(rows)]["caption"] for i in range(n)]
+    texts = [r["caption"] for r in rows if isinstance(r, dict) and isinstance(r.get("caption"), str) and r["caption"].strip()]
+    return [texts[i % len(texts)] for i in range(n)]
 
 
 def device_name(device: str) -> str:

@@ -35,6 +35,7 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--ref-images", type=int, default=3, help="timed reference images (after one warm-up)")
     p.add_argument("--timed-batches", type=int, default=2)
+    p.add_argument("--ablate-batches", type=int, default=1, help="timed batches per ablation step")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for (b)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--ablate", action="store_true", help="time each lever in turn")
@@ -71,20 +72,31 @@ def stage_batch(prompts: list[str], start: int) -> dict:
     }
 
 
-def stage_rate(synth: DiffusionSynth, bs: int, args, label: str) -> float:
+def stage_rate(synth: DiffusionSynth, bs: int, args, label: str, batches: int | None = None) -> float:
     """Images/s through the stage's __call__ (uint8 on the host), after one untimed batch."""
-    prompts = captions(bs * (args.timed_batches + 1))
+    batches = batches or args.timed_batches
+    prompts = captions(bs * (batches + 1))
     with Timer(args.device) as t:
         out = synth(stage_batch(prompts[:bs], 0))
     say(f"  {label}: first batch (untimed) {t.s:.1f} s")
     assert out[S.IMAGE].dtype == np.uint8 and out[S.IMAGE].shape == (bs, args.size, args.size, 3), out[S.IMAGE].shape
     with Timer(args.device) as t:
-        for b in range(1, args.timed_batches + 1):
+        for b in range(1, batches + 1):
             out = synth(stage_batch(prompts[b * bs : (b + 1) * bs], b * bs))
-    n = bs * args.timed_batches
+    n = bs * batches
     if synth.oom_retries:
         say(f"  {label}: {synth.oom_retries} out-of-memory retries (batch halved)")
     return n / t.s
+
+
+def undo_speedups(pipe) -> None:
+    """Back to the plain eager pipeline: uncompiled, unfused, contiguous (for the ablation)."""
+    pipe.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    pipe.vae.__dict__.pop("decode", None)  # the compiled decode was set on the instance
+    if hasattr(pipe, "unfuse_qkv_projections"):
+        pipe.unfuse_qkv_projections()
+    pipe.unet.to(memory_format=torch.contiguous_format)
+    pipe.vae.to(memory_format=torch.contiguous_format)
 
 
 def main(argv=None) -> float:
@@ -125,31 +137,31 @@ def main(argv=None) -> float:
     common = dict(steps=args.steps, guidance=args.guidance, height=args.size, width=args.size, device=args.device)
     bs = args.batch_size
     compile_opts = dict(compile=not args.no_compile, compile_mode=args.compile_mode, batch_size=bs)
-    if args.ablate:
-        rates = {}
-        synth = DiffusionSynth.from_pipeline(pipe, **common)
-        rates["bf16 eager batch 1"] = stage_rate(synth, 1, args, "bf16 b1")
-        say(f"    bf16, eager, stage, batch 1: {rates['bf16 eager batch 1']:.3f} images/s")
-        rates[f"+ batch {bs}"] = stage_rate(synth, bs, args, f"b{bs}")
-        say(f"    + batch {bs}: {rates[f'+ batch {bs}']:.3f} images/s")
-        synth = DiffusionSynth.from_pipeline(pipe, channels_last=True, **common)
-        rates["+ channels_last"] = stage_rate(synth, bs, args, "channels_last")
-        say(f"    + channels_last: {rates['+ channels_last']:.3f} images/s")
-        synth = DiffusionSynth.from_pipeline(pipe, fuse_qkv=True, **common)
-        rates["+ fused QKV"] = stage_rate(synth, bs, args, "fuse_qkv")
-        say(f"    + fused QKV: {rates['+ fused QKV']:.3f} images/s")
-        if not args.no_compile:
-            synth = DiffusionSynth.from_pipeline(pipe, **compile_opts, **common)
-    else:
-        synth = DiffusionSynth.from_pipeline(pipe, channels_last=True, fuse_qkv=True, **compile_opts, **common)
+    # The headline figure first (a time limit may cut the run short), then the ablation.
+    synth = DiffusionSynth.from_pipeline(pipe, channels_last=True, fuse_qkv=True, **compile_opts, **common)
     if synth.warmup_s is not None:
         say(f"torch.compile ({args.compile_mode}) warm-up in the constructor: {synth.warmup_s:.1f} s (not timed)")
     best = stage_rate(synth, bs, args, "best")
-    label = f"bf16, batch {bs}, SDPA, channels_last, fused QKV" + ("" if args.no_compile else f", compile({args.compile_mode})")
+    label = f"{best_dtype}, batch {bs}, SDPA, channels_last, fused QKV" + ("" if args.no_compile else f", compile({args.compile_mode})")
     say(f"(b) factory DiffusionSynth [{label}], uint8 out: {best:.3f} images/s "
         f"(UNet {tflops(best):.0f} TFLOP/s" + ("" if args.tiny else f", {100 * tflops(best) / PEAK_BF16_TFLOPS:.0f}% of {PEAK_BF16_TFLOPS:.0f}") + ")")
+    say(f"ratio (b)/(a) = {best / ref:.3f}")
     if args.ablate:
-        say("ablation (images/s): " + "; ".join(f"{k} {v:.3f}" for k, v in rates.items()) + f"; + compile {best:.3f}")
+        undo_speedups(pipe)
+        rates = {}
+        synth = DiffusionSynth.from_pipeline(pipe, **common)
+        rates["bf16 eager batch 1"] = stage_rate(synth, 1, args, "bf16 b1", 2 * args.ablate_batches)
+        say(f"    bf16, eager, stage, batch 1: {rates['bf16 eager batch 1']:.3f} images/s")
+        rates[f"+ batch {bs}"] = stage_rate(synth, bs, args, f"b{bs}", args.ablate_batches)
+        say(f"    + batch {bs}: {rates[f'+ batch {bs}']:.3f} images/s")
+        synth = DiffusionSynth.from_pipeline(pipe, channels_last=True, **common)
+        rates["+ channels_last"] = stage_rate(synth, bs, args, "channels_last", args.ablate_batches)
+        say(f"    + channels_last: {rates['+ channels_last']:.3f} images/s")
+        synth = DiffusionSynth.from_pipeline(pipe, fuse_qkv=True, **common)
+        rates["+ fused QKV"] = stage_rate(synth, bs, args, "fuse_qkv", args.ablate_batches)
+        say(f"    + fused QKV: {rates['+ fused QKV']:.3f} images/s")
+        say("ablation (images/s): " + f"reference {ref:.3f}; " + "; ".join(f"{k} {v:.3f}" for k, v in rates.items())
+            + (f"; + compile {best:.3f}" if not args.no_compile else ""))
     ratio = best / ref
     say("ratio (b)/(a):")
     say(f"{ratio:.3f}")

@@ -147,6 +147,9 @@ def generation_stream(
         channels_last=model_cfg.get("channels_last", False),
         fuse_qkv=model_cfg.get("fuse_qkv", False),
         compile=model_cfg.get("compile", False),
+        compile_mode=model_cfg.get("compile_mode", "max-autotune-no-cudagraphs"),
+        vae_tiling=model_cfg.get("vae_tiling", False),
+        batch_size=synth_cfg["batch_size"],  # the compiled batch shape: warmed up once, short batches padded
         torch_threads=res["synth"].get("torch_threads"),
     )
     ds = ds.map_batches(

@@ -30,13 +30,22 @@ def build_sdxl_modules(device: str | torch.device = "cpu", dtype: torch.dtype = 
     torch.manual_seed(seed)
     # Creating on the device runs the weight initialisers there: seconds on a GPU instead of
     # a minute of CPU work for 3.5 billion parameters; on 'meta' it allocates nothing at all.
-    with torch.device(device):
-        modules = {
-            "unet": UNet2DConditionModel(**arch["unet"]["config"]),
-            "vae": AutoencoderKL(**arch["vae"]["config"]),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]["config"])),
-            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**arch["text_encoder_2"]["config"])),
-        }
+    def make(where):
+        with torch.device(where):
+            return {
+                "unet": UNet2DConditionModel(**arch["unet"]["config"]),
+                "vae": AutoencoderKL(**arch["vae"]["config"]),
+                "text_encoder": CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]["config"])),
+                "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**arch["text_encoder_2"]["config"])),
+            }
+
+    try:
+        modules = make(device)
+    except Exception as exc:  # a constructor that refuses a default device: build on the CPU, then move
+        if str(device) in ("cpu", "meta"):
+            raise
+        print(f"building on {device} failed ({exc!r}); building on the CPU", flush=True)
+        modules = make("cpu")
     if str(device) != "meta":
         modules = {k: m.to(device=device, dtype=dtype).eval() for k, m in modules.items()}
     return modules
