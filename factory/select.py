@@ -29,17 +29,28 @@ def read_scores(candidates_dir: str) -> pa.Table:
 
 
 def best_of_n(scores: pa.Table) -> pa.Table:
-    """One row per id: the highest score, ties to the lower sample index (duplicates collapse too)."""
+    """One row per id: the highest score, ties to the lower sample index (duplicates collapse too).
+
+    Linear time: a per-id maximum, then the lowest sample among the rows that reach it, then the
+    first such row; rows come out in order of each id's first appearance. Scores must be finite
+    (read_scores guarantees it).
+    """
     if scores.num_rows == 0:
         return scores
     ids = pc.dictionary_encode(scores.column(S.ID)).combine_chunks()
     codes = ids.indices.to_numpy()
+    n_ids = len(ids.dictionary)
     score = scores.column(S.SCORE).to_numpy()
-    sample = scores.column(S.SAMPLE).to_numpy()
-    order = np.lexsort((sample, -score, codes))  # last key is primary
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = codes[order][1:] != codes[order][:-1]
-    return scores.take(pa.array(order[first]))
+    sample = scores.column(S.SAMPLE).to_numpy().astype(np.int64)
+    top = np.full(n_ids, -np.inf)
+    np.maximum.at(top, codes, score)
+    rows = np.flatnonzero(score == top[codes])
+    low = np.full(n_ids, np.iinfo(np.int64).max)
+    np.minimum.at(low, codes[rows], sample[rows])
+    rows = rows[sample[rows] == low[codes[rows]]]
+    first = np.full(n_ids, len(score), dtype=np.int64)  # exact duplicates: the first row wins
+    np.minimum.at(first, codes[rows], rows)
+    return scores.take(pa.array(first[first < len(score)]))
 
 
 def resolve_k(n: int, k: int | None, fraction: float | None) -> int:

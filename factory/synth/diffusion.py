@@ -90,40 +90,91 @@ class DiffusionSynth:
         device: str = "auto",
         dtype: str = "float32",
         variant: str | None = None,
+        torch_threads: int | None = None,
+        **options,
+    ):
+        """Load `path` (and the refiner) and apply `options` (see `_configure`)."""
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        device = resolve_device(device)
+        pipe = load_text_to_image(path, dtype, device, variant)
+        refiner = load_refiner(refiner_path, pipe, dtype, device, variant) if refiner_path else None
+        self._configure(pipe, refiner, device, high_noise_frac=high_noise_frac, **options)
+
+    @classmethod
+    def from_pipeline(cls, pipe, refiner=None, device: str | None = None, high_noise_frac: float = 0.8, **options) -> "DiffusionSynth":
+        """The stage around a pipeline already in memory (benchmarks build SDXL's architecture in place)."""
+        self = cls.__new__(cls)
+        pipe.set_progress_bar_config(disable=True)
+        self._configure(pipe, refiner, device or str(pipe.device), high_noise_frac=high_noise_frac, **options)
+        return self
+
+    def _configure(
+        self,
+        pipe,
+        refiner,
+        device: str,
+        high_noise_frac: float = 0.8,
         height: int | None = None,
         width: int | None = None,
         steps: int = 4,
         guidance: float = 5.0,
         negative_prompt: str = "",
+        batch_size: int | None = None,
         channels_last: bool = False,
         fuse_qkv: bool = False,
         compile: bool = False,
-        torch_threads: int | None = None,
-    ):
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.device = resolve_device(device)
-        self.pipe = load_text_to_image(path, dtype, self.device, variant)
-        self.refiner = load_refiner(refiner_path, self.pipe, dtype, self.device, variant) if refiner_path else None
+        compile_mode: str = "max-autotune-no-cudagraphs",
+        vae_tiling: bool = False,
+        warmup_steps: int = 2,
+    ) -> None:
+        self.pipe, self.refiner, self.device = pipe, refiner, device
         self.high_noise_frac = high_noise_frac
         self.height, self.width = height, width
         self.steps, self.guidance, self.negative_prompt = steps, guidance, negative_prompt
         self.oom_retries = 0
-        self._speedups(channels_last, fuse_qkv, compile)
+        # A compiled graph is specialised to its batch size: short batches are padded up to it
+        # (with throw-away prompts) rather than paying a recompilation mid-run.
+        self.pad_to = batch_size if compile and batch_size else None
+        self._speedups(channels_last, fuse_qkv, compile, compile_mode, vae_tiling)
+        self.warmup_s = None
+        if compile:
+            self.warmup_s = self.warm_up(batch_size or 1, warmup_steps)
 
-    def _speedups(self, channels_last: bool, fuse_qkv: bool, compile: bool) -> None:
+    def _speedups(self, channels_last: bool, fuse_qkv: bool, compile: bool, compile_mode: str = "max-autotune-no-cudagraphs",
+                  vae_tiling: bool = False) -> None:
         pipe = self.pipe
         if fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
             pipe.fuse_qkv_projections()
         if channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
+        if vae_tiling:  # only when a batch's decode does not fit: tiles cost time and leave seams
+            pipe.vae.enable_tiling()
         if compile:
-            pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
-            pipe.vae.decode = torch.compile(pipe.vae.decode, mode="max-autotune-no-cudagraphs", fullgraph=True)
+            pipe.unet = torch.compile(pipe.unet, mode=compile_mode, fullgraph=True)
+            pipe.vae.decode = torch.compile(pipe.vae.decode, mode=compile_mode, fullgraph=True)
+
+    def warm_up(self, batch_size: int, steps: int = 2) -> float:
+        """One throw-away batch at the working size, so compilation is paid here, once per actor."""
+        t0 = time.perf_counter()
+        saved = self.steps
+        self.steps = max(1, steps)
+        try:
+            to_uint8(self.generate(["warm-up"] * batch_size, list(range(batch_size))))
+        finally:
+            self.steps = saved
+        warm = time.perf_counter() - t0
+        log.info("synthesis warm-up (compilation) took %.1f s", warm)
+        return warm
 
     def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         """(N,3,H,W) float images in [0,1], on the device."""
+        n = len(prompts)
+        if self.pad_to and n < self.pad_to:  # keep the compiled batch size; padded rows are dropped below
+            prompts = list(prompts) + [""] * (self.pad_to - n)
+            seeds = list(seeds) + [0] * (self.pad_to - n)
+            return self.generate(prompts, seeds)[:n]
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         kwargs = dict(
             prompt=prompts,
