@@ -74,7 +74,7 @@ def check_resume(cfg: dict, dirs: dict) -> dict | None:
 
 def package_versions() -> dict:
     out = {"python": platform.python_version()}
-    for name in ("synth-factory", "ray", "torch", "diffusers", "transformers", "open_clip_torch", "kornia", "pyarrow", "hydra-core"):
+    for name in ("synth-factory", "ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "hydra-core"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
