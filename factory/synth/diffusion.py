@@ -217,6 +217,9 @@ class DiffusionSynth:
 
         def count_oom():
             self.oom_retries += 1
+            # Padding back to the compiled batch size would make every half run out of memory
+            # again: after an OOM, smaller batches run as they are (and may recompile once).
+            self.pad_to = None
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
