@@ -20,7 +20,7 @@ def synth_kwargs(cfg: dict) -> dict:
         channels_last=m.get("channels_last", False),
         fuse_qkv=m.get("fuse_qkv", False),
         compile=m.get("compile", False),
-        compile_mode=m.get("compile_mode", "max-autotune-no-cudagraphs"),
+        compile_mode=m.get("compile_mode", "default"),
         vae_tiling=m.get("vae_tiling", False),
         batch_size=s["batch_size"],  # the compiled batch shape: warmed up once, short batches padded
         torch_threads=cfg["resources"]["synth"].get("torch_threads"),

@@ -124,7 +124,7 @@ class DiffusionSynth:
         channels_last: bool = False,
         fuse_qkv: bool = False,
         compile: bool = False,
-        compile_mode: str = "max-autotune-no-cudagraphs",
+        compile_mode: str = "default",
         vae_tiling: bool = False,
         warmup_steps: int = 2,
     ) -> None:
@@ -141,7 +141,7 @@ class DiffusionSynth:
         if compile:
             self.warmup_s = self.warm_up(batch_size or 1, warmup_steps)
 
-    def _speedups(self, channels_last: bool, fuse_qkv: bool, compile: bool, compile_mode: str = "max-autotune-no-cudagraphs",
+    def _speedups(self, channels_last: bool, fuse_qkv: bool, compile: bool, compile_mode: str = "default",
                   vae_tiling: bool = False) -> None:
         pipe = self.pipe
         if fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
