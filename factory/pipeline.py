@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from factory import schema as S
 from factory.curate.dedup import MarkRejected, dedup_keys
+from factory.curate.near_dup import MINHASH, signature_column
 from factory.curate.rules import CaptionRules
 from factory.expand import ExpandSamples
 from factory.io.read import read_caption_file
@@ -70,19 +71,35 @@ def caption_rows(paths: list[str], cpu_per_task: float):
     return files_ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
 
 
-def scan_keys(paths: list[str], cpu_per_task: float) -> tuple[pa.Table, int]:
-    """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read."""
+def scan_keys(paths: list[str], cpu_per_task: float, near_dup: dict | None = None) -> tuple[pa.Table, int]:
+    """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read.
+
+    With `near_dup` (curate.near_dup, enabled) each row also gets its MinHash signature
+    (column `minhash`), computed in the same parallel tasks: only integers reach the driver.
+    """
     import ray
+
+    sig_type = pa.list_(pa.uint32(), near_dup["num_perm"]) if near_dup else None
+
+    def placeholder(rows: int) -> pa.Table:
+        """One row at pos -1 that only carries the number of rows read (of a block with no valid caption)."""
+        cols = {S.ID: pa.array([None], pa.string()), S.POS: pa.array([-1], pa.int64()), "norm_hash": pa.array([0], pa.int64())}
+        if sig_type is not None:
+            cols[MINHASH] = pa.array([None], sig_type)
+        return pa.table(cols | {"rows": pa.array([rows], pa.int64())})
 
     def keys(batch: pa.Table) -> pa.Table:
         k = dedup_keys(batch)
-        return k.append_column("rows", pa.array([batch.num_rows] + [0] * (k.num_rows - 1), pa.int64())) if k.num_rows else pa.table(
-            {S.ID: pa.array([None], pa.string()), S.POS: pa.array([-1], pa.int64()), "norm_hash": pa.array([0], pa.int64()), "rows": pa.array([batch.num_rows], pa.int64())}
-        )
+        if not k.num_rows:
+            return placeholder(batch.num_rows)
+        if sig_type is not None:
+            valid = batch.filter(pc.is_null(batch.column(S.REASON)))
+            k = k.append_column(MINHASH, signature_column(valid.column(S.CAPTION).to_pylist(), near_dup["num_perm"], near_dup["shingle_size"]))
+        return k.append_column("rows", pa.array([batch.num_rows] + [0] * (k.num_rows - 1), pa.int64()))
 
     refs = caption_rows(paths, cpu_per_task).map_batches(keys, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task).to_arrow_refs()
     tables = [t for t in ray.get(refs) if t.num_rows]
-    table = pa.concat_tables(tables) if tables else pa.table({S.ID: pa.array([], pa.string()), S.POS: pa.array([], pa.int64()), "norm_hash": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())})
+    table = pa.concat_tables(tables) if tables else placeholder(0).slice(0, 0)
     n_read = int(pc.sum(table.column("rows")).as_py() or 0)
     table = table.filter(pc.greater_equal(table.column(S.POS), 0)).drop_columns(["rows"])
     return table, n_read
@@ -105,6 +122,67 @@ def gpus_for(res: dict, device: str, default: float) -> float:
     return default if str(device).startswith("cuda") else 0.0
 
 
+def curation_model_stages(ds, cfg: dict, dirs: dict):
+    """The optional model-based curation: perplexity filter, then the LLM judge (and its verdict log).
+
+    Rows rejected so far go to rejects/ first, so the models spend time on live captions only.
+    """
+    from factory.curate.judge import HFJudge, VerdictLog
+
+    res, cpu, curate = cfg["resources"], cfg["resources"]["cpu_task_cpus"], cfg["curate"]
+    ppl = curate["rules"].get("perplexity") or {}
+    llm = curate.get("llm") or {}
+
+    def drop_rejected(ds):
+        return ds.map_batches(RejectsSplit(dirs["rejects"], pass_columns=None), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+
+    if ppl.get("enabled"):
+        from factory.curate.perplexity import PerplexityFilter
+
+        r = res.get("perplexity") or {}
+        kwargs = dict(model=ppl.get("model"), max_perplexity=ppl.get("max"), batch_size=ppl.get("batch_size", 32),
+                      max_length=ppl.get("max_length", 128), device=ppl.get("device", "cpu"), dtype=ppl.get("dtype", "float32"),
+                      torch_threads=r.get("torch_threads"))
+        ds = drop_rejected(ds).map_batches(
+            PerplexityFilter, fn_constructor_kwargs=kwargs, compute=_actor_pool(r), batch_size=kwargs["batch_size"],
+            num_gpus=gpus_for(r, kwargs["device"], 0.5), num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
+        )
+    if llm.get("enabled"):
+        prompt = llm.get("prompt") or {}
+        ds = drop_rejected(ds)
+        if llm.get("backend", "hf") == "vllm":
+            ds = vllm_judge(ds, llm)
+        elif llm.get("backend", "hf") == "hf":
+            r = res.get("judge") or {}
+            kwargs = dict(model=llm.get("model"), system=prompt.get("system"), user=prompt.get("user", ""),
+                          on_unparseable=llm.get("on_unparseable", "keep"), max_new_tokens=llm.get("max_new_tokens", 4),
+                          batch_size=llm.get("batch_size", 16), device=llm.get("device", "cpu"), dtype=llm.get("dtype", "float32"),
+                          max_input_tokens=llm.get("max_input_tokens", 512), torch_threads=r.get("torch_threads"))
+            ds = ds.map_batches(
+                HFJudge, fn_constructor_kwargs=kwargs, compute=_actor_pool(r), batch_size=kwargs["batch_size"],
+                num_gpus=gpus_for(r, kwargs["device"], 1.0), num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
+            )
+        else:
+            raise ValueError(f"curate.llm.backend={llm.get('backend')!r}: expected hf or vllm")
+        ds = ds.map_batches(VerdictLog(dirs["llm_judge"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+    return ds
+
+
+def vllm_judge(ds, llm: dict):
+    """The LLM judge on vLLM engines through Ray Data's LLM API (imported only here: the `llm` extra)."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from factory.curate.judge import VllmRequest, VllmVerdict, vllm_processor_kwargs
+
+    prompt = llm.get("prompt") or {}
+    processor = build_processor(
+        vLLMEngineProcessorConfig(**vllm_processor_kwargs(llm)),
+        preprocess=VllmRequest(prompt.get("system"), prompt.get("user", ""), llm.get("max_new_tokens", 4)),
+        postprocess=VllmVerdict(llm.get("on_unparseable", "keep")),
+    )
+    return processor(ds)
+
+
 def generation_stream(
     paths: list[str],
     rejected: pa.Table,
@@ -121,8 +199,10 @@ def generation_stream(
     synth_cfg, model_cfg, score_cfg, scorer_cfg = cfg["synth"], cfg["model"], cfg["score"], cfg["scorer"]
 
     ds = caption_rows(paths, cpu)
-    ds = ds.map_batches(CaptionRules(**cfg["curate"]["rules"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+    rules = {k: v for k, v in cfg["curate"]["rules"].items() if k != "perplexity"}  # a model stage of its own
+    ds = ds.map_batches(CaptionRules(**rules), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(MarkRejected(rejected), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+    ds = curation_model_stages(ds, cfg, dirs)
     ds = ds.map_batches(RejectsSplit(dirs["rejects"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     # Blocks of one synthesis batch: the unit that streams, and all a crash can cost.
     ds = ds.map_batches(
