@@ -55,7 +55,7 @@ def hash_family(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def minhash_signatures(captions: list[str], num_perm: int = 128, shingle_size: int = 3, chunk: int = 2048) -> np.ndarray:
+def minhash_signatures(captions: list[str], num_perm: int = 128, shingle_size: int = 1, chunk: int = 2048) -> np.ndarray:
     """(len(captions), num_perm) uint32 MinHash signatures, computed with numpy a chunk at a time."""
     a, b = hash_family(num_perm)
     out = np.empty((len(captions), num_perm), dtype=np.uint32)
