@@ -110,7 +110,8 @@ def candidate_pairs(keys: np.ndarray, max_bucket_span: int = 32) -> np.ndarray:
     if not parts:
         return np.empty((0, 2), dtype=np.int64)
     pairs = np.concatenate(parts).astype(np.int64)
-    code = np.unique(pairs[:, 0] * np.int64(n) + pairs[:, 1])  # each pair once
+    code = np.sort(pairs[:, 0] * np.int64(n) + pairs[:, 1])
+    code = code[np.concatenate([[True], code[1:] != code[:-1]])]  # each pair once (sorting beats np.unique's hashing here)
     return np.stack([code // n, code % n], axis=1)
 
 
@@ -142,7 +143,7 @@ def connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
 
 def id_order(ids: list[str], pos: np.ndarray) -> np.ndarray:
     """Rank of each row under the module's rule: integer ids numerically first, then other ids as strings, then pos."""
-    is_int = np.array([bool(re.fullmatch(r"[+-]?\d+", i or "")) for i in ids], dtype=bool)
+    is_int = pc.match_substring_regex(pa.array(ids, pa.string()), r"^[+-]?\d+$").fill_null(False).to_numpy(zero_copy_only=False)
     as_int = np.array([int(i) if f else 0 for i, f in zip(ids, is_int)], dtype=object)
     as_str = np.array([("" if f else (i or "")) for i, f in zip(ids, is_int)], dtype=object)
     # Python ints and strings compare exactly (no overflow); sorting n keys once is cheap.

@@ -77,13 +77,14 @@ def planted_pool(n: int, near_fraction: float = 0.1, exact_fraction: float = 0.0
     seen: set[str] = set()
     while len(captions) < n:
         r = rng.random()
-        originals = [i for i in range(max(0, len(captions) - 1000), len(captions)) if i not in truth]
-        if originals and r < near_fraction:
-            src = rng.choice(originals)
-            truth[len(captions)] = src
-            captions.append(near_variant(captions[src], rng.choice(NEAR_KINDS), rng))
-        elif originals and r < near_fraction + exact_fraction:
-            captions.append(captions[rng.choice(originals)])
+        if captions and r < near_fraction + exact_fraction:
+            src = rng.randrange(max(0, len(captions) - 1000), len(captions))
+            src = truth.get(src, src)  # edits are made of originals, never of edits
+            if r < near_fraction:
+                truth[len(captions)] = src
+                captions.append(near_variant(captions[src], rng.choice(NEAR_KINDS), rng))
+            else:
+                captions.append(captions[src])
         else:
             c = distinct_caption(rng)
             if c in seen:
