@@ -172,7 +172,7 @@ def vllm_judge(ds, llm: dict):
     """The LLM judge on vLLM engines through Ray Data's LLM API (imported only here: the `llm` extra)."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from factory.curate.judge import VllmRequest, VllmVerdict, vllm_processor_kwargs
+    from factory.curate.judge import VllmRequest, VllmVerdict, judged_rows, vllm_processor_kwargs
 
     prompt = llm.get("prompt") or {}
     processor = build_processor(
@@ -180,7 +180,7 @@ def vllm_judge(ds, llm: dict):
         preprocess=VllmRequest(prompt.get("system"), prompt.get("user", ""), llm.get("max_new_tokens", 4)),
         postprocess=VllmVerdict(llm.get("on_unparseable", "keep")),
     )
-    return processor(ds)
+    return processor(ds).map_batches(judged_rows, batch_size=1024, batch_format="pyarrow", num_cpus=0.1)
 
 
 def generation_stream(

@@ -119,3 +119,12 @@ def test_judge_needs_a_model():
         J.vllm_processor_kwargs({"model": None, "batch_size": 8})
     with pytest.raises(ValueError, match=r"must contain \{caption\}"):
         J.JudgePrompt("s", "no placeholder")
+
+
+def test_judged_rows_fix_the_types_row_maps_infer():
+    rows = caption_rows(["A red car."]).to_pylist()
+    row = J.VllmVerdict("keep")(dict(rows[0], generated_text="Yes"))
+    inferred = pa.Table.from_pylist([row])  # as a row-wise map builds a block: reason and detail all null
+    assert inferred.schema.field(S.REASON).type == pa.null()
+    fixed = J.judged_rows(inferred)
+    assert fixed.schema == J.JUDGED_ROW and fixed.column(J.VERDICT).to_pylist() == ["yes"]

@@ -143,6 +143,18 @@ def test_precision_and_recall_on_planted_pool(capsys):
     assert named_original >= 0.98 * tp
 
 
+def test_result_does_not_depend_on_row_order():
+    """Big LSH buckets are chained in pos order, so blocks arriving in another order change nothing."""
+    rng = random.Random(5)
+    words = ["red", "blue", "car", "street", "night", "a", "the", "on", "with", "light", "neon", "quiet"]
+    caps = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(400)]  # many similar captions: big buckets
+    keys = keys_table(caps)
+    ref = nd.find_near_duplicates(keys, threshold=0.7, max_bucket_span=4).sort_by(S.POS)
+    assert ref.num_rows > 50
+    perm = np.random.default_rng(1).permutation(keys.num_rows)
+    assert nd.find_near_duplicates(keys.take(pa.array(perm)), threshold=0.7, max_bucket_span=4).sort_by(S.POS).equals(ref)
+
+
 def test_bad_parameters_are_one_line_errors():
     with pytest.raises(ValueError, match="bands=5 must divide curate.near_dup.num_perm=128"):
         nd.check_params({"threshold": 0.8, "num_perm": 128, "bands": 5, "shingle_size": 1})

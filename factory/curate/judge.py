@@ -195,6 +195,14 @@ class VllmVerdict:
         return out
 
 
+JUDGED_ROW = pa.schema(list(S.CAPTION_ROW) + [pa.field(VERDICT, pa.string()), pa.field(ANSWER, pa.string())])
+
+
+def judged_rows(batch: pa.Table) -> pa.Table:
+    """Row-wise maps infer column types per block (all-null → null type): fix them to JUDGED_ROW."""
+    return batch.select(JUDGED_ROW.names).cast(JUDGED_ROW)
+
+
 def vllm_processor_kwargs(llm: dict) -> dict:
     """Keyword arguments of ray.data.llm.vLLMEngineProcessorConfig from curate.llm."""
     if not llm.get("model"):

@@ -174,6 +174,7 @@ def find_near_duplicates(
     n = keys.num_rows
     if n < 2:
         return empty
+    keys = keys.sort_by([(S.POS, "ascending")])  # the result must not depend on the order blocks arrived in
     col = keys.column(MINHASH).combine_chunks()
     num_perm = col.type.list_size
     signatures = col.values.to_numpy().reshape(n, num_perm)
