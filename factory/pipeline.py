@@ -71,38 +71,39 @@ def caption_rows(paths: list[str], cpu_per_task: float):
     return files_ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
 
 
-def scan_keys(paths: list[str], cpu_per_task: float, near_dup: dict | None = None) -> tuple[pa.Table, int]:
-    """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read.
-
-    With `near_dup` (curate.near_dup, enabled) each row also gets its MinHash signature
-    (column `minhash`), computed in the same parallel tasks: only integers reach the driver.
-    """
+def scan_keys(paths: list[str], cpu_per_task: float) -> tuple[pa.Table, int]:
+    """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read."""
     import ray
-
-    sig_type = pa.list_(pa.uint32(), near_dup["num_perm"]) if near_dup else None
-
-    def placeholder(rows: int) -> pa.Table:
-        """One row at pos -1 that only carries the number of rows read (of a block with no valid caption)."""
-        cols = {S.ID: pa.array([None], pa.string()), S.POS: pa.array([-1], pa.int64()), "norm_hash": pa.array([0], pa.int64())}
-        if sig_type is not None:
-            cols[MINHASH] = pa.array([None], sig_type)
-        return pa.table(cols | {"rows": pa.array([rows], pa.int64())})
 
     def keys(batch: pa.Table) -> pa.Table:
         k = dedup_keys(batch)
-        if not k.num_rows:
-            return placeholder(batch.num_rows)
-        if sig_type is not None:
-            valid = batch.filter(pc.is_null(batch.column(S.REASON)))
-            k = k.append_column(MINHASH, signature_column(valid.column(S.CAPTION).to_pylist(), near_dup["num_perm"], near_dup["shingle_size"]))
-        return k.append_column("rows", pa.array([batch.num_rows] + [0] * (k.num_rows - 1), pa.int64()))
+        return k.append_column("rows", pa.array([batch.num_rows] + [0] * (k.num_rows - 1), pa.int64())) if k.num_rows else pa.table(
+            {S.ID: pa.array([None], pa.string()), S.POS: pa.array([-1], pa.int64()), "norm_hash": pa.array([0], pa.int64()), "rows": pa.array([batch.num_rows], pa.int64())}
+        )
 
     refs = caption_rows(paths, cpu_per_task).map_batches(keys, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task).to_arrow_refs()
     tables = [t for t in ray.get(refs) if t.num_rows]
-    table = pa.concat_tables(tables) if tables else placeholder(0).slice(0, 0)
+    table = pa.concat_tables(tables) if tables else pa.table({S.ID: pa.array([], pa.string()), S.POS: pa.array([], pa.int64()), "norm_hash": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())})
     n_read = int(pc.sum(table.column("rows")).as_py() or 0)
     table = table.filter(pc.greater_equal(table.column(S.POS), 0)).drop_columns(["rows"])
     return table, n_read
+
+
+def scan_signatures(paths: list[str], cpu_per_task: float, num_perm: int, shingle_size: int) -> pa.Table:
+    """The near-duplicate pre-pass: (id, pos, minhash) of every valid row, signatures computed in parallel tasks.
+
+    Only the integer signatures reach the driver, never the captions.
+    """
+    import ray
+
+    def signatures(batch: pa.Table) -> pa.Table:
+        valid = batch.filter(pc.is_null(batch.column(S.REASON)))
+        return pa.table({S.ID: valid.column(S.ID), S.POS: valid.column(S.POS),
+                         MINHASH: signature_column(valid.column(S.CAPTION).to_pylist(), num_perm, shingle_size)})
+
+    refs = caption_rows(paths, cpu_per_task).map_batches(signatures, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task).to_arrow_refs()
+    tables = [t for t in ray.get(refs) if t.num_rows]
+    return pa.concat_tables(tables) if tables else signatures(S.CAPTION_ROW.empty_table())
 
 
 def _actor_pool(res: dict):
@@ -199,8 +200,7 @@ def generation_stream(
     synth_cfg, model_cfg, score_cfg, scorer_cfg = cfg["synth"], cfg["model"], cfg["score"], cfg["scorer"]
 
     ds = caption_rows(paths, cpu)
-    rules = {k: v for k, v in cfg["curate"]["rules"].items() if k != "perplexity"}  # a model stage of its own
-    ds = ds.map_batches(CaptionRules(**rules), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+    ds = ds.map_batches(CaptionRules(**cfg["curate"]["rules"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(MarkRejected(rejected), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = curation_model_stages(ds, cfg, dirs)
     ds = ds.map_batches(RejectsSplit(dirs["rejects"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)

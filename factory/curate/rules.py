@@ -94,6 +94,7 @@ class CaptionRules:
         rep_len: int = 10,
         flagged_words: list[str] | None = None,
         flagged_max: float | None = 0.0,
+        perplexity: dict | None = None,  # curate.rules.perplexity: a model stage of its own (curate/perplexity.py)
     ):
         self.enabled = enabled
         self.min_chars, self.max_chars = min_chars, max_chars
