@@ -86,7 +86,20 @@ def test_hf_judge_on_random_weights_and_the_verdict_log(tmp_path, prompt):
     assert counts == {v: verdicts.count(v) for v in ("yes", "no", "unparseable")}
 
 
-def test_vllm_processor_is_built_from_our_config_without_vllm(ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def ray_here():
+    """A Ray of this test's own (address=local: never another process's cluster on a shared machine)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_vllm_processor_is_built_from_our_config_without_vllm(ray_here, tmp_path):
     """The vllm backend's Ray Data processor, built (not run) from curate.llm: stages and engine settings."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -101,7 +114,7 @@ def test_vllm_processor_is_built_from_our_config_without_vllm(ray_local, tmp_pat
     assert cfg.model_source == llm["model"] and cfg.batch_size == 32 and cfg.concurrency == 3
     assert cfg.engine_kwargs["tensor_parallel_size"] == 2 and cfg.engine_kwargs["max_model_len"] == 1024
     assert cfg.engine_kwargs["enable_prefix_caching"] is True
-    ds = vllm_judge(ray_local.data.from_arrow(caption_rows(["A red car."])), llm)
+    ds = vllm_judge(ray_here.data.from_arrow(caption_rows(["A red car."])), llm)
     plan = str(ds)
     for stage in ("ChatTemplateUDF", "TokenizeUDF", "vLLMEngineStageUDF", "DetokenizeUDF", "_preprocess", "_postprocess"):
         assert stage in plan
