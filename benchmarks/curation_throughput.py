@@ -85,7 +85,7 @@ def through_ray(captions: list[str], n_files: int, cpus: int, cfg: dict) -> floa
         p = tmp / f"captions-{f:02d}.jsonl"
         p.write_text("".join(json.dumps({"id": f * per + i + 1, "caption": c}) + "\n" for i, c in enumerate(captions[f * per : (f + 1) * per])))
         paths.append(str(p))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     pipeline.configure_data_context({"progress_bars": False})
     cpu = cfg["resources"]["cpu_task_cpus"]
     near_cfg = cfg["curate"]["near_dup"] | {"enabled": True}
