@@ -89,23 +89,6 @@ def scan_keys(paths: list[str], cpu_per_task: float) -> tuple[pa.Table, int]:
     return table, n_read
 
 
-def scan_signatures(paths: list[str], cpu_per_task: float, num_perm: int, shingle_size: int) -> pa.Table:
-    """The near-duplicate pre-pass: (id, pos, minhash) of every valid row, signatures computed in parallel tasks.
-
-    Only the integer signatures reach the driver, never the captions.
-    """
-    import ray
-
-    def signatures(batch: pa.Table) -> pa.Table:
-        valid = batch.filter(pc.is_null(batch.column(S.REASON)))
-        return pa.table({S.ID: valid.column(S.ID), S.POS: valid.column(S.POS),
-                         MINHASH: signature_column(valid.column(S.CAPTION).to_pylist(), num_perm, shingle_size)})
-
-    refs = caption_rows(paths, cpu_per_task).map_batches(signatures, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task).to_arrow_refs()
-    tables = [t for t in ray.get(refs) if t.num_rows]
-    return pa.concat_tables(tables) if tables else signatures(S.CAPTION_ROW.empty_table())
-
-
 def _actor_pool(res: dict):
     from ray.data import ActorPoolStrategy
 
@@ -121,6 +104,23 @@ def gpus_for(res: dict, device: str, default: float) -> float:
     if res.get("num_gpus") is not None:
         return float(res["num_gpus"])
     return default if str(device).startswith("cuda") else 0.0
+
+
+def scan_signatures(paths: list[str], cpu_per_task: float, num_perm: int, shingle_size: int) -> pa.Table:
+    """The near-duplicate pre-pass: (id, pos, minhash) of every valid row, signatures computed in parallel tasks.
+
+    Only the integer signatures reach the driver, never the captions.
+    """
+    import ray
+
+    def signatures(batch: pa.Table) -> pa.Table:
+        valid = batch.filter(pc.is_null(batch.column(S.REASON)))
+        return pa.table({S.ID: valid.column(S.ID), S.POS: valid.column(S.POS),
+                         MINHASH: signature_column(valid.column(S.CAPTION).to_pylist(), num_perm, shingle_size)})
+
+    refs = caption_rows(paths, cpu_per_task).map_batches(signatures, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task).to_arrow_refs()
+    tables = [t for t in ray.get(refs) if t.num_rows]
+    return pa.concat_tables(tables) if tables else signatures(S.CAPTION_ROW.empty_table())
 
 
 def curation_model_stages(ds, cfg: dict, dirs: dict):
