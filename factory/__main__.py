@@ -40,6 +40,8 @@ def summary_lines(m: dict) -> list[str]:
     ]
     if c.get("rejected_by_reason"):
         lines.append("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in c["rejected_by_reason"].items()))
+    if c.get("llm_judge"):
+        lines.append("llm judge: " + ", ".join(f"{k} {v}" for k, v in c["llm_judge"].items()))
     if sel.get("k"):
         lines.append(
             f"selected mean clip_score {sel['mean_clip_score']:.4f}  ssim {sel['mean_ssim']:.4f}  score {sel['mean_score']:.4f}  threshold {sel['threshold']:.4f}"

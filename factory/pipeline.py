@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from factory import schema as S
 from factory.curate.dedup import MarkRejected, dedup_keys
+from factory.curate.near_dup import MINHASH, signature_column
 from factory.curate.rules import CaptionRules
 from factory.expand import ExpandSamples
 from factory.io.read import InputError, read_caption_file
@@ -137,6 +138,7 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
     ds = caption_rows(paths, cpu)
     ds = ds.map_batches(CaptionRules(**cfg["curate"]["rules"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(MarkRejected(rejected), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+    ds = curation_model_stages(ds, cfg, dirs)
     ds = ds.map_batches(RejectsSplit(dirs["rejects"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(ExpandSamples(synth_cfg["repeat"], synth_cfg["seed"], done), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     # Blocks of one synthesis batch: the unit that streams to the GPUs, and all a crash can cost.
@@ -216,3 +218,84 @@ def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: st
     ds = ds.map_batches(AttachRank(chosen), batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(write, batch_size=None, batch_format="pyarrow", num_cpus=cpu)
     return sum(int(b["rows"].sum()) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+# ---- curation: near-duplicate pre-pass and the model stages (docs/curation.md) ----
+
+
+def scan_signatures(paths: list[str], cpu_per_task: float, num_perm: int, shingle_size: int) -> pa.Table:
+    """The near-duplicate pre-pass: (id, pos, minhash) of every valid row, signatures computed in parallel tasks.
+
+    Only the integer signatures reach the driver, never the captions.
+    """
+    import ray
+
+    def signatures(batch: pa.Table) -> pa.Table:
+        valid = batch.filter(pc.is_null(batch.column(S.REASON)))
+        return pa.table({S.ID: valid.column(S.ID), S.POS: valid.column(S.POS),
+                         MINHASH: signature_column(valid.column(S.CAPTION).to_pylist(), num_perm, shingle_size)})
+
+    refs = caption_rows(paths, cpu_per_task).map_batches(signatures, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task).to_arrow_refs()
+    tables = [t for t in ray.get(refs) if t.num_rows]
+    return pa.concat_tables(tables) if tables else signatures(S.CAPTION_ROW.empty_table())
+
+
+def curation_model_stages(ds, cfg: dict, dirs: dict):
+    """The optional model-based curation: perplexity filter, then the LLM judge (and its verdict log).
+
+    Rows rejected so far go to rejects/ first, so the models spend time on live captions only.
+    """
+    from factory.curate.judge import HFJudge, VerdictLog
+
+    res, cpu, curate = cfg["resources"], cfg["resources"]["cpu_task_cpus"], cfg["curate"]
+    ppl = curate["rules"].get("perplexity") or {}
+    llm = curate.get("llm") or {}
+
+    def drop_rejected(ds):
+        return ds.map_batches(RejectsSplit(dirs["rejects"], pass_columns=None), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+
+    if ppl.get("enabled"):
+        from factory.curate.perplexity import PerplexityFilter
+
+        r = res.get("perplexity") or {}
+        kwargs = dict(model=ppl.get("model"), max_perplexity=ppl.get("max"), batch_size=ppl.get("batch_size", 32),
+                      max_length=ppl.get("max_length", 128), device=ppl.get("device", "cpu"), dtype=ppl.get("dtype", "float32"),
+                      torch_threads=r.get("torch_threads"))
+        ds = drop_rejected(ds).map_batches(
+            PerplexityFilter, fn_constructor_kwargs=kwargs, compute=_actor_pool(r), batch_size=kwargs["batch_size"],
+            num_gpus=gpus_for(r, kwargs["device"], 0.5), num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
+        )
+    if llm.get("enabled"):
+        prompt = llm.get("prompt") or {}
+        ds = drop_rejected(ds)
+        if llm.get("backend", "hf") == "vllm":
+            ds = vllm_judge(ds, llm)
+        elif llm.get("backend", "hf") == "hf":
+            r = res.get("judge") or {}
+            kwargs = dict(model=llm.get("model"), system=prompt.get("system"), user=prompt.get("user", ""),
+                          on_unparseable=llm.get("on_unparseable", "keep"), max_new_tokens=llm.get("max_new_tokens", 4),
+                          batch_size=llm.get("batch_size", 16), device=llm.get("device", "cpu"), dtype=llm.get("dtype", "float32"),
+                          max_input_tokens=llm.get("max_input_tokens", 512), torch_threads=r.get("torch_threads"))
+            ds = ds.map_batches(
+                HFJudge, fn_constructor_kwargs=kwargs, compute=_actor_pool(r), batch_size=kwargs["batch_size"],
+                num_gpus=gpus_for(r, kwargs["device"], 1.0), num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
+            )
+        else:
+            raise ValueError(f"curate.llm.backend={llm.get('backend')!r}: expected hf or vllm")
+        ds = ds.map_batches(VerdictLog(dirs["llm_judge"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+    return ds
+
+
+def vllm_judge(ds, llm: dict):
+    """The LLM judge on vLLM engines through Ray Data's LLM API (imported only here: the `llm` extra)."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from factory.curate.judge import VllmRequest, VllmVerdict, judged_rows, vllm_processor_kwargs
+
+    prompt = llm.get("prompt") or {}
+    processor = build_processor(
+        vLLMEngineProcessorConfig(**vllm_processor_kwargs(llm)),
+        preprocess=VllmRequest(prompt.get("system"), prompt.get("user", ""), llm.get("max_new_tokens", 4)),
+        postprocess=VllmVerdict(llm.get("on_unparseable", "keep")),
+    )
+    return processor(ds).map_batches(judged_rows, batch_size=1024, batch_format="pyarrow", num_cpus=0.1)

@@ -48,7 +48,7 @@ def fingerprint(cfg: dict) -> dict:
 
 
 def run_dirs(output: str) -> dict:
-    return {name: files.join(output, name) for name in ("candidates", "dataset", "rejects", "report")} | {
+    return {name: files.join(output, name) for name in ("candidates", "dataset", "rejects", "report", "llm_judge")} | {
         "manifest": files.join(output, "manifest.json")
     }
 
@@ -152,6 +152,7 @@ def run(cfg: dict) -> dict:
         files.remove_stale_temp(dirs[d])
     # Rejects are re-derived from the whole input on every run, so the old ones go first.
     files.delete_dir(dirs["rejects"])
+    files.delete_dir(dirs["llm_judge"])  # the judge's verdicts, re-derived with the rejects
     manifest = Manifest(dirs["manifest"], cfg, previous)
     manifest.save()
     wall = manifest.data["wall_seconds"]
@@ -162,14 +163,27 @@ def run(cfg: dict) -> dict:
     cpu = cfg["resources"]["cpu_task_cpus"]
 
     t = time.perf_counter()
+    near_dup = cfg["curate"].get("near_dup") or {}
+    near_dup = near_dup if near_dup.get("enabled") else None
+    if near_dup:
+        from factory.curate.near_dup import check_params
+
+        check_params(near_dup)  # before the scan, not after it
     keys, n_read = pipeline.scan_keys(paths, cpu)
     if n_read == 0:
         raise InputError(f"input is empty: no caption rows in {cfg['input']}")
     dedup = cfg["curate"]["dedup"]
     rejected = find_duplicates(keys, ids=dedup.get("ids", True), captions=dedup.get("captions", True))
+    if near_dup:  # among the rows exact dedup kept; its rejects join the same table
+        from factory.curate.near_dup import find_near_duplicates, without_rejected
+
+        sigs = pipeline.scan_signatures(paths, cpu, near_dup["num_perm"], near_dup["shingle_size"])
+        near = find_near_duplicates(without_rejected(sigs, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
+        log.info("%d near duplicates (Jaccard >= %s)", near.num_rows, near_dup["threshold"])
+        rejected = pa.concat_tables([rejected, near])
     wall["scan"] = round(time.perf_counter() - t, 3)
     counts["read"] = n_read
-    log.info("read %d caption rows from %d file(s); %d exact duplicates", n_read, len(paths), rejected.num_rows)
+    log.info("read %d caption rows from %d file(s); %d duplicates", n_read, len(paths), rejected.num_rows)
 
     done_table = candidate_keys(dirs["candidates"])
     done = done_keys(done_table)
@@ -199,6 +213,10 @@ def run(cfg: dict) -> dict:
 
     n_rejected, by_reason = count_rejects(dirs["rejects"])
     cands = count_candidates(dirs["candidates"])
+    if (cfg["curate"].get("llm") or {}).get("enabled"):
+        from factory.curate.judge import count_verdicts
+
+        counts["llm_judge"] = count_verdicts(dirs["llm_judge"])
     counts.update(
         rejected=n_rejected,
         rejected_by_reason=by_reason,

@@ -24,12 +24,22 @@ def _is_special(c: str) -> bool:
     return any(a <= o <= b for a, b in _EMOJI_RANGES) or unicodedata.category(c) == "So"
 
 
+_DELETE_SPECIAL = {ord(c): None for c in _SPECIAL}
+
+
 def alnum_ratio(text: str) -> float:
-    return sum(c.isalnum() for c in text) / len(text) if text else 0.0
+    return sum(map(str.isalnum, text)) / len(text) if text else 0.0
 
 
 def special_ratio(text: str) -> float:
-    return sum(_is_special(c) for c in text) / len(text) if text else 0.0
+    """Same count as `_is_special` per character; str.translate deletes the listed ones in C."""
+    if not text:
+        return 0.0
+    rest = text.translate(_DELETE_SPECIAL)
+    n = len(text) - len(rest)
+    if not rest.isascii():  # emoji and other symbols: only the rare non-ASCII characters go through Python
+        n += sum(1 for c in rest if ord(c) >= 0x2000 and _is_special(c))
+    return n / len(text)
 
 
 def char_rep_ratio(text: str, n: int = 10) -> float:
@@ -60,6 +70,14 @@ def word_rep_ratio(text: str, n: int = 10) -> float:
     return sum(f for f in counts.values() if f > 1) / total if total else 0.0
 
 
+def flagged_word(entry: str) -> str:
+    """A word-list entry as captions' words are compared to it; one word per entry."""
+    words = words_of(str(entry))
+    if len(words) != 1:
+        raise ValueError(f"curate.rules.flagged_words: {entry!r} is not one word; list single words")
+    return words[0]
+
+
 class CaptionRules:
     """Marks captions that fail a rule with the rule's name as `reason`; rows already rejected pass untouched."""
 
@@ -74,11 +92,17 @@ class CaptionRules:
         special_min: float | None = 0.165,
         special_max: float | None = 0.420,
         rep_len: int = 10,
+        flagged_words: list[str] | None = None,
+        flagged_max: float | None = 0.0,
+        perplexity: dict | None = None,  # curate.rules.perplexity: a model stage of its own (curate/perplexity.py)
     ):
         self.enabled = enabled
         self.min_chars, self.max_chars = min_chars, max_chars
         self.alnum_min, self.char_rep_max, self.word_rep_max = alnum_min, char_rep_max, word_rep_max
         self.special_min, self.special_max, self.rep_len = special_min, special_max, rep_len
+        # Refined as caption words are (lower case, special characters stripped), so "Gore!" matches "gore".
+        self.flagged = frozenset(flagged_word(w) for w in flagged_words or [])
+        self.flagged_max = flagged_max
 
     def check(self, caption: str) -> tuple[str, str] | None:
         """(reason, detail) of the first rule the caption fails, or None."""
@@ -99,6 +123,11 @@ class CaptionRules:
             return "char_repetition", f"{v:.4f} > {self.char_rep_max}"
         if self.word_rep_max is not None and (v := word_rep_ratio(caption, self.rep_len)) > self.word_rep_max:
             return "word_repetition", f"{v:.4f} > {self.word_rep_max}"
+        if self.flagged and self.flagged_max is not None:
+            words = words_of(caption)
+            hits = [w for w in words if w in self.flagged]
+            if words and (v := len(hits) / len(words)) > self.flagged_max:
+                return "flagged_words", f"{v:.4f} > {self.flagged_max} ({hits[0]})"
         return None
 
     def __call__(self, batch: pa.Table) -> pa.Table:

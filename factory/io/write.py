@@ -44,10 +44,14 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 class RejectsSplit:
-    """Stage: caption rows → writes the rejected ones to rejects/, passes the kept (id, caption) on."""
+    """Stage: caption rows → writes the rejected ones to rejects/, passes the kept (id, caption) on.
 
-    def __init__(self, directory: str):
+    `pass_columns=None` passes the kept rows whole (for stages that may still reject them).
+    """
+
+    def __init__(self, directory: str, pass_columns: list[str] | None = (S.ID, S.CAPTION)):
         self.directory = directory
+        self.pass_columns = list(pass_columns) if pass_columns is not None else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rejected = pc.is_valid(batch.column(S.REASON))
@@ -56,7 +60,8 @@ class RejectsSplit:
             table = bad.select([f.name for f in S.REJECTS]).cast(S.REJECTS)
             name = f"part-{keys_digest(table.column(S.SOURCE).to_pylist())}.parquet"
             files.write_parquet_atomic(files.join(self.directory, name), table)
-        return batch.filter(pc.invert(rejected)).select([S.ID, S.CAPTION])
+        kept = batch.filter(pc.invert(rejected))
+        return kept if self.pass_columns is None else kept.select(self.pass_columns)
 
 
 class CandidateWriter:

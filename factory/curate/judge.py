@@ -1,0 +1,259 @@
+"""LLM judge: asks an instruction-tuned LLM whether each caption is a good image prompt (Yes/No).
+
+SynthVLM keeps a caption only when the LLM answers Yes. Here the answer is parsed leniently
+(case, punctuation, a leading space, "Yes." or "No, because ..."); an answer that is neither
+is `unparseable` and kept or rejected by `on_unparseable`. Every judged row gets a verdict
+column, which `VerdictLog` writes to the run's llm_judge/ folder (the manifest counts it).
+
+Two backends share the prompt and the verdict logic:
+- `HFJudge`: transformers `generate` (greedy, a few new tokens, left padding), a stage class
+  that the pipeline runs in an actor pool, on CPU or GPU;
+- vLLM through `ray.data.llm` (built in factory/pipeline.py): `VllmRequest` and `VllmVerdict`
+  are its row-wise pre- and postprocess functions, `vllm_processor_kwargs` its config.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from factory import schema as S
+
+R_LLM_JUDGE = "llm_judge"
+VERDICT = "llm_verdict"  # string: yes | no | unparseable; null for rows not judged (already rejected)
+ANSWER = "llm_answer"  # string: the model's raw answer
+YES, NO, UNPARSEABLE = "yes", "no", "unparseable"
+VERDICTS = (YES, NO, UNPARSEABLE)
+POLICIES = ("keep", "reject")
+
+# Leading noise a chat model may put before its verdict: spaces, quotes, markdown, "Answer:".
+_LEAD = re.compile(r"^[\s\"'`*_#>\-\[\(]*(?:(?:final\s+)?answer\s*[:\-]\s*[\s\"'`*_\[\(]*)?", re.IGNORECASE)
+_FIRST_WORD = re.compile(r"[^\W\d_]+")
+
+
+def parse_verdict(answer: str | None) -> str:
+    """yes | no | unparseable: the first word of the answer, after leading noise, case-insensitively."""
+    if not answer:
+        return UNPARSEABLE
+    rest = _LEAD.sub("", answer, count=1)
+    m = _FIRST_WORD.match(rest)
+    if not m:
+        return UNPARSEABLE
+    word = m.group(0).lower()
+    return word if word in (YES, NO) else UNPARSEABLE
+
+
+def outcome(answer: str | None, on_unparseable: str) -> tuple[str, str | None, str | None]:
+    """(verdict, reason, detail) for one answer: reason is llm_judge for No, and for unparseable under 'reject'."""
+    verdict = parse_verdict(answer)
+    if verdict == YES or (verdict == UNPARSEABLE and on_unparseable == "keep"):
+        return verdict, None, None
+    shown = " ".join((answer or "").split())[:80]
+    return verdict, R_LLM_JUDGE, f"{verdict}: {shown!r}"
+
+
+def check_policy(on_unparseable: str) -> str:
+    if on_unparseable not in POLICIES:
+        raise ValueError(f"curate.llm.on_unparseable={on_unparseable!r}: expected one of {', '.join(POLICIES)}")
+    return on_unparseable
+
+
+class JudgePrompt:
+    """The judge's messages for one caption; `{caption}` in the user text is replaced literally."""
+
+    def __init__(self, system: str | None, user: str):
+        if "{caption}" not in user:
+            raise ValueError("curate.llm.prompt.user must contain {caption}")
+        self.system, self.user = system, user
+
+    def messages(self, caption: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return msgs + [{"role": "user", "content": self.user.replace("{caption}", caption)}]
+
+    def plain_text(self, caption: str) -> str:
+        """For a tokenizer without a chat template (a base model)."""
+        parts = [self.system] if self.system else []
+        return "\n\n".join(parts + [self.user.replace("{caption}", caption), "Answer:"])
+
+
+def apply_verdicts(batch: pa.Table, judged: np.ndarray, answers: list[str | None], on_unparseable: str) -> pa.Table:
+    """Sets reason/detail of the judged rows (a boolean mask) and adds the verdict and answer columns."""
+    reasons, details = batch.column(S.REASON).to_pylist(), batch.column(S.DETAIL).to_pylist()
+    verdicts: list[str | None] = [None] * batch.num_rows
+    raw: list[str | None] = [None] * batch.num_rows
+    for i, answer in zip(np.nonzero(judged)[0], answers):
+        verdicts[i], reason, detail = outcome(answer, on_unparseable)
+        raw[i] = answer
+        if reason is not None:
+            reasons[i], details[i] = reason, detail
+    batch = batch.set_column(batch.schema.get_field_index(S.REASON), S.REASON, pa.array(reasons, pa.string()))
+    batch = batch.set_column(batch.schema.get_field_index(S.DETAIL), S.DETAIL, pa.array(details, pa.string()))
+    return batch.append_column(VERDICT, pa.array(verdicts, pa.string())).append_column(ANSWER, pa.array(raw, pa.string()))
+
+
+def resolve_dtype(dtype: str):
+    import torch
+
+    try:
+        return getattr(torch, dtype)
+    except AttributeError:
+        raise ValueError(f"unknown torch dtype {dtype!r}") from None
+
+
+class HFJudge:
+    """Stage (backend hf): judges the rows not rejected yet with `model.generate`, greedy."""
+
+    def __init__(
+        self,
+        model: str,
+        system: str | None,
+        user: str,
+        on_unparseable: str = "keep",
+        max_new_tokens: int = 4,
+        batch_size: int = 16,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_input_tokens: int = 512,
+        torch_threads: int | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not model:
+            raise ValueError("curate.llm.model is not set: name a hub id or a local folder of a causal LM")
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        self.prompt = JudgePrompt(system, user)
+        self.on_unparseable = check_policy(on_unparseable)
+        self.max_new_tokens, self.batch_size, self.device = max_new_tokens, batch_size, device
+        self.max_input_tokens = max_input_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+        if self.tokenizer.pad_token is None:  # many causal LMs ship without one; any id works under the mask
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=resolve_dtype(dtype)).to(device).eval()
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+
+    def prompt_text(self, caption: str) -> str:
+        if self.chat:
+            return self.tokenizer.apply_chat_template(self.prompt.messages(caption), tokenize=False, add_generation_prompt=True)
+        return self.prompt.plain_text(caption)
+
+    def answers(self, captions: list[str]) -> list[str]:
+        """The decoded new tokens for each caption."""
+        import torch
+
+        out: list[str] = []
+        for start in range(0, len(captions), self.batch_size):
+            texts = [self.prompt_text(c) for c in captions[start : start + self.batch_size]]
+            # The template already holds any special tokens the model expects.
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                                 max_length=self.max_input_tokens, add_special_tokens=not self.chat).to(self.device)
+            with torch.inference_mode():
+                gen = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            out.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        judged = pc.is_null(batch.column(S.REASON)).to_numpy(zero_copy_only=False)
+        captions = batch.column(S.CAPTION).filter(pa.array(judged)).to_pylist()
+        return apply_verdicts(batch, judged, self.answers(captions) if captions else [], self.on_unparseable)
+
+
+# ---- vLLM backend: row functions for ray.data.llm's processor ---------------------------------
+
+
+class VllmRequest:
+    """Preprocess: a row → the same row plus chat `messages` and greedy `sampling_params`."""
+
+    def __init__(self, system: str | None, user: str, max_new_tokens: int = 4):
+        self.prompt, self.max_new_tokens = JudgePrompt(system, user), max_new_tokens
+
+    def __call__(self, row: dict) -> dict:
+        # Rows rejected upstream never reach the judge: the pipeline writes them out first.
+        return dict(row, messages=self.prompt.messages(row[S.CAPTION]),
+                    sampling_params=dict(temperature=0.0, max_tokens=self.max_new_tokens))
+
+
+class VllmVerdict:
+    """Postprocess: the engine's `generated_text` → reason/detail and the verdict columns."""
+
+    def __init__(self, on_unparseable: str = "keep", columns: list[str] | None = None):
+        self.on_unparseable = check_policy(on_unparseable)
+        self.columns = columns or [f.name for f in S.CAPTION_ROW]
+
+    def __call__(self, row: dict) -> dict:
+        out = {c: row.get(c) for c in self.columns}
+        answer = row.get("generated_text")
+        out[VERDICT], reason, detail = outcome(answer, self.on_unparseable)
+        out[ANSWER] = answer
+        if reason is not None:
+            out[S.REASON], out[S.DETAIL] = reason, detail
+        return out
+
+
+JUDGED_ROW = pa.schema(list(S.CAPTION_ROW) + [pa.field(VERDICT, pa.string()), pa.field(ANSWER, pa.string())])
+
+
+def judged_rows(batch: pa.Table) -> pa.Table:
+    """Row-wise maps infer column types per block (all-null → null type): fix them to JUDGED_ROW."""
+    return batch.select(JUDGED_ROW.names).cast(JUDGED_ROW)
+
+
+def vllm_processor_kwargs(llm: dict) -> dict:
+    """Keyword arguments of ray.data.llm.vLLMEngineProcessorConfig from curate.llm."""
+    if not llm.get("model"):
+        raise ValueError("curate.llm.model is not set: name a hub id or a local folder of a causal LM")
+    engine = {"tensor_parallel_size": int(llm.get("tensor_parallel_size", 1)), "max_model_len": int(llm.get("max_model_len", 2048))}
+    engine.update(llm.get("engine_kwargs") or {})
+    return dict(
+        model_source=llm["model"],
+        batch_size=int(llm["batch_size"]),
+        concurrency=int(llm.get("concurrency", 1)),
+        engine_kwargs=engine,
+        chat_template_stage=True,
+        tokenize_stage=True,
+        detokenize_stage=True,
+    )
+
+
+# ---- verdict log -----------------------------------------------------------------------------
+
+VERDICT_LOG = pa.schema([pa.field(S.ID, pa.string()), pa.field(VERDICT, pa.string()), pa.field(ANSWER, pa.string()), pa.field(S.SOURCE, pa.string())])
+
+
+class VerdictLog:
+    """Stage: writes (id, verdict, answer, source) of every judged row to `directory`; passes the batch on."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from factory.io import files
+        from factory.io.write import keys_digest
+
+        judged = batch.filter(pc.is_valid(batch.column(VERDICT)))
+        if judged.num_rows:
+            table = judged.select(VERDICT_LOG.names).cast(VERDICT_LOG)
+            name = f"part-{keys_digest(table.column(S.SOURCE).to_pylist())}.parquet"
+            files.write_parquet_atomic(files.join(self.directory, name), table)
+        return batch
+
+
+def count_verdicts(directory: str) -> dict:
+    """{yes, no, unparseable} over the verdict log (zeros when nothing was judged)."""
+    import pyarrow.dataset as pads
+
+    from factory.io import files
+
+    counts = dict.fromkeys(VERDICTS, 0)
+    paths = files.list_files(directory, ".parquet")
+    if paths:
+        fs, _ = files.resolve(directory)
+        t = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=[VERDICT])
+        for row in t.group_by(VERDICT).aggregate([(VERDICT, "count")]).to_pylist():
+            counts[row[VERDICT]] = row[f"{VERDICT}_count"]
+    return counts

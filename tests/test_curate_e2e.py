@@ -1,0 +1,74 @@
+"""The CLI end to end with all curation on: flagged words, near duplicates, perplexity, the LLM judge, select.fraction."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+from conftest import CAPTIONS, ROOT, tiny_overrides, write_jsonl
+
+
+def test_cli_with_all_curation_stages(tmp_path):
+    from factory.curate.perplexity import PerplexityFilter
+    from factory.curate.tiny_lm import save_keyword_judge_lm, save_tiny_causal_lm
+
+    rows = [{"id": i + 1, "caption": c} for i, c in enumerate(CAPTIONS)]
+    rows += [
+        {"id": 20, "caption": CAPTIONS[0].rsplit(" ", 1)[0]},  # near duplicate of id 1: its last word cut
+        {"id": 21, "caption": "A nude figure standing on a rainy street in Tokyo, with soft light."},  # flagged
+        {"id": 22, "caption": "A dog sleeping on a wooden pier at dusk, with pastel colors all around."},  # judge: 'maybe'
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    judge_lm = save_keyword_judge_lm(tmp_path / "judge")  # 'cat' -> No, 'dog' -> maybe, else Yes
+    ppl_lm = save_tiny_causal_lm(tmp_path / "ppl", " ".join(CAPTIONS), seed=2)
+    # The perplexity limit: just below the highest perplexity among the captions that reach the filter.
+    reach = {r["id"]: r["caption"] for r in rows if r["id"] not in (20, 21)}
+    ppl = dict(zip(reach, PerplexityFilter(str(ppl_lm), 1.0).perplexities(list(reach.values()))))
+    worst = max(ppl, key=ppl.get)
+    limit = (ppl[worst] + sorted(ppl.values())[-2]) / 2
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, src, "select.k=null", "select.fraction=0.5", "ray.address=local", "ray.wait_for_min_actors_s=120",
+                               "curate.near_dup.enabled=true",
+                               "curate.rules.perplexity.enabled=true", f"curate.rules.perplexity.model={ppl_lm}",
+                               f"curate.rules.perplexity.max={limit}",
+                               "curate.llm.enabled=true", "curate.llm.backend=hf", f"curate.llm.model={judge_lm}",
+                               "curate.llm.on_unparseable=reject", "curate.llm.batch_size=4")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "factory", *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    m = json.loads((out / "manifest.json").read_text())
+    c = m["counts"]
+    judged = {i: cap for i, cap in reach.items() if i != worst}
+    expect_no = sum("cat" in cap.lower().split() for cap in judged.values())
+    expect_unparseable = sum("dog" in cap.lower().split() for cap in judged.values())
+    assert expect_no + expect_unparseable >= 1
+    assert c["llm_judge"] == {"yes": len(judged) - expect_no - expect_unparseable, "no": expect_no, "unparseable": expect_unparseable}
+    assert c["rejected_by_reason"] == {k: v for k, v in {
+        "llm_judge": expect_no + expect_unparseable, "near_duplicate": 1, "flagged_words": 1, "perplexity": 1}.items() if v}
+    assert c["read"] == len(rows) and c["rejected"] == sum(c["rejected_by_reason"].values())
+    assert c["curated"] == c["read"] - c["rejected"] == c["llm_judge"]["yes"] == c["synthesized"]
+
+    rejects = pq.read_table(out / "rejects").to_pylist()
+    by_id = {r["id"]: r for r in rejects}
+    assert by_id["20"]["reason"] == "near_duplicate" and by_id["20"]["detail"] == "near duplicate of id 1"
+    assert by_id["21"]["reason"] == "flagged_words" and by_id[str(worst)]["reason"] == "perplexity"
+    judge_rejects = [r for r in rejects if r["reason"] == "llm_judge"]
+    assert len(judge_rejects) == expect_no + expect_unparseable
+    assert all(r["detail"].startswith(("no: 'no", "unparseable: 'maybe")) for r in judge_rejects)
+    verdicts = pq.read_table(out / "llm_judge").to_pylist()
+    assert sorted(int(v["id"]) for v in verdicts) == sorted(judged)
+
+    # select.fraction: exactly ceil(0.5 * competing) pairs, the best by score.
+    sel = m["selection"]
+    assert sel["competing_captions"] == c["scored"] == c["curated"]
+    assert sel["k"] == c["selected"] == math.ceil(0.5 * sel["competing_captions"])
+    dataset = pq.read_table(out / "dataset")
+    assert dataset.num_rows == sel["k"]
+    candidates = pq.read_table(out / "candidates", columns=["id", "score"]).sort_by([("score", "descending"), ("id", "ascending")])
+    assert sorted(dataset.column("id").to_pylist()) == sorted(candidates.column("id").to_pylist()[: sel["k"]])
