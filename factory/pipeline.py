@@ -39,6 +39,9 @@ def init_ray(ray_cfg: dict) -> None:
         import os
 
         if not os.environ.get("RAY_ADDRESS"):
+            # A fresh local Ray, never a cluster that happens to run on this machine
+            # (`ray.address=auto` joins that one on purpose).
+            kwargs["address"] = "local"
             kwargs["include_dashboard"] = bool(ray_cfg.get("dashboard", False))
             if ray_cfg.get("num_cpus"):
                 kwargs["num_cpus"] = ray_cfg["num_cpus"]
