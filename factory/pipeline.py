@@ -55,6 +55,25 @@ def configure_data_context(ray_cfg: dict) -> None:
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     ctx.wait_for_min_actors_s = int(ray_cfg.get("wait_for_min_actors_s", 600))
+    configure_fault_tolerance(ctx, ray_cfg)
+
+
+# Lost nodes and pre-empted workers are system failures: Ray retries them without end, while a
+# user error (a bad caption file, a bug) fails at once. Written out here rather than relied on
+# as Ray Data's defaults (verified in ray 2.60: actor pools get max_restarts=-1 and
+# max_task_retries=-1 in ActorPoolMapOperator._apply_default_remote_args; map tasks get
+# max_retries=-1 in data/_internal/remote_fn.cached_remote_fn).
+ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": -1}
+TASK_RETRIES = {"max_retries": -1}
+
+
+def configure_fault_tolerance(ctx, ray_cfg: dict) -> None:
+    """DataContext knobs for a run that must survive lost nodes but not hide its own errors."""
+    ctx.actor_task_retry_on_errors = False  # user exceptions in a stage: no retry (OOM is handled inside)
+    ctx.retried_map_errors = False
+    # An actor whose node dies while it loads its model dies in its constructor; Ray Data's
+    # default (0) would fail the run on the first such death. A broken model still fails fast.
+    ctx.max_consecutive_actor_init_deaths = int(ray_cfg.get("max_actor_init_deaths", 3))
 
 
 def _read_files(batch: pa.Table) -> Iterator[pa.Table]:
@@ -157,6 +176,7 @@ def generation_stream(
         num_gpus=gpus_for(res["synth"], model_cfg["device"], 1.0),
         num_cpus=res["synth"]["num_cpus"],
         batch_format="numpy",
+        **ACTOR_RETRIES,
     )
     score_kwargs = dict(
         arch=scorer_cfg["arch"],
@@ -177,6 +197,7 @@ def generation_stream(
         num_gpus=gpus_for(res["score"], scorer_cfg["device"], 0.25),
         num_cpus=res["score"]["num_cpus"],
         batch_format="numpy",
+        **ACTOR_RETRIES,
     )
     image = cfg["image"]
     ds = ds.map_batches(
@@ -184,6 +205,7 @@ def generation_stream(
         batch_size=score_cfg["batch_size"],
         batch_format="numpy",
         num_cpus=cpu,
+        **TASK_RETRIES,  # a retried write rewrites the same file name: no duplicates
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
