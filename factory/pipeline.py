@@ -59,10 +59,11 @@ def configure_data_context(ray_cfg: dict) -> None:
 
 
 # Lost nodes and pre-empted workers are system failures: Ray retries them without end, while a
-# user error (a bad caption file, a bug) fails at once. Written out here rather than relied on
-# as Ray Data's defaults (verified in ray 2.60: actor pools get max_restarts=-1 and
-# max_task_retries=-1 in ActorPoolMapOperator._apply_default_remote_args; map tasks get
-# max_retries=-1 in data/_internal/remote_fn.cached_remote_fn).
+# user error (a bad caption file, a bug) fails at once. These are Ray Data 2.60's own defaults
+# (ActorPoolMapOperator._apply_default_remote_args: actors get max_restarts=-1 and
+# max_task_retries=-1; data/_internal/remote_fn.cached_remote_fn: map tasks get max_retries=-1).
+# Passing them to map_batches is deprecated in 2.60 (**ray_remote_args), so they are not passed;
+# tests/test_fault_tolerance.py checks that the installed Ray still applies exactly these.
 ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": -1}
 TASK_RETRIES = {"max_retries": -1}
 
@@ -150,6 +151,9 @@ def generation_stream(
         batch_format="pyarrow",
         num_cpus=cpu,
     )
+    # One block per synthesis batch (a whole file's expanded rows would otherwise travel as one
+    # block and reach the writer only when all of it is synthesized): what a crash can cost.
+    ds = ds.repartition(target_num_rows_per_block=synth_cfg["batch_size"], strict=True)
 
     synth_kwargs = dict(
         path=model_cfg["path"],
@@ -176,7 +180,6 @@ def generation_stream(
         num_gpus=gpus_for(res["synth"], model_cfg["device"], 1.0),
         num_cpus=res["synth"]["num_cpus"],
         batch_format="numpy",
-        **ACTOR_RETRIES,
     )
     score_kwargs = dict(
         arch=scorer_cfg["arch"],
@@ -197,7 +200,6 @@ def generation_stream(
         num_gpus=gpus_for(res["score"], scorer_cfg["device"], 0.25),
         num_cpus=res["score"]["num_cpus"],
         batch_format="numpy",
-        **ACTOR_RETRIES,
     )
     image = cfg["image"]
     ds = ds.map_batches(
@@ -205,7 +207,6 @@ def generation_stream(
         batch_size=score_cfg["batch_size"],
         batch_format="numpy",
         num_cpus=cpu,
-        **TASK_RETRIES,  # a retried write rewrites the same file name: no duplicates
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
