@@ -93,3 +93,33 @@ def wait_gone(pids: list[int], timeout: float = 60) -> list[int]:
 
 def manifest(output: Path) -> dict:
     return json.loads((output / "manifest.json").read_text())
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in a process group (what a `ray start` launched there), by /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def kill_pids(pids: list[int], grace: float = 5) -> list[int]:
+    """SIGTERM, then SIGKILL what is left after `grace` seconds; returns what still lives."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        left = wait_gone(pids, grace)
+        if not left:
+            return []
+    return left
