@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from factory import schema as S
-from tests.runs import ROOT, descendants, group_members, kill_pids
+from tests.crash_helpers import ROOT, descendants, group_members, kill_pids
 
 RAY = str(Path(sys.executable).parent / "ray")
 

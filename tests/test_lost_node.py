@@ -1,7 +1,7 @@
 """A worker node lost mid-run (Ray's own Cluster utility, ungraceful removal): the run completes and
 every caption's samples are in candidates/ exactly once.
 
-The cluster runs in a subprocess (`python -m tests.test_lost_node OUT INPUT`), so it never meets the
+The cluster runs in a subprocess (`python tests/test_lost_node.py OUT INPUT`), so it never meets the
 local Ray other tests share. Its head has no GPU and its two workers declare 2 GPUs each, so
 `resources.synth.num_gpus=1` actors must be scheduled on the workers (model.device stays cpu), and
 the survivor has room for the actors restarted from the lost node, as a replacement node would.
@@ -87,7 +87,7 @@ def lost_node_run(tmp_path_factory):
     (d / "captions.jsonl").write_text("\n".join(lines) + "\n")
     out = d / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
-    r = subprocess.run([sys.executable, "-m", "tests.test_lost_node", str(out), str(d / "captions.jsonl")],
+    r = subprocess.run([sys.executable, __file__, str(out), str(d / "captions.jsonl")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return out, d / "captions.jsonl", json.loads((d / "report.json").read_text())

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import schema as S
-from tests.runs import ROOT, kill_when, manifest, parquet_rows, run_cli, start_cli, wait_gone
+from tests.crash_helpers import ROOT, kill_when, manifest, parquet_rows, run_cli, start_cli, wait_gone
 
 N_CAPTIONS, REPEAT = 12, 2
 BAD_ROWS = ['{"id": "blank", "caption": "   "}', '{"id": "short", "caption": "A cat."}']
