@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,6 +73,7 @@ def cluster():
                 pids.update(descendants(m))
         left = kill_pids(sorted(pids))
         assert not left, f"could not stop {left}"
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
