@@ -60,6 +60,26 @@ def configure_data_context(ray_cfg: dict) -> None:
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     ctx.wait_for_min_actors_s = int(ray_cfg.get("wait_for_min_actors_s", 600))
+    configure_fault_tolerance(ctx, ray_cfg)
+
+
+# Lost nodes and pre-empted workers are system failures: Ray retries them without end, while a
+# user error (a bad caption file, a bug) fails at once. These are Ray Data 2.60's own defaults
+# (ActorPoolMapOperator._apply_default_remote_args: actors get max_restarts=-1 and
+# max_task_retries=-1; data/_internal/remote_fn.cached_remote_fn: map tasks get max_retries=-1).
+# Passing them to map_batches is deprecated in 2.60 (**ray_remote_args), so they are not passed;
+# tests/test_fault_tolerance.py checks that the installed Ray still applies exactly these.
+ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": -1}
+TASK_RETRIES = {"max_retries": -1}
+
+
+def configure_fault_tolerance(ctx, ray_cfg: dict) -> None:
+    """DataContext knobs for a run that must survive lost nodes but not hide its own errors."""
+    ctx.actor_task_retry_on_errors = False  # user exceptions in a stage: no retry (OOM is handled inside)
+    ctx.retried_map_errors = False
+    # An actor whose node dies while it loads its model dies in its constructor; Ray Data's
+    # default (0) would fail the run on the first such death. A broken model still fails fast.
+    ctx.max_consecutive_actor_init_deaths = int(ray_cfg.get("max_actor_init_deaths", 3))
 
 
 def _read_files(batch: pa.Table) -> Iterator[pa.Table]:
@@ -144,9 +164,10 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
     ds = curation_model_stages(ds, cfg, dirs)
     ds = ds.map_batches(RejectsSplit(dirs["rejects"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(ExpandSamples(synth_cfg["repeat"], synth_cfg["seed"], done), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
-    # Blocks of one synthesis batch: the unit that streams to the GPUs, and all a crash can cost.
-    # (Fused CPU stages coalesce their small outputs into one big block otherwise.)
-    ds = ds.repartition(target_num_rows_per_block=synth_cfg["batch_size"])
+    # One block per synthesis batch: the unit that streams to the GPUs, and all a crash can cost.
+    # (Fused CPU stages coalesce their small outputs into one big block otherwise, which would
+    # reach the writer only once all of it is synthesized.)
+    ds = ds.repartition(target_num_rows_per_block=synth_cfg["batch_size"], strict=True)
 
     ds = ds.map_batches(
         DiffusionSynth,

@@ -140,6 +140,9 @@ def run(cfg: dict) -> dict:
     output = cfg["output"]
     if not output:
         raise RunError("no output given: pass output=PATH (a folder, local or a URI)")
+    from factory.jobs import remove_stale_staging, resolve_output
+
+    output = cfg["output"] = resolve_output(output)  # absolute: the manifest says where the data is
     cfg["input"] = cfg.get("input") or SAMPLE_INPUT
     paths = list_inputs(cfg["input"])
     dirs = run_dirs(output)
@@ -150,6 +153,7 @@ def run(cfg: dict) -> dict:
     files.makedirs(output)
     for d in ("candidates", "rejects"):
         files.remove_stale_temp(dirs[d])
+    remove_stale_staging(output)  # a run killed while writing dataset/
     # Rejects are re-derived from the whole input on every run, so the old ones go first.
     files.delete_dir(dirs["rejects"])
     files.delete_dir(dirs["llm_judge"])  # the judge's verdicts, re-derived with the rejects

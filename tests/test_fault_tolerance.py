@@ -1,0 +1,72 @@
+"""The retry knobs, resources from config and output resolution, checked without starting Ray."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from factory import jobs, pipeline
+from factory.config import compose
+
+
+def test_ray_data_still_applies_the_retry_defaults_we_rely_on():
+    from ray.data import DataContext
+    from ray.data._internal.execution.operators.actor_pool_map_operator import ActorPoolMapOperator
+    from ray.data._internal.remote_fn import cached_remote_fn
+
+    actor_args = ActorPoolMapOperator._apply_default_remote_args({}, DataContext.get_current())
+    assert {k: actor_args[k] for k in pipeline.ACTOR_RETRIES} == pipeline.ACTOR_RETRIES
+
+    def task():  # a fresh function: cached_remote_fn caches by function
+        return None
+
+    options = cached_remote_fn(task)._default_options
+    assert {k: options[k] for k in pipeline.TASK_RETRIES} == pipeline.TASK_RETRIES
+
+
+def test_data_context_knobs_come_from_the_config():
+    from ray.data import DataContext
+
+    cfg = compose(["ray.max_actor_init_deaths=7", "ray.block_size_mb=16"])
+    pipeline.configure_data_context(cfg["ray"])
+    ctx = DataContext.get_current()
+    assert ctx.max_consecutive_actor_init_deaths == 7
+    assert ctx.target_max_block_size == 16 * 1024 * 1024
+    assert ctx.actor_task_retry_on_errors is False and ctx.max_errored_blocks == 0
+
+
+def test_gpu_preset_asks_for_gpus_whatever_the_driver_has():
+    from ray.data import ActorPoolStrategy
+
+    cfg = compose(["cluster=gpu", "model=sdxl", "scorer=clip_l14_336"])
+    res = cfg["resources"]
+    assert pipeline.gpus_for(res["synth"], cfg["model"]["device"], 1.0) == 1.0
+    assert pipeline.gpus_for(res["score"], cfg["scorer"]["device"], 0.25) == 0.25
+    assert res["synth"]["num_cpus"] > 0 and res["score"]["num_cpus"] > 0  # explicit, never Ray's default
+    pool = pipeline._actor_pool(res["synth"])
+    assert isinstance(pool, ActorPoolStrategy) and (pool.min_size, pool.max_size) == (1, 16)
+    fixed = pipeline._actor_pool({"actors": 3, "max_actors": None})
+    assert (fixed.min_size, fixed.max_size) == (3, 3)
+    # The CPU default: no GPU asked when the device is the CPU and no count is given.
+    cpu = compose([])
+    assert pipeline.gpus_for(cpu["resources"]["synth"], cpu["model"]["device"], 1.0) == 0.0
+
+
+def test_relative_output_is_made_absolute_locally_and_refused_in_a_job(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(jobs.RAY_JOB_ENV, raising=False)
+    assert jobs.resolve_output("runs/x") == os.path.join(str(tmp_path), "runs", "x")
+    assert jobs.resolve_output("s3://bucket/run") == "s3://bucket/run"
+    assert jobs.resolve_output("/data/run") == "/data/run"
+    monkeypatch.setenv(jobs.RAY_JOB_ENV, "{}")
+    assert jobs.resolve_output("gs://bucket/run") == "gs://bucket/run"
+    with pytest.raises(ValueError, match="relative path.*URI"):
+        jobs.resolve_output("runs/x")
+
+
+def test_staging_left_by_a_killed_selection_is_removed(tmp_path):
+    (tmp_path / ".dataset-staging-123").mkdir()
+    (tmp_path / ".dataset-staging-123" / "part-a.parquet").write_bytes(b"half")
+    (tmp_path / "candidates").mkdir()
+    assert jobs.remove_stale_staging(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidates"]

@@ -1,0 +1,141 @@
+"""A run killed with SIGKILL mid-synthesis resumes on the same output and ends as if never killed."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from factory import schema as S
+from tests.crash_helpers import ROOT, kill_when, manifest, parquet_rows, run_cli, start_cli, wait_gone
+
+N_CAPTIONS, REPEAT = 12, 2
+BAD_ROWS = ['{"id": "blank", "caption": "   "}', '{"id": "short", "caption": "A cat."}']
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    lines = (ROOT / "factory" / "data" / "sample_captions.jsonl").read_text().splitlines()[:N_CAPTIONS]
+    (d / "captions.jsonl").write_text("\n".join(lines + BAD_ROWS) + "\n")
+    return d
+
+
+def overrides(workdir: Path, output: Path, *extra: str) -> list[str]:
+    return [f"input={workdir / 'captions.jsonl'}", f"output={output}", "ray.progress_bars=false", "ray.num_cpus=2",
+            "synth.steps=2", f"synth.repeat={REPEAT}", "synth.batch_size=2", "score.batch_size=2",
+            "score.ssim_size=64", "score.ssim_low=32", "select.k=6", *extra]
+
+
+def read_dir(directory: Path, columns=None) -> pa.Table:
+    """Every Parquet file of a folder, each opened on its own: a half-written one fails here."""
+    tables = [pq.read_table(f, columns=columns) for f in sorted(directory.glob("*.parquet"))]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def key_counts(candidates: Path) -> dict:
+    t = read_dir(candidates, [S.ID, S.SAMPLE])
+    counts = t.group_by([S.ID, S.SAMPLE]).aggregate([([], "count_all")])
+    return {(r[S.ID], r[S.SAMPLE]): r["count_all"] for r in counts.to_pylist()}
+
+
+def kept_ids(workdir: Path) -> list[str]:
+    """Ids of the captions that pass curation, by the reader's and the rules' own code."""
+    from factory.curate.rules import CaptionRules
+    from factory.io.read import read_caption_file
+
+    rows = CaptionRules()(read_caption_file(str(workdir / "captions.jsonl"), 0))
+    return rows.filter(pc.is_null(rows.column(S.REASON))).column(S.ID).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(workdir):
+    """The killed run, checked right after the kill, then resumed with the same command."""
+    out = workdir / "killed"
+    cands = out / "candidates"
+    total = len(kept_ids(workdir)) * REPEAT
+    # The uninterrupted reference run goes alongside: Ray's start-up waits overlap.
+    clean = start_cli(*overrides(workdir, workdir / "clean"), log=workdir / "clean.log")
+    proc = start_cli(*overrides(workdir, out), log=workdir / "killed.log")
+    tree = kill_when(proc, lambda: parquet_rows(cands) >= 2)
+    leftover = wait_gone(tree)
+    assert not leftover, f"processes of the killed run still alive: {leftover}"
+
+    after_kill = {
+        "rows": parquet_rows(cands),
+        "manifest": json.loads((out / "manifest.json").read_text()),  # parses: rewritten atomically
+        "candidates": read_dir(cands),  # every file opens whole
+        "rejects": read_dir(out / "rejects"),
+        "dataset": (out / "dataset").exists(),
+    }
+    assert 0 < after_kill["rows"] < total, "the kill should land in the middle of synthesis"
+
+    rerun = run_cli(*overrides(workdir, out))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert clean.wait(timeout=300) == 0, (workdir / "clean.log").read_text()[-3000:]
+    return out, after_kill, rerun
+
+
+def test_a_killed_run_leaves_only_whole_files(killed_and_resumed):
+    _, after_kill, _ = killed_and_resumed
+    assert after_kill["manifest"]["status"] == "running"
+    assert after_kill["candidates"].schema.equals(S.CANDIDATES)
+    assert after_kill["candidates"].num_rows == after_kill["rows"]
+    # The reader's rejects are whole too (they are written first, while synthesis waits).
+    if after_kill["rejects"].num_rows:
+        assert after_kill["rejects"].schema.equals(S.REJECTS)
+    assert not after_kill["dataset"]  # dataset/ only appears after selection
+
+
+def test_resume_generates_only_what_is_missing(killed_and_resumed, workdir):
+    out, after_kill, rerun = killed_and_resumed
+    m = manifest(out)
+    total = len(kept_ids(workdir)) * REPEAT
+    assert m["status"] == "complete" and m["runs"] == 2
+    assert m["counts"]["resumed"] == after_kill["rows"]
+    assert m["counts"]["resumed"] + m["counts"]["generated"] == total
+    assert m["counts"]["generated"] == total - after_kill["rows"]
+    assert f"resumed {after_kill['rows']}, generated {total - after_kill['rows']}" in rerun.stdout
+
+    counts = key_counts(out / "candidates")
+    assert set(counts) == {(i, s) for i in kept_ids(workdir) for s in range(REPEAT)}
+    assert set(counts.values()) == {1}, "an (id, sample) was written twice"
+    for f in list((out / "candidates").glob("*.parquet")) + list((out / "rejects").glob("*.parquet")):
+        pq.read_table(f)
+    rejected = set(read_dir(out / "rejects", [S.ID]).column(S.ID).to_pylist())
+    assert {"blank", "short"} <= rejected and not rejected & set(kept_ids(workdir))
+
+
+def test_resumed_dataset_equals_an_uninterrupted_run(killed_and_resumed, workdir):
+    out, _, _ = killed_and_resumed
+    clean = workdir / "clean"
+    assert manifest(clean)["counts"]["resumed"] == 0 and manifest(clean)["runs"] == 1
+
+    def dataset(path: Path) -> pa.Table:
+        t = pads.dataset(path / "dataset", format="parquet").to_table()  # pyarrow reads dataset/ as one
+        return t.sort_by([(S.RANK, "ascending")])
+
+    a, b = dataset(out), dataset(clean)
+    assert a.num_rows == b.num_rows == 6
+    for col in (S.ID, S.SAMPLE, S.SEED, S.RANK, S.CAPTION):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
+    for col in (S.SCORE, S.CLIP_SCORE, S.SSIM):
+        assert pc.max(pc.abs(pc.subtract(a.column(col), b.column(col)))).as_py() <= 1e-6, col
+
+
+@pytest.mark.parametrize("change, named", [("synth.seed=1", "synth.seed"), ("model.guidance=3.0", "model")])
+def test_resuming_with_other_settings_is_refused_in_one_line(killed_and_resumed, workdir, change, named):
+    out, _, _ = killed_and_resumed
+    before = sorted(p.name for p in (out / "candidates").iterdir())
+    r = run_cli(*overrides(workdir, out, change))
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and named in lines[0] and "output=" in lines[0]
+    assert sorted(p.name for p in (out / "candidates").iterdir()) == before  # nothing touched
+    # The documented way on: a new output (checked in the test above) or an explicit override.
