@@ -2,9 +2,10 @@
 
     python benchmarks/pipeline_overhead.py [--captions 400]
 
-Both include model loading, curation, synthesis, scoring, encoding and writing candidates;
-Ray's cluster start is outside the timing (on a cluster it is already running). Prints both
-throughputs (images/s) and, last, pipeline / loop (goal ≥ 0.85).
+Both include model loading, curation, synthesis, scoring, encoding, writing candidates and
+selecting the top-k into dataset/; Ray's cluster start is outside the timing (on a cluster it is
+already running), and so is the run report (the loop makes none). Prints both throughputs
+(images/s) and, last, pipeline / loop (goal ≥ 0.85).
 """
 from __future__ import annotations
 
@@ -52,6 +53,18 @@ def bare_loop(cfg: dict, out: str) -> int:
             merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
             writer(scorer(merged))
             pending = []
+    from factory import schema as S
+    from factory.io import files
+    from factory.select import AttachRank, read_scores, select_top_k
+
+    chosen, _, _ = select_top_k(read_scores(f"{out}/candidates"), cfg["select"]["k"])
+    attach = AttachRank(chosen)
+    import pyarrow.parquet as pq
+
+    for path in files.list_files(f"{out}/candidates", ".parquet"):
+        rows = attach(pq.read_table(path))
+        if rows.num_rows:
+            files.write_parquet_atomic(f"{out}/dataset/{path.rsplit('/', 1)[-1]}", rows.cast(S.DATASET))
     return n
 
 
@@ -71,7 +84,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     os.environ.setdefault("FACTORY_CACHE", str(tmp / "cache"))
     inp = write_captions(tmp / "captions.jsonl", args.captions)
-    cfg = compose([f"input={inp}", f"output={tmp}/ray", "ray.progress_bars=false", f"select.k={args.captions // 10}"])
+    cfg = compose([f"input={inp}", f"output={tmp}/ray", "ray.progress_bars=false", "report.enabled=false",
+                   f"select.k={args.captions // 10}"])
 
     # warm the tiny-model cache so neither side pays for building it
     from factory.synth.tiny import ensure_tiny_clip, ensure_tiny_sdxl

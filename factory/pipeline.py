@@ -115,14 +115,29 @@ def _to_ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def scan_keys(paths: list[str], cpu_per_task: float) -> tuple[pa.Table, int]:
+def input_bytes(paths: list[str]) -> int:
+    from factory.io import files
+
+    total = 0
+    for p in paths:
+        fs, path = files.resolve(p)
+        total += fs.get_file_info(path).size or 0
+    return total
+
+
+def scan_keys(paths: list[str], cpu_per_task: float, local_max_mb: float = 0) -> tuple[pa.Table, int]:
     """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read.
 
-    Raises InputError for the first unreadable file, before anything is generated.
+    Inputs up to `local_max_mb` are scanned in this process: launching Ray tasks would cost more
+    than reading them. Raises InputError for the first unreadable file, before anything is generated.
     """
-    ds = caption_rows(paths, cpu_per_task).map_batches(_scan_batch, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task)
+    if input_bytes(paths) <= local_max_mb * 2**20:
+        blocks = (_scan_batch(t) for t in _read_files(pa.table({"path": paths, "file_index": list(range(len(paths)))})))
+    else:
+        ds = caption_rows(paths, cpu_per_task).map_batches(_scan_batch, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task)
+        blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")
     parts, n_read = [], 0
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in blocks:
         for ipc, rows, error in zip(*(block.column(c).to_pylist() for c in ("ipc", "rows", "error"))):
             if error:
                 raise InputError(error)

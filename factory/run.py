@@ -173,7 +173,7 @@ def run(cfg: dict) -> dict:
         from factory.curate.near_dup import check_params
 
         check_params(near_dup)  # before the scan, not after it
-    keys, n_read = pipeline.scan_keys(paths, cpu)
+    keys, n_read = pipeline.scan_keys(paths, cpu, cfg["ray"].get("local_scan_mb", 0))
     if n_read == 0:
         raise InputError(f"input is empty: no caption rows in {cfg['input']}")
     dedup = cfg["curate"]["dedup"]
