@@ -9,27 +9,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import yaml
 
 from factory import schema as S
 from factory.export import dataset_batches
 from factory.io import files
 
-FEATURES = [
-    {"name": S.ID, "dtype": "string"},
-    {"name": S.CAPTION, "dtype": "string"},
-    {"name": S.SAMPLE, "dtype": "int32"},
-    {"name": S.SEED, "dtype": "int64"},
-    {"name": S.IMAGE, "dtype": "image"},
-    {"name": S.WIDTH, "dtype": "int32"},
-    {"name": S.HEIGHT, "dtype": "int32"},
-    {"name": S.CLIP_SCORE, "dtype": "float64"},
-    {"name": S.SSIM, "dtype": "float64"},
-    {"name": S.SCORE, "dtype": "float64"},
-    {"name": S.REASON, "dtype": "string"},
-    {"name": S.RANK, "dtype": "int64"},
-]
-assert [f["name"] for f in FEATURES] == S.DATASET.names
+# The card's features, derived from the dataset schema; image bytes are declared as images.
+_HF_DTYPES = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
+FEATURES = [{"name": f.name, "dtype": "image" if f.name == S.IMAGE else _HF_DTYPES[f.type]} for f in S.DATASET]
 
 
 def score_summary(dataset_dir: str) -> dict:
