@@ -91,22 +91,18 @@ def through_ray(captions: list[str], n_files: int, cpus: int, cfg: dict) -> floa
     near_cfg = cfg["curate"]["near_dup"] | {"enabled": True}
 
     t = time.perf_counter()
-    keys, n_read = pipeline.scan_keys(paths, cpu)
-    rejected = find_duplicates(keys)
-    exact_s = time.perf_counter() - t
+    keys, n_read = pipeline.scan_keys(paths, cpu, minhash=(near_cfg["num_perm"], near_cfg["shingle_size"]))
+    scan_only_s = time.perf_counter() - t
     assert n_read == n
-    print(f"ray pre-pass 1 (read, dedup keys; exact dedup on the driver): {rate(n, exact_s)}; {rejected.num_rows:,} exact duplicates")
+    print(f"ray pre-pass (read; dedup keys and minhash signatures in the same tasks): {rate(n, scan_only_s)}")
     t = time.perf_counter()
-    sigs = pipeline.scan_signatures(paths, cpu, near_cfg["num_perm"], near_cfg["shingle_size"])
-    sig_s = time.perf_counter() - t
-    print(f"ray pre-pass 2 (read, minhash signatures): {rate(n, sig_s)}")
-    t = time.perf_counter()
-    near = nd.find_near_duplicates(nd.without_rejected(sigs, rejected), near_cfg["threshold"], near_cfg["bands"], near_cfg["max_bucket_span"])
+    rejected = find_duplicates(keys)
+    near = nd.find_near_duplicates(nd.without_rejected(keys, rejected), near_cfg["threshold"], near_cfg["bands"], near_cfg["max_bucket_span"])
     rejected = pa.concat_tables([rejected, near])
     lsh_s = time.perf_counter() - t
-    print(f"near-dup LSH + groups (driver): {rate(n, lsh_s)}; {near.num_rows:,} near duplicates")
-    print(f"pre-passes with near-dup: {rate(n, exact_s + sig_s + lsh_s)}")
-    scan_s = exact_s + sig_s + lsh_s
+    print(f"exact dedup + near-dup LSH + groups (driver): {rate(n, lsh_s)}; {near.num_rows:,} near duplicates")
+    print(f"pre-pass with near-dup: {rate(n, scan_only_s + lsh_s)}")
+    scan_s = scan_only_s + lsh_s
 
     t = time.perf_counter()
     rules = {k: v for k, v in cfg["curate"]["rules"].items() if k != "perplexity"}

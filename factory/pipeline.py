@@ -5,6 +5,7 @@ where they run (tasks or actor pools, CPUs, GPUs, batch sizes) from the config's
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Iterator
 
@@ -100,9 +101,13 @@ def caption_rows(paths: list[str], cpu_per_task: float):
     return files_ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
 
 
-def _scan_batch(batch: pa.Table) -> pa.Table:
-    """Per block: dedup keys of the valid rows, the row count, and any unreadable-file message."""
+def _scan_batch(batch: pa.Table, minhash: tuple[int, int] | None = None) -> pa.Table:
+    """Per block: dedup keys of the valid rows (with MinHash signatures when `minhash` is
+    (num_perm, shingle_size)), the row count, and any unreadable-file message."""
     keys = dedup_keys(batch)
+    if minhash:
+        valid = batch.filter(pc.is_null(batch.column(S.REASON)))  # the rows dedup_keys kept, in order
+        keys = keys.append_column(MINHASH, signature_column(valid.column(S.CAPTION).to_pylist(), *minhash))
     unreadable = batch.filter(pc.equal(batch.column(S.REASON), S.R_UNREADABLE)).column(S.DETAIL).to_pylist()
     # One row per block, the keys packed as Arrow IPC: blocks of any size travel as one value.
     return pa.table({"ipc": [_to_ipc(keys)], "rows": [batch.num_rows - len(unreadable)], "error": [unreadable[0] if unreadable else None]})
@@ -125,16 +130,21 @@ def input_bytes(paths: list[str]) -> int:
     return total
 
 
-def scan_keys(paths: list[str], cpu_per_task: float, local_max_mb: float = 0) -> tuple[pa.Table, int]:
+def scan_keys(
+    paths: list[str], cpu_per_task: float, local_max_mb: float = 0, minhash: tuple[int, int] | None = None
+) -> tuple[pa.Table, int]:
     """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read.
 
-    Inputs up to `local_max_mb` are scanned in this process: launching Ray tasks would cost more
-    than reading them. Raises InputError for the first unreadable file, before anything is generated.
+    With `minhash` = (num_perm, shingle_size) the rows also carry their MinHash signature for the
+    near-duplicate search: one read of the input serves both. Inputs up to `local_max_mb` are scanned
+    in this process: launching Ray tasks would cost more than reading them. Raises InputError for
+    the first unreadable file, before anything is generated.
     """
+    scan = functools.partial(_scan_batch, minhash=minhash)
     if input_bytes(paths) <= local_max_mb * 2**20:
-        blocks = (_scan_batch(t) for t in _read_files(pa.table({"path": paths, "file_index": list(range(len(paths)))})))
+        blocks = (scan(t) for t in _read_files(pa.table({"path": paths, "file_index": list(range(len(paths)))})))
     else:
-        ds = caption_rows(paths, cpu_per_task).map_batches(_scan_batch, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task)
+        ds = caption_rows(paths, cpu_per_task).map_batches(scan, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task)
         blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")
     parts, n_read = [], 0
     for block in blocks:
@@ -144,7 +154,9 @@ def scan_keys(paths: list[str], cpu_per_task: float, local_max_mb: float = 0) ->
             n_read += rows
             parts.append(pa.ipc.open_stream(ipc).read_all())
     parts = [p for p in parts if p.num_rows]
-    return (pa.concat_tables(parts) if parts else dedup_keys(pa.Table.from_pylist([], schema=S.CAPTION_ROW))), n_read
+    if not parts:  # an empty table of the same columns
+        parts = [pa.ipc.open_stream(scan(S.CAPTION_ROW.empty_table()).column("ipc")[0].as_py()).read_all()]
+    return pa.concat_tables(parts), n_read
 
 
 def _actor_pool(res: dict):
@@ -259,24 +271,7 @@ def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: st
     return sum(int(b["rows"].sum()) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
 
 
-# ---- curation: near-duplicate pre-pass and the model stages (docs/curation.md) ----
-
-
-def scan_signatures(paths: list[str], cpu_per_task: float, num_perm: int, shingle_size: int) -> pa.Table:
-    """The near-duplicate pre-pass: (id, pos, minhash) of every valid row, signatures computed in parallel tasks.
-
-    Only the integer signatures reach the driver, never the captions.
-    """
-    import ray
-
-    def signatures(batch: pa.Table) -> pa.Table:
-        valid = batch.filter(pc.is_null(batch.column(S.REASON)))
-        return pa.table({S.ID: valid.column(S.ID), S.POS: valid.column(S.POS),
-                         MINHASH: signature_column(valid.column(S.CAPTION).to_pylist(), num_perm, shingle_size)})
-
-    refs = caption_rows(paths, cpu_per_task).map_batches(signatures, batch_size=None, batch_format="pyarrow", num_cpus=cpu_per_task).to_arrow_refs()
-    tables = [t for t in ray.get(refs) if t.num_rows]
-    return pa.concat_tables(tables) if tables else signatures(S.CAPTION_ROW.empty_table())
+# ---- curation: the model stages (docs/curation.md) ----
 
 
 def curation_model_stages(ds, cfg: dict, dirs: dict):

@@ -173,7 +173,8 @@ def run(cfg: dict) -> dict:
         from factory.curate.near_dup import check_params
 
         check_params(near_dup)  # before the scan, not after it
-    keys, n_read = pipeline.scan_keys(paths, cpu, cfg["ray"].get("local_scan_mb", 0))
+    minhash = (near_dup["num_perm"], near_dup["shingle_size"]) if near_dup else None
+    keys, n_read = pipeline.scan_keys(paths, cpu, cfg["ray"].get("local_scan_mb", 0), minhash)
     if n_read == 0:
         raise InputError(f"input is empty: no caption rows in {cfg['input']}")
     dedup = cfg["curate"]["dedup"]
@@ -181,8 +182,7 @@ def run(cfg: dict) -> dict:
     if near_dup:  # among the rows exact dedup kept; its rejects join the same table
         from factory.curate.near_dup import find_near_duplicates, without_rejected
 
-        sigs = pipeline.scan_signatures(paths, cpu, near_dup["num_perm"], near_dup["shingle_size"])
-        near = find_near_duplicates(without_rejected(sigs, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
+        near = find_near_duplicates(without_rejected(keys, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
         log.info("%d near duplicates (Jaccard >= %s)", near.num_rows, near_dup["threshold"])
         rejected = pa.concat_tables([rejected, near])
     wall["scan"] = round(time.perf_counter() - t, 3)
