@@ -43,6 +43,8 @@ def parse(argv=None):
     p.add_argument("--compile-mode", default="default")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--scorer-arch", default="ViT-L-14-336")
+    p.add_argument("--scorer-chunk", type=int, default=None, help="scorer.chunk_size (default: the whole batch)")
+    p.add_argument("--scorer-compile-mode", default=None, help="scorer.compile with this mode (needs --scorer-chunk)")
     p.add_argument("--encode-threads", type=int, default=8)
     p.add_argument("--device", default="cuda")
     a = p.parse_args(argv)
@@ -103,7 +105,8 @@ def main(argv=None) -> float:
             batch_size=bs, channels_last=True, fuse_qkv=True, compile=not args.no_compile, compile_mode=args.compile_mode,
         )
     say(f"synthesis stage ready in {t.s:.1f} s (compile warm-up {synth.warmup_s or 0:.1f} s)")
-    scorer = ClipSsimScorer(arch=args.scorer_arch, pretrained=None, device=args.device,
+    scorer = ClipSsimScorer(arch=args.scorer_arch, pretrained=None, device=args.device, chunk_size=args.scorer_chunk,
+                            compile=bool(args.scorer_compile_mode), compile_mode=args.scorer_compile_mode or "default",
                             dtype="float32" if args.tiny else "float16")
     texts = captions(args.captions + bs * (args.synth_only_batches + 1))
     extra = texts[args.captions :]

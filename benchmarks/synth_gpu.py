@@ -4,7 +4,10 @@
 (b) the factory's DiffusionSynth at its best settings: batched prompts (both guidance branches in
     one UNet call), bf16, SDPA attention, channels-last, fused QKV, torch.compile of UNet and VAE
     decoder (compilation paid once, in the constructor: reported, not timed), uint8 output.
-`--ablate` adds each lever in turn. The last line printed is the ratio (b)/(a).
+`--ablate` adds each lever in turn; each `--variant key=value[,key=value]` recompiles (b) with those
+stage options changed (e.g. attention_backend=cudnn, channels_last=false, batch_size=16,
+inductor_tuning=true,compile_mode=max-autotune-no-cudagraphs) and times it. The last line printed
+is the ratio (b)/(a).
 
     python benchmarks/synth_gpu.py                 # GPU: 1024², 30 steps, guidance 7.5
     python benchmarks/synth_gpu.py --ablate
@@ -33,18 +36,36 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--ref-images", type=int, default=3, help="timed reference images (after one warm-up)")
+    p.add_argument("--ref-images", type=int, default=3, help="timed reference images (after the warm-up ones)")
+    p.add_argument("--ref-warmup", type=int, default=2,
+                   help="untimed reference images first (one alone left the clocks and allocator cold: 0.30 vs 0.46 images/s)")
     p.add_argument("--timed-batches", type=int, default=2)
     p.add_argument("--ablate-batches", type=int, default=1, help="timed batches per ablation step")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for (b)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--ablate", action="store_true", help="time each lever in turn")
+    p.add_argument("--variant", action="append", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="stage options to change from (b), timed after it; repeatable")
     p.add_argument("--device", default="cuda")
     a = p.parse_args(argv)
     if a.tiny:
         a.device, a.size, a.steps, a.batch_size = "cpu", 64, 2, 4
-        a.ref_images, a.timed_batches, a.no_compile = 2, 1, True
+        a.ref_images, a.ref_warmup, a.timed_batches, a.no_compile = 2, 1, 1, True
+        a.variant = a.variant or ["attention_backend=math"]
+    a.variant = [parse_options(v) for v in a.variant or []]
     return a
+
+
+def parse_options(text: str) -> dict:
+    """'a=1,b=true,c=x' → {'a': 1, 'b': True, 'c': 'x'}."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: expected KEY=VALUE pairs separated by commas")
+        low = value.lower()
+        out[key.strip()] = True if low == "true" else False if low == "false" else int(value) if value.isdigit() else value
+    return out
 
 
 def reference_rate(pipe, prompts, args) -> float:
@@ -54,9 +75,10 @@ def reference_rate(pipe, prompts, args) -> float:
         return pipe(prompt=p, num_inference_steps=args.steps, guidance_scale=args.guidance,
                     height=args.size, width=args.size, generator=g).images[0]
 
-    one(prompts[0], 0)  # warm-up: cuDNN/cuBLAS choices, allocator
+    for i in range(args.ref_warmup):  # warm-up: cuDNN/cuBLAS choices, allocator, clocks
+        one(prompts[i % len(prompts)], 1000 + i)
     with Timer(args.device) as t:
-        for i, p in enumerate(prompts[1 : 1 + args.ref_images]):
+        for i, p in enumerate(prompts[: args.ref_images]):
             image = one(p, i + 1)
     assert image.size == (args.size, args.size), image.size
     return args.ref_images / t.s
@@ -137,8 +159,9 @@ def main(argv=None) -> float:
     common = dict(steps=args.steps, guidance=args.guidance, height=args.size, width=args.size, device=args.device)
     bs = args.batch_size
     compile_opts = dict(compile=not args.no_compile, compile_mode=args.compile_mode, batch_size=bs)
-    # The headline figure first (a time limit may cut the run short), then the ablation.
-    synth = DiffusionSynth.from_pipeline(pipe, channels_last=True, fuse_qkv=True, **compile_opts, **common)
+    # The headline figure first (a time limit may cut the run short), then the variants and the ablation.
+    best_opts = dict(channels_last=True, fuse_qkv=True, **compile_opts)
+    synth = DiffusionSynth.from_pipeline(pipe, **best_opts, **common)
     if synth.warmup_s is not None:
         say(f"torch.compile ({args.compile_mode}) warm-up in the constructor: {synth.warmup_s:.1f} s (not timed)")
     best = stage_rate(synth, bs, args, "best")
@@ -146,8 +169,19 @@ def main(argv=None) -> float:
     say(f"(b) factory DiffusionSynth [{label}], uint8 out: {best:.3f} images/s "
         f"(UNet {tflops(best):.0f} TFLOP/s" + ("" if args.tiny else f", {100 * tflops(best) / PEAK_BF16_TFLOPS:.0f}% of {PEAK_BF16_TFLOPS:.0f}") + ")")
     say(f"ratio (b)/(a) = {best / ref:.3f}")
-    if args.ablate:
+    for change in args.variant:
+        del synth
         undo_speedups(pipe)
+        torch._dynamo.reset()  # each variant compiles afresh (and never hits the recompilation limit)
+        opts = {**best_opts, **change}
+        synth = DiffusionSynth.from_pipeline(pipe, **opts, **common)
+        rate = stage_rate(synth, opts["batch_size"], args, f"variant {change}")
+        warm = f"; warm-up {synth.warmup_s:.1f} s" if synth.warmup_s is not None else ""
+        say(f"(b) with {change}: {rate:.3f} images/s (UNet {tflops(rate):.0f} TFLOP/s, {rate / best:.3f}× (b){warm})")
+    if args.ablate:
+        del synth
+        undo_speedups(pipe)
+        torch._dynamo.reset()
         rates = {}
         synth = DiffusionSynth.from_pipeline(pipe, **common)
         rates["bf16 eager batch 1"] = stage_rate(synth, 1, args, "bf16 b1", 2 * args.ablate_batches)

@@ -28,7 +28,9 @@ FINGERPRINT_KEYS = [("model",), ("scorer",), ("synth", "seed"), ("synth", "steps
                     ("synth", "negative_prompt"), ("score", "lam"), ("score", "prefix"), ("score", "ssim_size"),
                     ("score", "ssim_low"), ("image", "format"), ("image", "quality")]
 # Settings that only say where and how fast: free to change between a run and its resume.
-NOT_FINGERPRINTED = {("model", "compile"), ("model", "channels_last"), ("model", "fuse_qkv"), ("model", "batch_size"), ("model", "device")}
+NOT_FINGERPRINTED = {("model", "compile"), ("model", "compile_mode"), ("model", "channels_last"), ("model", "fuse_qkv"),
+                     ("model", "batch_size"), ("model", "device"), ("model", "attention_backend"), ("model", "inductor_tuning"),
+                     ("scorer", "device"), ("scorer", "compile"), ("scorer", "compile_mode"), ("scorer", "chunk_size")}
 
 
 class RunError(Exception):

@@ -22,6 +22,8 @@ def synth_kwargs(cfg: dict) -> dict:
         compile=m.get("compile", False),
         compile_mode=m.get("compile_mode", "default"),
         vae_tiling=m.get("vae_tiling", False),
+        attention_backend=m.get("attention_backend", "auto"),
+        inductor_tuning=m.get("inductor_tuning", False),
         batch_size=s["batch_size"],  # the compiled batch shape: warmed up once, short batches padded
         torch_threads=cfg["resources"]["synth"].get("torch_threads"),
     )
@@ -39,5 +41,8 @@ def score_kwargs(cfg: dict) -> dict:
         prefix=s["prefix"],
         ssim_size=s["ssim_size"],
         ssim_low=s["ssim_low"],
+        chunk_size=sc.get("chunk_size"),
+        compile=sc.get("compile", False),
+        compile_mode=sc.get("compile_mode", "default"),
         torch_threads=cfg["resources"]["score"].get("torch_threads"),
     )

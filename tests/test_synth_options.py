@@ -26,3 +26,25 @@ def test_from_pipeline_matches_constructor_and_padding_keeps_images():
     padded = built(_batch(3))
     assert padded[S.IMAGE].shape == a[S.IMAGE].shape
     np.testing.assert_allclose(padded[S.IMAGE].astype(int), a[S.IMAGE].astype(int), atol=1)
+
+
+def test_compiled_synthesis_with_kernel_choices_matches_eager():
+    """compile=True (warm-up at the batch size in the constructor) with the SDPA backend pinned and
+    inductor's tuning settings gives the eager pipeline's images; the settings do not leak out."""
+    import torch._inductor.config as inductor_config
+
+    opts = dict(steps=2, guidance=5.0)
+    eager = DiffusionSynth(path="tiny", device="cpu", **opts)
+    compiled = DiffusionSynth(path="tiny", device="cpu", compile=True, batch_size=2, attention_backend="math",
+                              inductor_tuning=True, **opts)
+    assert compiled.warmup_s is not None and compiled.pad_to == 2
+    a, b = eager(_batch(2)), compiled(_batch(2))
+    assert np.abs(a[S.IMAGE].astype(int) - b[S.IMAGE].astype(int)).max() <= 2
+    assert inductor_config.epilogue_fusion is True and inductor_config.coordinate_descent_tuning is False
+
+
+def test_unknown_attention_backend_is_one_clear_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="model.attention_backend='flash2'"):
+        DiffusionSynth.from_pipeline(load_text_to_image("tiny", "float32", "cpu"), device="cpu", attention_backend="flash2")

@@ -22,15 +22,23 @@ def load_open_clip(arch: str, pretrained: str | None, device: str, dtype: str = 
 
 
 class ClipScore:
-    """Image and text towers of one open_clip model; images come in as uint8 on the device."""
+    """Image and text towers of one open_clip model; images come in as uint8 on the device.
 
-    def __init__(self, arch: str, pretrained: str | None, device: str, dtype: str = "float32", prefix: str = "A photo depicts "):
+    With `compile`, the image path (preprocessing, vision tower, normalisation) is one
+    torch.compile graph; callers then keep the batch size fixed (the scorer pads its chunks).
+    """
+
+    def __init__(self, arch: str, pretrained: str | None, device: str, dtype: str = "float32", prefix: str = "A photo depicts ",
+                 compile: bool = False, compile_mode: str = "default"):
         self.model, self.tokenizer = load_open_clip(arch, pretrained, device, dtype)
         self.device, self.dtype, self.prefix = device, torch_dtype(dtype), prefix
         cfg = self.model.visual.preprocess_cfg
         self.size = cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
         self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+        self._image_features = self._image_features_eager
+        if compile:
+            self._image_features = torch.compile(self._image_features_eager, mode=compile_mode, fullgraph=True, dynamic=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """open_clip's eval transform in torch: bicubic resize of the short side, centre crop, normalize."""
@@ -44,9 +52,20 @@ class ClipScore:
         x = x[..., top : top + self.size, left : left + self.size]
         return ((x - self.mean) / self.std).to(self.dtype)
 
+    def _image_features_eager(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)
+
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-length image embeddings of (N,H,W,3) uint8 images (queued on the device, not awaited)."""
+        return self._image_features(images)
+
+    @torch.inference_mode()
+    def text_features(self, captions: list[str]) -> torch.Tensor:
         tokens = self.tokenizer([self.prefix + c for c in captions]).to(self.device)  # truncated to 77 tokens
-        img = F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)
-        txt = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-        return (img * txt).sum(dim=-1).clamp_min(0.0)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    def __call__(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        # Images first: their device work is queued before the host spends its time tokenising.
+        img = self.image_features(images)
+        return (img * self.text_features(captions)).sum(dim=-1).clamp_min(0.0)

@@ -10,6 +10,7 @@ from factory import schema as S
 from factory.retry import run_in_halves
 from factory.score.clip import ClipScore
 from factory.score.ssim import round_trip_ssim
+from factory.score.upload import HostToDevice
 from factory.synth.diffusion import resolve_device
 
 
@@ -17,6 +18,9 @@ class ClipSsimScorer:
     """Stage: batch with image (uint8 N×H×W×3), caption, reason → + clip_score, ssim, score.
 
     Samples that synthesis marked unusable get no scores (NaN) and are never selected.
+    Images reach the device `chunk_size` at a time (None: the whole batch), so the host copy of one
+    chunk overlaps the device work on the one before. With `compile`, CLIP's image path and the SSIM
+    round trip run as torch.compile graphs at one fixed shape: chunks are padded to `chunk_size`.
     """
 
     def __init__(
@@ -29,19 +33,48 @@ class ClipSsimScorer:
         prefix: str = "A photo depicts ",
         ssim_size: int = 768,
         ssim_low: int = 336,
+        chunk_size: int | None = None,
+        compile: bool = False,
+        compile_mode: str = "default",
         torch_threads: int | None = None,
     ):
         if torch_threads:
             torch.set_num_threads(torch_threads)
+        if compile and not chunk_size:
+            raise ValueError("scorer.compile=true needs scorer.chunk_size: the compiled graphs are built for one batch shape")
         self.device = resolve_device(device)
-        self.clip = ClipScore(arch, pretrained, self.device, dtype, prefix)
+        self.clip = ClipScore(arch, pretrained, self.device, dtype, prefix, compile=compile, compile_mode=compile_mode)
         self.lam, self.ssim_size, self.ssim_low = lam, ssim_size, ssim_low
+        self.chunk_size, self.pad = chunk_size, compile
+        self.upload = HostToDevice(self.device)
+        self._ssim = round_trip_ssim
+        if compile:
+            self._ssim = torch.compile(round_trip_ssim, mode=compile_mode, fullgraph=True, dynamic=False)
 
+    @torch.inference_mode()
     def score(self, images: np.ndarray, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
-        clip = self.clip(x, captions)
-        ssim = round_trip_ssim(x, self.ssim_size, self.ssim_low)
-        return clip.cpu().numpy().astype(np.float64), ssim.cpu().numpy().astype(np.float64)
+        """CLIPScores and SSIMs of uint8 (n,H,W,3) images; one wait for the device, at the end."""
+        n = len(images)
+        step = self.chunk_size or n
+        features, ssims = [], []
+        for a in range(0, n, step):
+            m = min(step, n - a)
+            x = self.upload(images[a : a + m], pad_to=step if self.pad else None)
+            features.append(self.clip.image_features(x)[:m])
+            ssims.append(self._ssim(x, self.ssim_size, self.ssim_low)[:m])
+        # The host tokenises the captions while the device works through the queued chunks.
+        text = self.clip.text_features(captions)
+        clip = (torch.cat(features) * text).sum(dim=-1).clamp_min(0.0)
+        return clip.cpu().numpy().astype(np.float64), torch.cat(ssims).cpu().numpy().astype(np.float64)
+
+    def _after_oom(self) -> None:
+        # Padding back up to the compiled chunk would run out of memory again: from now on chunks
+        # are halved and run at their own size (compiled once more for each new shape).
+        self.pad = False
+        if self.chunk_size:
+            self.chunk_size = max(1, self.chunk_size // 2)
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()
@@ -58,7 +91,7 @@ class ClipSsimScorer:
             return list(zip(c, s))
 
         if ok:
-            results, _ = run_in_halves(run, ok, on_oom=lambda: torch.cuda.empty_cache() if self.device.startswith("cuda") else None)
+            results, _ = run_in_halves(run, ok, on_oom=self._after_oom)
             for i, r in zip(ok, results):
                 if r is None:
                     reasons[i], details[i] = S.R_OOM, "scoring ran out of device memory even alone"

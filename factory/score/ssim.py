@@ -46,12 +46,17 @@ def window_sums(t: torch.Tensor) -> torch.Tensor:
     return _run_sum(_run_sum(t, -1), -2)
 
 
-def ssim_gray(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
-    """Mean SSIM per image of (N,H,W) grayscale tensors, equal to skimage's defaults."""
+def ssim_gray(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0, integral: bool | None = None) -> torch.Tensor:
+    """Mean SSIM per image of (N,H,W) grayscale tensors, equal to skimage's defaults.
+
+    `integral`: whether both hold whole grey levels 0..255 (None: find out, which waits for the
+    device; callers that know, like the round trip, say so and keep the work queued).
+    """
     if a.shape != b.shape or a.dim() != 3 or min(a.shape[-2:]) < WIN:
         raise ValueError(f"ssim_gray needs two (N,H,W) tensors with H,W ≥ {WIN}, got {tuple(a.shape)} and {tuple(b.shape)}")
     a, b = a.float(), b.float()
-    integral = bool(torch.equal(a, a.round()) and torch.equal(b, b.round()) and a.abs().max() < 256 and b.abs().max() < 256)
+    if integral is None:
+        integral = bool(torch.equal(a, a.round()) and torch.equal(b, b.round()) and a.abs().max() < 256 and b.abs().max() < 256)
     acc = torch.float32 if integral else torch.float64  # integer sums < 2²⁴ are exact in float32
     a, b = a.to(acc), b.to(acc)
     s = window_sums(torch.stack([a, b, a * a, b * b, a * b], dim=1)).double()
@@ -71,4 +76,4 @@ def round_trip_ssim(images: torch.Tensor, size: int = 768, low: int = 336) -> to
     x = images.permute(0, 3, 1, 2).float()
     hi = resize_uint8(x, size)
     back = resize_uint8(resize_uint8(hi, low), size)
-    return ssim_gray(to_gray(hi), to_gray(back)).float()
+    return ssim_gray(to_gray(hi), to_gray(back), integral=True).float()  # rounded to 0..255 above

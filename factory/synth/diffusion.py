@@ -1,6 +1,7 @@
 """The synthesis stage: a diffusers text-to-image pipeline turning captions into uint8 images."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -14,6 +15,15 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+# model.attention_backend → the PyTorch SDPA kernel every attention call is held to ("auto": PyTorch picks).
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+# model.inductor_tuning: the inductor settings of PyTorch's "diffusion-fast" SDXL recipe (1×1
+# convolutions as matrix products, coordinate-descent tuning of the generated kernels, no epilogue
+# fusion). They only matter while compiling, and longer compilation is their price.
+INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
+                   "coordinate_descent_check_all_directions": True}
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -126,9 +136,14 @@ class DiffusionSynth:
         compile: bool = False,
         compile_mode: str = "default",
         vae_tiling: bool = False,
+        attention_backend: str = "auto",
+        inductor_tuning: bool = False,
         warmup_steps: int = 2,
     ) -> None:
+        if attention_backend != "auto" and attention_backend not in SDPA_BACKENDS:
+            raise ValueError(f"model.attention_backend={attention_backend!r}: expected auto or one of {sorted(SDPA_BACKENDS)}")
         self.pipe, self.refiner, self.device = pipe, refiner, device
+        self.attention_backend, self.inductor_tuning = attention_backend, inductor_tuning and compile
         self.high_noise_frac = high_noise_frac
         self.height, self.width = height, width
         self.steps, self.guidance, self.negative_prompt = steps, guidance, negative_prompt
@@ -185,7 +200,7 @@ class DiffusionSynth:
             height=self.height,
             width=self.width,
         )
-        with torch.inference_mode():
+        with torch.inference_mode(), self._kernel_choices():
             if self.refiner is None:
                 return self.pipe(output_type="pt", **kwargs).images
             latents = self.pipe(output_type="latent", denoising_end=self.high_noise_frac, **kwargs).images
@@ -199,6 +214,19 @@ class DiffusionSynth:
                 image=latents,
                 output_type="pt",
             ).images
+
+    def _kernel_choices(self) -> contextlib.ExitStack:
+        """The SDPA backend (while compiling it is baked into the graph) and inductor's tuning settings."""
+        stack = contextlib.ExitStack()
+        if self.attention_backend != "auto":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[self.attention_backend])]))
+        if self.inductor_tuning:
+            import torch._inductor.config as inductor_config
+
+            stack.enter_context(inductor_config.patch(INDUCTOR_TUNING))
+        return stack
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()

@@ -1,0 +1,68 @@
+"""The scorer's speed options never change a score: chunked uploads, padding to the compiled shape,
+and torch.compile of CLIP's image path and of the SSIM round trip, against the plain eager scorer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from factory.score.scorer import ClipSsimScorer
+from factory.score.ssim import round_trip_ssim
+from factory.score.upload import HostToDevice
+
+OPTS = dict(arch="tiny", device="cpu", ssim_size=128, ssim_low=56)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 96, 96, 3), dtype=np.uint8)
+    images[3] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :, None]  # a smooth image: SSIM near 1
+    return images, [f"a red house with {i} windows" for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def plain(pairs):
+    return ClipSsimScorer(**OPTS).score(*pairs)
+
+
+def test_chunks_do_not_change_scores(pairs, plain):
+    clip, ssim = ClipSsimScorer(**OPTS, chunk_size=2).score(*pairs)  # chunks of 2, 2 and 1
+    np.testing.assert_allclose(clip, plain[0], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ssim, plain[1])
+    assert ssim[3] > 0.9 and ssim[0] < 0.5  # smooth survives the round trip; noise does not
+
+
+def test_compiled_scorer_matches_eager_with_padded_chunks(pairs, plain):
+    scorer = ClipSsimScorer(**OPTS, chunk_size=2, compile=True)
+    clip, ssim = scorer.score(*pairs)  # the last chunk (1 image) is padded to the compiled 2
+    np.testing.assert_allclose(clip, plain[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ssim, plain[1], rtol=0, atol=1e-9)
+    # The padded rows were zeros and were dropped: scoring the last image alone agrees.
+    alone = ClipSsimScorer(**OPTS).score(pairs[0][4:], pairs[1][4:])
+    np.testing.assert_allclose(clip[4], alone[0][0], atol=1e-5)
+    scorer._after_oom()  # after an OOM no padding, and smaller chunks
+    assert scorer.pad is False and scorer.chunk_size == 1
+
+
+def test_compile_needs_a_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size"):
+        ClipSsimScorer(**OPTS, compile=True)
+
+
+def test_upload_pads_with_zero_rows():
+    images = np.full((3, 4, 4, 3), 7, np.uint8)
+    x = HostToDevice("cpu")(images, pad_to=5)
+    assert x.shape == (5, 4, 4, 3) and x.dtype == torch.uint8
+    assert x[:3].eq(7).all() and x[3:].eq(0).all()
+
+
+def test_round_trip_ssim_skips_the_integrality_check_but_agrees_with_it():
+    from factory.score.ssim import resize_uint8, ssim_gray, to_gray
+
+    images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8))
+    x = images.permute(0, 3, 1, 2).float()
+    hi = resize_uint8(x, 32)
+    back = resize_uint8(resize_uint8(hi, 16), 32)
+    checked = ssim_gray(to_gray(hi), to_gray(back))  # finds out itself that the levels are whole
+    torch.testing.assert_close(round_trip_ssim(images, 32, 16), checked.float(), rtol=0, atol=0)
