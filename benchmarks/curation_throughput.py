@@ -91,10 +91,10 @@ def through_ray(captions: list[str], n_files: int, cpus: int, cfg: dict) -> floa
     near_cfg = cfg["curate"]["near_dup"] | {"enabled": True}
 
     t = time.perf_counter()
-    keys, n_read = pipeline.scan_keys(paths, cpu, minhash=(near_cfg["num_perm"], near_cfg["shingle_size"]))
+    keys, n_read = pipeline.scan_keys(paths, cpu, minhash=(near_cfg["num_perm"], near_cfg["shingle_size"]), rules=cfg["curate"]["rules"])
     scan_only_s = time.perf_counter() - t
     assert n_read == n
-    print(f"ray pre-pass (read; dedup keys and minhash signatures in the same tasks): {rate(n, scan_only_s)}")
+    print(f"ray pre-pass (read; rules, dedup keys and minhash signatures in the same tasks): {rate(n, scan_only_s)}")
     t = time.perf_counter()
     rejected = find_duplicates(keys)
     near = nd.find_near_duplicates(nd.without_rejected(keys, rejected), near_cfg["threshold"], near_cfg["bands"], near_cfg["max_bucket_span"])

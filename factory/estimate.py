@@ -26,14 +26,18 @@ ASSUMED_BYTES_PER_PIXEL = {"png": 1.5, "webp": 0.25, "jpeg": 0.3, "jpg": 0.3}
 ROW_OVERHEAD_BYTES = 64  # the score, seed and size columns of one Parquet row
 
 
-def scan_input(paths: list[str], sample_rows: int, seed: int = 0) -> dict:
+def scan_input(paths: list[str], sample_rows: int, seed: int = 0, rules_cfg: dict | None = None) -> dict:
     """Rows read, rejected by the reader (by reason), exact duplicates, and a uniform sample of the rest.
 
-    The sample is drawn (reservoir, fixed seed) from the rows that survive the reader and dedup,
-    so when the input is smaller than the sample every row is in it and the estimate is exact.
+    Duplicates are found among the captions that pass the rules, as a run finds them. The sample is
+    drawn (reservoir, fixed seed) from the rows that survive the reader and dedup, so when the input
+    is smaller than the sample every row is in it and the estimate is exact.
     """
     from factory.curate.dedup import dedup_keys, find_duplicates
+    from factory.curate.rules import CaptionRules
     from factory.io.read import read_caption_file
+
+    rules = CaptionRules(**rules_cfg) if rules_cfg else None
 
     rng = random.Random(seed)
     n_read, seen, reader = 0, 0, {}
@@ -44,7 +48,7 @@ def scan_input(paths: list[str], sample_rows: int, seed: int = 0) -> dict:
         n_read += t.num_rows
         for reason in t.column(S.REASON).drop_null().to_pylist():
             reader[reason] = reader.get(reason, 0) + 1
-        keys.append(dedup_keys(t))
+        keys.append(dedup_keys(rules(t) if rules else t))
         valid = t.filter(pc.is_null(t.column(S.REASON)))
         for pos, cap in zip(valid.column(S.POS).to_pylist(), valid.column(S.CAPTION).to_pylist()):
             seen += 1
@@ -145,7 +149,7 @@ def estimate(cfg: dict) -> dict:
     if not isinstance(gpus, (int, float)) or gpus <= 0:
         raise ValueError(f"estimate.gpus must be > 0, got {gpus}")
     paths = list_inputs(cfg.get("input") or SAMPLE_INPUT)
-    scan = scan_input(paths, int(est.get("sample_rows", 2000)))
+    scan = scan_input(paths, int(est.get("sample_rows", 2000)), rules_cfg=cfg["curate"]["rules"])
     if scan["read"] == 0:
         raise InputError(f"input is empty: no caption rows in {cfg.get('input')}")
     rate, failed = rules_pass_rate(scan["sample"], cfg["curate"]["rules"])
@@ -220,7 +224,7 @@ def table_lines(e: dict) -> list[str]:
     rejects = {**e["reader_rejects"], **e["duplicates"]}
     rows = [
         ("captions in", f"{e['captions_in']:,}", f"{e['input_files']} file(s)"),
-        ("rejected before the rules", f"{sum(rejects.values()):,}", ", ".join(f"{k} {v}" for k, v in rejects.items()) or "none"),
+        ("rejected: reader, duplicates", f"{sum(rejects.values()):,}", ", ".join(f"{k} {v}" for k, v in rejects.items()) or "none"),
         ("rules pass rate", f"{e['rules_pass_rate']:.1%}", f"on a sample of {e['rules_sample']:,}"
          + (": failed " + ", ".join(f"{k} {v}" for k, v in e["rules_failed"].items()) if e["rules_failed"] else "")),
         ("captions after curation", f"{e['curated']:,}", "expected"),

@@ -101,9 +101,15 @@ def caption_rows(paths: list[str], cpu_per_task: float):
     return files_ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
 
 
-def _scan_batch(batch: pa.Table, minhash: tuple[int, int] | None = None) -> pa.Table:
+def _scan_batch(batch: pa.Table, minhash: tuple[int, int] | None = None, rules: CaptionRules | None = None) -> pa.Table:
     """Per block: dedup keys of the valid rows (with MinHash signatures when `minhash` is
-    (num_perm, shingle_size)), the row count, and any unreadable-file message."""
+    (num_perm, shingle_size)), the row count, and any unreadable-file message.
+
+    With `rules`, rows that fail them are not valid here: a caption the rules will reject must not
+    win a duplicate group and take a good duplicate down with it.
+    """
+    if rules is not None:
+        batch = rules(batch)
     keys = dedup_keys(batch)
     if minhash:
         valid = batch.filter(pc.is_null(batch.column(S.REASON)))  # the rows dedup_keys kept, in order
@@ -131,16 +137,18 @@ def input_bytes(paths: list[str]) -> int:
 
 
 def scan_keys(
-    paths: list[str], cpu_per_task: float, local_max_mb: float = 0, minhash: tuple[int, int] | None = None
+    paths: list[str], cpu_per_task: float, local_max_mb: float = 0, minhash: tuple[int, int] | None = None,
+    rules: dict | None = None,
 ) -> tuple[pa.Table, int]:
     """The pre-pass over the text: (id, pos, norm_hash) of every valid row, and the number of rows read.
 
     With `minhash` = (num_perm, shingle_size) the rows also carry their MinHash signature for the
-    near-duplicate search: one read of the input serves both. Inputs up to `local_max_mb` are scanned
+    near-duplicate search: one read of the input serves both. With `rules` (the curate.rules block)
+    only captions that pass them get keys. Inputs up to `local_max_mb` are scanned
     in this process: launching Ray tasks would cost more than reading them. Raises InputError for
     the first unreadable file, before anything is generated.
     """
-    scan = functools.partial(_scan_batch, minhash=minhash)
+    scan = functools.partial(_scan_batch, minhash=minhash, rules=CaptionRules(**rules) if rules else None)
     if input_bytes(paths) <= local_max_mb * 2**20:
         blocks = (scan(t) for t in _read_files(pa.table({"path": paths, "file_index": list(range(len(paths)))})))
     else:

@@ -74,6 +74,33 @@ def check_resume(cfg: dict, dirs: dict) -> dict | None:
     return old
 
 
+def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int]:
+    """The pre-pass: rows that lose a duplicate or near-duplicate group, as (pos, reason, detail),
+    and the number of rows read. Only captions that pass the rules compete."""
+    from factory import pipeline
+
+    near_dup = cfg["curate"].get("near_dup") or {}
+    near_dup = near_dup if near_dup.get("enabled") else None
+    if near_dup:
+        from factory.curate.near_dup import check_params
+
+        check_params(near_dup)  # before the scan, not after it
+    minhash = (near_dup["num_perm"], near_dup["shingle_size"]) if near_dup else None
+    keys, n_read = pipeline.scan_keys(paths, cfg["resources"]["cpu_task_cpus"], cfg["ray"].get("local_scan_mb", 0), minhash,
+                                      rules=cfg["curate"]["rules"])
+    if n_read == 0:
+        raise InputError(f"input is empty: no caption rows in {cfg['input']}")
+    dedup = cfg["curate"]["dedup"]
+    rejected = find_duplicates(keys, ids=dedup.get("ids", True), captions=dedup.get("captions", True))
+    if near_dup:  # among the rows exact dedup kept; its rejects join the same table
+        from factory.curate.near_dup import find_near_duplicates, without_rejected
+
+        near = find_near_duplicates(without_rejected(keys, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
+        log.info("%d near duplicates (Jaccard >= %s)", near.num_rows, near_dup["threshold"])
+        rejected = pa.concat_tables([rejected, near])
+    return rejected, n_read
+
+
 def package_versions() -> dict:
     out = {"python": platform.python_version()}
     for name in ("synth-factory", "ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "hydra-core"):
@@ -169,24 +196,7 @@ def run(cfg: dict) -> dict:
     cpu = cfg["resources"]["cpu_task_cpus"]
 
     t = time.perf_counter()
-    near_dup = cfg["curate"].get("near_dup") or {}
-    near_dup = near_dup if near_dup.get("enabled") else None
-    if near_dup:
-        from factory.curate.near_dup import check_params
-
-        check_params(near_dup)  # before the scan, not after it
-    minhash = (near_dup["num_perm"], near_dup["shingle_size"]) if near_dup else None
-    keys, n_read = pipeline.scan_keys(paths, cpu, cfg["ray"].get("local_scan_mb", 0), minhash)
-    if n_read == 0:
-        raise InputError(f"input is empty: no caption rows in {cfg['input']}")
-    dedup = cfg["curate"]["dedup"]
-    rejected = find_duplicates(keys, ids=dedup.get("ids", True), captions=dedup.get("captions", True))
-    if near_dup:  # among the rows exact dedup kept; its rejects join the same table
-        from factory.curate.near_dup import find_near_duplicates, without_rejected
-
-        near = find_near_duplicates(without_rejected(keys, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
-        log.info("%d near duplicates (Jaccard >= %s)", near.num_rows, near_dup["threshold"])
-        rejected = pa.concat_tables([rejected, near])
+    rejected, n_read = find_rejected_duplicates(paths, cfg)
     wall["scan"] = round(time.perf_counter() - t, 3)
     counts["read"] = n_read
     log.info("read %d caption rows from %d file(s); %d duplicates", n_read, len(paths), rejected.num_rows)

@@ -22,3 +22,33 @@ def test_duplicates_ids_and_captions():
     assert lost[0][S.DETAIL] == "duplicate of id 1"
     marked = MarkRejected(find_duplicates(keys))(t)
     assert marked.column(S.REASON).to_pylist() == [None, S.R_DUP_CAPTION, None, S.R_DUP_ID]
+
+
+def test_a_caption_the_rules_reject_never_wins_a_duplicate_group(tmp_path):
+    """Id 1 carries a flagged word and id 2 is the same caption without it (near duplicates); the
+    first row of id 5 is too short and the second is fine: the good rows must survive the pre-pass."""
+    from conftest import write_jsonl
+
+    from factory import pipeline
+    from factory.config import compose
+    from factory.curate.near_dup import find_near_duplicates
+    from factory.run import find_rejected_duplicates
+
+    rows = [
+        {"id": 1, "caption": "A photo of a red car parked on a quiet street at night nsfw"},
+        {"id": 2, "caption": "A photo of a red car parked on a quiet street at night"},
+        {"id": 5, "caption": "tiny"},
+        {"id": 5, "caption": "A wooden sailboat reflected in a calm harbor at dusk."},
+        {"id": 6, "caption": "A wooden sailboat reflected in a calm harbor at dusk."},  # a true duplicate
+    ]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    cfg = compose([f"input={path}", "curate.near_dup.enabled=true"])
+    rejected, n_read = find_rejected_duplicates([str(path)], cfg)
+    assert n_read == 5
+    lost = {r[S.POS]: (r[S.REASON], r[S.DETAIL]) for r in rejected.to_pylist()}
+    # Only id 6 loses, to the second row of id 5 (pos 3): the rule-rejected rows competed for nothing.
+    assert set(lost) == {4} and lost[4] == (S.R_DUP_CAPTION, "duplicate of id 5")
+    # Without the rules in the pre-pass every row competes, and the flagged caption knocks out its clean twin.
+    keys, _ = pipeline.scan_keys([str(path)], 0.25, 16, minhash=(128, 1))
+    assert keys.num_rows == 5
+    assert 1 in find_near_duplicates(keys, 0.8, 16).column(S.POS).to_pylist()
