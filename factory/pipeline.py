@@ -49,6 +49,28 @@ def init_ray(ray_cfg: dict) -> None:
     ray.init(**kwargs)
 
 
+def _exists_here(paths: list[str]) -> list[bool]:
+    import os
+
+    return [os.path.exists(p) for p in paths]
+
+
+def nodes_without(paths: list[str], timeout_s: float = 300) -> tuple[int, dict[str, list[str]]]:
+    """How many alive Ray nodes there are, and for each local path the nodes (by address) that do
+    not see it: one zero-CPU task pinned to every node. With a single node nothing runs."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return len(nodes), {}
+    probe = ray.remote(num_cpus=0, max_retries=1)(_exists_here)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths) for n in nodes]
+    seen = ray.get(refs, timeout=timeout_s)
+    missing = {p: [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok[i]] for i, p in enumerate(paths)}
+    return len(nodes), {p: m for p, m in missing.items() if m}
+
+
 def configure_data_context(ray_cfg: dict) -> None:
     from ray.data import DataContext
 

@@ -101,6 +101,34 @@ def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int
     return rejected, n_read
 
 
+def check_paths_shared(output: str, inputs: list[str]) -> int:
+    """Refuse a multi-node run whose local output or input folder some node does not see: its
+    files would land on (or be missing from) that node's own disk. Returns the nodes checked."""
+    from factory import pipeline
+
+    local_inputs = [files.resolve(p)[1] for p in inputs[:1] if not files.has_scheme(p)]
+    if files.has_scheme(output) and not local_inputs:
+        return 0
+    marker = None
+    probe = list(local_inputs)
+    if not files.has_scheme(output):
+        marker = files.join(output, ".factory-probe")  # hidden: no reader takes it for data
+        files.write_bytes_atomic(marker, b"")
+        probe.append(files.resolve(marker)[1])
+    try:
+        n_nodes, missing = pipeline.nodes_without(probe)
+    finally:
+        if marker:
+            files.delete_file(marker)
+    for path, nodes in missing.items():
+        what = f"output={output} is a local folder" if marker and path == probe[-1] else f"input {path} is a local file"
+        raise RunError(
+            f"{what} that {len(nodes)} of {n_nodes} Ray nodes do not see ({', '.join(nodes[:3])}"
+            f"{', ...' if len(nodes) > 3 else ''}): a multi-node run needs shared storage (NFS, or a URI such as s3://bucket/run)"
+        )
+    return n_nodes
+
+
 def package_versions() -> dict:
     out = {"python": platform.python_version()}
     for name in ("synth-factory", "ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "hydra-core"):
@@ -180,6 +208,9 @@ def run(cfg: dict) -> dict:
 
     check_exports(cfg.get("export", {}))
     files.makedirs(output)
+    pipeline.init_ray(cfg["ray"])
+    pipeline.configure_data_context(cfg["ray"])
+    nodes_checked = check_paths_shared(output, paths)  # before anything in output= changes
     for d in ("candidates", "rejects"):
         files.remove_stale_temp(dirs[d])
     remove_stale_staging(output)  # a run killed while writing dataset/
@@ -191,8 +222,7 @@ def run(cfg: dict) -> dict:
     wall = manifest.data["wall_seconds"]
     counts = manifest.data["counts"]
 
-    pipeline.init_ray(cfg["ray"])
-    pipeline.configure_data_context(cfg["ray"])
+    manifest.data["nodes_sharing_paths"] = nodes_checked
     cpu = cfg["resources"]["cpu_task_cpus"]
 
     t = time.perf_counter()

@@ -126,3 +126,31 @@ def test_unknown_format_and_broken_file(tmp_path):
     assert proc.returncode == 2 and error_lines(proc) == [f"error: {tmp_path}/c.json:1: not valid JSON (Expecting property name enclosed in double quotes); use .jsonl for one object a line"]
     proc = run_cli(f"input={tmp_path}/empty.jsonl", f"output={tmp_path}/o3", "ray.progress_bars=false")
     assert proc.returncode == 2 and "input is empty" in error_lines(proc)[0]
+
+
+def test_multi_node_run_refuses_paths_a_node_does_not_see(tmp_path, monkeypatch):
+    """The check runs before output= changes; it names the folder and the nodes, and leaves no probe file."""
+    from factory import pipeline
+    from factory.run import RunError, check_paths_shared
+
+    seen = {}
+
+    def two_nodes_one_blind(paths):
+        seen["paths"] = list(paths)
+        assert all(os.path.exists(p) for p in paths)  # the probe file is there while nodes look
+        return 2, {paths[-1]: ["10.0.0.7"]}
+
+    monkeypatch.setattr(pipeline, "nodes_without", two_nodes_one_blind)
+    captions = tmp_path / "c.jsonl"
+    captions.write_text('{"id": 1, "caption": "a red car on a street"}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RunError, match=r"output=.*out is a local folder that 1 of 2 Ray nodes do not see \(10\.0\.0\.7\)"):
+        check_paths_shared(str(out), [str(captions)])
+    assert seen["paths"][0] == str(captions) and list(out.iterdir()) == []
+
+    monkeypatch.setattr(pipeline, "nodes_without", lambda paths: (3, {paths[0]: ["10.0.0.8"]}))
+    with pytest.raises(RunError, match=r"input .*c\.jsonl is a local file that 1 of 3 Ray nodes"):
+        check_paths_shared("s3://bucket/run", [str(captions)])
+    monkeypatch.setattr(pipeline, "nodes_without", lambda paths: pytest.fail("nothing local to check"))
+    assert check_paths_shared("s3://bucket/run", ["s3://bucket/captions.jsonl"]) == 0

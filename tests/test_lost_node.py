@@ -72,6 +72,10 @@ def drive(out: Path, input_path: Path) -> dict:
     ])
     report["manifest"] = run(cfg)
     watcher.join(timeout=5)
+    from factory.pipeline import nodes_without
+
+    # Ray's own node-pinned tasks, on a real file and on a path no node has.
+    report["probe"] = nodes_without([str(input_path), str(out / "no-such-file")])
     report["synth_actors_after"] = [
         {"node": a["Address"]["NodeID"], "state": a["State"], "restarts": a.get("NumRestarts", 0)} for a in synth_actors(ray)
     ]
@@ -113,6 +117,14 @@ def test_a_lost_gpu_worker_does_not_stop_the_run(lost_node_run):
     assert {c["count_all"] for c in counts} == {1}
     assert t.filter(pc.is_valid(t.column(S.REASON))).num_rows == 0
     assert m["counts"]["generated"] == len(kept) * REPEAT
+
+
+def test_every_node_was_checked_for_the_local_paths(lost_node_run):
+    _, input_path, report = lost_node_run
+    assert report["manifest"]["nodes_sharing_paths"] == 3  # head + 2 workers, before the removal
+    n_alive, missing = report["probe"]
+    assert n_alive == 2 and list(missing) == [str(input_path.parent / "out" / "no-such-file")]
+    assert len(missing[str(input_path.parent / "out" / "no-such-file")]) == 2
 
 
 def test_gpu_actors_ran_only_on_gpu_workers_and_were_restarted(lost_node_run):

@@ -123,6 +123,12 @@ def remove_stale_temp(directory: str) -> int:
     return n
 
 
+def delete_file(path: str) -> None:
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        fs.delete_file(p)
+
+
 def delete_dir(path: str) -> None:
     fs, p = resolve(path)
     if fs.get_file_info(p).type == pafs.FileType.Directory:
