@@ -206,6 +206,24 @@ def gpus_for(res: dict, device: str, default: float) -> float:
     return default if str(device).startswith("cuda") else 0.0
 
 
+def stage_gpus(res: dict, synth_device: str, score_device: str, cluster_gpus: float) -> tuple[float, float]:
+    """GPUs per synthesis actor and per scoring actor.
+
+    Defaults: a whole GPU per synthesis actor, a quarter per scorer. When the cluster has fewer
+    GPUs than the minimal pools ask for (a one-GPU machine), defaulted synthesis actors ask for one
+    minus the scorer's share instead, so a scorer fits on the GPU beside them rather than waiting
+    for a GPU that will never come. Explicit `num_gpus` values are never changed; `cluster_gpus`
+    of 0 (an autoscaler yet to add GPU nodes) changes nothing either.
+    """
+    synth = gpus_for(res["synth"], synth_device, 1.0)
+    score = gpus_for(res["score"], score_device, 0.25)
+    asked = res["synth"].get("actors", 1) * synth + res["score"].get("actors", 1) * score
+    if res["synth"].get("num_gpus") is None and synth == 1.0 and 0 < score < 1 and 0 < cluster_gpus < asked:
+        synth = 1.0 - score
+        log.info("%g GPU(s) for synthesis and scoring: each synthesis actor asks for %g GPU, each scorer %g", cluster_gpus, synth, score)
+    return synth, score
+
+
 def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, cfg: dict):
     """read → rules → mark duplicates → rejects/ → expand → synthesize → score → candidates/.
 
@@ -226,12 +244,15 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
     # reach the writer only once all of it is synthesized.)
     ds = ds.repartition(target_num_rows_per_block=synth_cfg["batch_size"], strict=True)
 
+    import ray
+
+    synth_gpus, score_gpus = stage_gpus(res, model_cfg["device"], scorer_cfg["device"], ray.cluster_resources().get("GPU", 0))
     ds = ds.map_batches(
         DiffusionSynth,
         fn_constructor_kwargs=synth_kwargs(cfg),
         compute=_actor_pool(res["synth"]),
         batch_size=synth_cfg["batch_size"],
-        num_gpus=gpus_for(res["synth"], model_cfg["device"], 1.0),
+        num_gpus=synth_gpus,
         num_cpus=res["synth"]["num_cpus"],
         batch_format="numpy",
     )
@@ -240,7 +261,7 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
         fn_constructor_kwargs=score_kwargs(cfg),
         compute=_actor_pool(res["score"]),
         batch_size=score_cfg["batch_size"],
-        num_gpus=gpus_for(res["score"], scorer_cfg["device"], 0.25),
+        num_gpus=score_gpus,
         num_cpus=res["score"]["num_cpus"],
         batch_format="numpy",
     )
