@@ -18,6 +18,7 @@ from factory.curate.dedup import find_duplicates
 from factory.expand import done_keys
 from factory.io import files
 from factory.io.read import InputError, list_inputs
+from factory.progress import ProgressLog
 
 log = logging.getLogger("factory")
 
@@ -74,9 +75,10 @@ def check_resume(cfg: dict, dirs: dict) -> dict | None:
     return old
 
 
-def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int]:
+def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int, int]:
     """The pre-pass: rows that lose a duplicate or near-duplicate group, as (pos, reason, detail),
-    and the number of rows read. Only captions that pass the rules compete."""
+    the number of rows read, and the number of captions left for the model stages (or synthesis).
+    Only captions that pass the rules compete."""
     from factory import pipeline
 
     near_dup = cfg["curate"].get("near_dup") or {}
@@ -98,7 +100,7 @@ def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int
         near = find_near_duplicates(without_rejected(keys, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
         log.info("%d near duplicates (Jaccard >= %s)", near.num_rows, near_dup["threshold"])
         rejected = pa.concat_tables([rejected, near])
-    return rejected, n_read
+    return rejected, n_read, keys.num_rows - rejected.num_rows
 
 
 def check_paths_shared(output: str, inputs: list[str]) -> int:
@@ -226,9 +228,10 @@ def run(cfg: dict) -> dict:
     cpu = cfg["resources"]["cpu_task_cpus"]
 
     t = time.perf_counter()
-    rejected, n_read = find_rejected_duplicates(paths, cfg)
+    rejected, n_read, n_left = find_rejected_duplicates(paths, cfg)
     wall["scan"] = round(time.perf_counter() - t, 3)
     counts["read"] = n_read
+    counts["samples_at_most"] = n_left * int(cfg["synth"]["repeat"])  # before perplexity and the judge
     log.info("read %d caption rows from %d file(s); %d duplicates", n_read, len(paths), rejected.num_rows)
 
     done_table = candidate_keys(dirs["candidates"])
@@ -241,9 +244,11 @@ def run(cfg: dict) -> dict:
     generated = unusable = 0
     busy = {"synthesize": 0.0, "score": 0.0}
     last_save = time.perf_counter()
+    progress = ProgressLog(counts["samples_at_most"] - len(done), float(cfg.get("progress_every_s", 60)))
     gen = pipeline.generation_dataset(paths, rejected, done, dirs, cfg)
     for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
         generated += int(summary["rows"].sum())
+        progress.add(int(summary["rows"].sum()))
         unusable += int(summary["unusable"].sum())
         busy["synthesize"] += float(summary["synth_s"].sum())
         busy["score"] += float(summary["score_s"].sum())

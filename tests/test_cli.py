@@ -32,7 +32,7 @@ def finished_run(tmp_path_factory):
     ]
     inp = write_jsonl(tmp / "captions.jsonl", rows)
     out = tmp / "run"
-    proc = run_cli(*tiny_overrides(out, inp, "synth.repeat=2", "curate.rules.max_chars=2000"))
+    proc = run_cli(*tiny_overrides(out, inp, "synth.repeat=2", "curate.rules.max_chars=2000", "progress_every_s=1e-9"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -51,6 +51,10 @@ def test_outputs_and_manifest(finished_run):
     assert {"ray", "torch", "diffusers", "open_clip_torch"} <= set(m["versions"])
     assert set(m["wall_seconds"]) >= {"scan", "generate", "select", "total"}
     assert "selected 5" in proc.stdout
+    # Without model stages the pre-pass's bound is exact; a progress line came with every file written.
+    assert c["samples_at_most"] == c["synthesized"]
+    lines = [ln for ln in proc.stdout.splitlines() if "progress: " in ln]
+    assert lines and f"progress: {c['synthesized']} of at most {c['synthesized']} samples (100.0%)" in lines[-1]
 
 
 def test_candidates_and_dataset_read_back(finished_run):
