@@ -25,10 +25,28 @@ from tests.crash_helpers import ROOT, descendants, group_members, kill_pids
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports from 20000–29999: below the kernel's ephemeral range (where Ray's own
+    processes bind random ports and where a port just released may be handed out again) and above
+    Ray's worker ports (10002–19999). Each is held until all are found, so none repeats."""
+    import random
+
+    held: list[socket.socket] = []
+    try:
+        for port in random.sample(range(20000, 30000), 200):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+            if len(held) == n:
+                return [h.getsockname()[1] for h in held]
+        raise RuntimeError(f"no {n} free ports in 20000-29999")
+    finally:
+        for h in held:
+            h.close()
 
 
 def ray_cli(*args: str, env: dict, timeout: float = 180, **kw) -> subprocess.CompletedProcess:
@@ -39,7 +57,7 @@ def ray_cli(*args: str, env: dict, timeout: float = 180, **kw) -> subprocess.Com
 def cluster():
     """A head (1 CPU, dashboard + job server) and a worker (2 CPUs), in their own temp dir."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    gcs, dash = free_port(), free_port()
+    gcs, dash, client, agent_head, agent_worker = free_ports(5)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # Token auth as Ray 2.60 enables it for a new cluster; said explicitly so that the worker node
     # and the job CLI use the same token (~/.ray/auth_token) instead of joining without one.
@@ -59,9 +77,9 @@ def cluster():
     try:
         start("--head", "--num-cpus=1", "--num-gpus=0", f"--port={gcs}", "--include-dashboard=true",
               "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
-              f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}")
+              f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_head}")
         start(f"--address=127.0.0.1:{gcs}", "--num-cpus=2", "--num-gpus=0",
-              f"--dashboard-agent-listen-port={free_port()}")
+              f"--dashboard-agent-listen-port={agent_worker}")
         yield {"address": f"http://127.0.0.1:{dash}", "env": env, "temp": temp}
     finally:
         # Everything the two `ray start` left running: their process groups and what those spawned.
