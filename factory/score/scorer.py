@@ -60,8 +60,9 @@ class ClipSsimScorer:
         for a in range(0, n, step):
             m = min(step, n - a)
             x = self.upload(images[a : a + m], pad_to=step if self.pad else None)
-            features.append(self.clip.image_features(x)[:m])
-            ssims.append(self._ssim(x, self.ssim_size, self.ssim_low)[:m])
+            # Cloned: a CUDA-graph compile mode reuses its output memory on the next chunk.
+            features.append(self.clip.image_features(x)[:m].clone())
+            ssims.append(self._ssim(x, self.ssim_size, self.ssim_low)[:m].clone())
         # The host tokenises the captions while the device works through the queued chunks.
         text = self.clip.text_features(captions)
         clip = (torch.cat(features) * text).sum(dim=-1).clamp_min(0.0)
