@@ -283,7 +283,8 @@ def run(cfg: dict) -> dict:
     chosen, threshold, competing = select_top_k(read_scores(dirs["candidates"]), cfg["select"].get("k"), cfg["select"].get("fraction"))
     staging = files.join(output, f".dataset-staging-{os.getpid()}")
     files.delete_dir(staging)
-    n_selected = pipeline.write_selected(files.list_files(dirs["candidates"], ".parquet"), chosen, staging, cpu) if chosen.num_rows else 0
+    n_selected = pipeline.write_selected(files.list_files(dirs["candidates"], ".parquet"), chosen, staging, cpu,
+                                         cfg["ray"].get("local_select_mb", 0)) if chosen.num_rows else 0
     if n_selected != chosen.num_rows:
         raise RunError(f"selection chose {chosen.num_rows} pairs but {n_selected} were written; candidates/ may hold duplicates")
     # Exports go into the staging folder: dataset/ appears with them complete or not at all.

@@ -53,3 +53,39 @@ def test_fraction():
     assert chosen.num_rows == resolve_k(n, None, 0.1) == int(np.ceil(0.1 * n))
     with pytest.raises(ValueError, match="fraction"):
         resolve_k(10, None, 1.5)
+
+
+def test_dataset_written_in_the_driver_equals_the_one_written_by_ray_tasks(tmp_path, ray_local):
+    """write_selected's two paths (small candidates/ in this process, large through Ray tasks)
+    write the same rows with the same ranks (how they split into files may differ)."""
+    import pyarrow.dataset as pads
+
+    from factory.io import files
+    from factory.pipeline import write_selected
+    from factory.select import read_scores
+
+    t = candidates(n_ids=60, repeat=2, seed=3)
+    n = t.num_rows
+    full = pa.table({
+        S.ID: t.column(S.ID), S.CAPTION: [f"caption {i}" for i in t.column(S.ID).to_pylist()], S.SAMPLE: t.column(S.SAMPLE),
+        S.SEED: pa.array(range(n), pa.int64()), S.IMAGE: [b"\x89PNG" + bytes([i % 256]) for i in range(n)],
+        S.WIDTH: pa.array([8] * n, pa.int32()), S.HEIGHT: pa.array([8] * n, pa.int32()),
+        S.CLIP_SCORE: t.column(S.SCORE), S.SSIM: pa.array([0.0] * n, pa.float64()), S.SCORE: t.column(S.SCORE),
+        S.REASON: pa.array([None] * n, pa.string()),
+    }, schema=S.CANDIDATES)
+    cand = tmp_path / "candidates"
+    cand.mkdir()
+    for j, start in enumerate(range(0, n, 25)):
+        files.write_parquet_atomic(str(cand / f"part-{j}.parquet"), full.slice(start, 25))
+    chosen, _, _ = select_top_k(read_scores(str(cand)), 17)
+    paths = files.list_files(str(cand), ".parquet")
+    written = {}
+    for label, local_mb in (("driver", 64), ("ray", 0)):
+        out = tmp_path / label
+        assert write_selected(paths, chosen, str(out), 0.25, local_max_mb=local_mb) == 17
+        table = pads.dataset(str(out)).to_table()
+        assert table.schema == S.DATASET
+        written[label] = table.sort_by(S.RANK).to_pylist()
+    assert written["driver"] == written["ray"]
+    assert [r[S.RANK] for r in written["driver"]] == list(range(1, 18))
+    assert [(r[S.ID], r[S.SAMPLE]) for r in written["driver"]] == [(r[S.ID], r[S.SAMPLE]) for r in chosen.sort_by(S.RANK).to_pylist()]
