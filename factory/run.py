@@ -247,8 +247,9 @@ def run(cfg: dict) -> dict:
     progress = ProgressLog(counts["samples_at_most"] - len(done), float(cfg.get("progress_every_s", 60)))
     gen = pipeline.generation_dataset(paths, rejected, done, dirs, cfg)
     for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
-        generated += int(summary["rows"].sum())
-        progress.add(int(summary["rows"].sum()))
+        rows = int(summary["rows"].sum())
+        generated += rows
+        progress.add(rows)
         unusable += int(summary["unusable"].sum())
         busy["synthesize"] += float(summary["synth_s"].sum())
         busy["score"] += float(summary["score_s"].sum())

@@ -17,15 +17,18 @@ def oom(n: int) -> torch.OutOfMemoryError:
     return torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB for a batch of {n}")
 
 
-class OomSynth(DiffusionSynth):
-    """Test double: the device holds at most 2 samples, and never the poisoned caption."""
+def small_device(calls: list, texts) -> None:
+    """Records a call; the device holds at most 2 samples, and never the poisoned caption."""
+    calls.append(list(texts))
+    if len(texts) > 2 or any(POISON in t for t in texts):
+        raise oom(len(texts))
 
+
+class OomSynth(DiffusionSynth):
     calls: list
 
     def generate(self, prompts, seeds):
-        self.calls.append(list(prompts))
-        if len(prompts) > 2 or any(POISON in p for p in prompts):
-            raise oom(len(prompts))
+        small_device(self.calls, prompts)
         return super().generate(prompts, seeds)
 
 
@@ -33,9 +36,7 @@ class OomScorer(ClipSsimScorer):
     calls: list
 
     def score(self, images, captions):
-        self.calls.append(list(captions))
-        if len(captions) > 2 or any(POISON in c for c in captions):
-            raise oom(len(captions))
+        small_device(self.calls, captions)
         return super().score(images, captions)
 
 

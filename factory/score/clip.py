@@ -65,7 +65,7 @@ class ClipScore:
         tokens = self.tokenizer([self.prefix + c for c in captions]).to(self.device)  # truncated to 77 tokens
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
-    def __call__(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        # Images first: their device work is queued before the host spends its time tokenising.
-        img = self.image_features(images)
-        return (img * self.text_features(captions)).sum(dim=-1).clamp_min(0.0)
+    def scores(self, image_features: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """CLIPScore of each (image, caption) pair: max(cos, 0). Called once the images' device work
+        is queued, so the host tokenises the captions meanwhile."""
+        return (image_features * self.text_features(captions)).sum(dim=-1).clamp_min(0.0)

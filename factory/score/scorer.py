@@ -63,9 +63,7 @@ class ClipSsimScorer:
             # Cloned: a CUDA-graph compile mode reuses its output memory on the next chunk.
             features.append(self.clip.image_features(x)[:m].clone())
             ssims.append(self._ssim(x, self.ssim_size, self.ssim_low)[:m].clone())
-        # The host tokenises the captions while the device works through the queued chunks.
-        text = self.clip.text_features(captions)
-        clip = (torch.cat(features) * text).sum(dim=-1).clamp_min(0.0)
+        clip = self.clip.scores(torch.cat(features), captions)  # tokenised while the chunks run
         return clip.cpu().numpy().astype(np.float64), torch.cat(ssims).cpu().numpy().astype(np.float64)
 
     def _after_oom(self) -> None:
