@@ -21,7 +21,7 @@ from factory.io.read import InputError, read_caption_file
 from factory.io.write import CandidateWriter, RejectsSplit
 from factory.score.scorer import ClipSsimScorer
 from factory.select import AttachRank
-from factory.stage_args import score_kwargs, synth_kwargs
+from factory.stage_args import judge_kwargs, perplexity_kwargs, score_kwargs, synth_kwargs
 from factory.synth.diffusion import DiffusionSynth
 
 log = logging.getLogger(__name__)
@@ -355,24 +355,18 @@ def curation_model_stages(ds, cfg: dict, dirs: dict):
         from factory.curate.perplexity import PerplexityFilter
 
         r = res.get("perplexity") or {}
-        kwargs = dict(model=ppl.get("model"), max_perplexity=ppl.get("max"), batch_size=ppl.get("batch_size", 32),
-                      max_length=ppl.get("max_length", 128), device=ppl.get("device", "cpu"), dtype=ppl.get("dtype", "float32"),
-                      torch_threads=r.get("torch_threads"))
+        kwargs = perplexity_kwargs(cfg)
         ds = drop_rejected(ds).map_batches(
             PerplexityFilter, fn_constructor_kwargs=kwargs, compute=_actor_pool(r), batch_size=kwargs["batch_size"],
             num_gpus=gpus_for(r, kwargs["device"], 0.5), num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
         )
     if llm.get("enabled"):
-        prompt = llm.get("prompt") or {}
         ds = drop_rejected(ds)
         if llm.get("backend", "hf") == "vllm":
             ds = vllm_judge(ds, llm)
         elif llm.get("backend", "hf") == "hf":
             r = res.get("judge") or {}
-            kwargs = dict(model=llm.get("model"), system=prompt.get("system"), user=prompt.get("user", ""),
-                          on_unparseable=llm.get("on_unparseable", "keep"), max_new_tokens=llm.get("max_new_tokens", 4),
-                          batch_size=llm.get("batch_size", 16), device=llm.get("device", "cpu"), dtype=llm.get("dtype", "float32"),
-                          max_input_tokens=llm.get("max_input_tokens", 512), torch_threads=r.get("torch_threads"))
+            kwargs = judge_kwargs(cfg)
             ds = ds.map_batches(
                 HFJudge, fn_constructor_kwargs=kwargs, compute=_actor_pool(r), batch_size=kwargs["batch_size"],
                 num_gpus=gpus_for(r, kwargs["device"], 1.0), num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",

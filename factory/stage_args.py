@@ -46,3 +46,35 @@ def score_kwargs(cfg: dict) -> dict:
         compile_mode=sc.get("compile_mode", "default"),
         torch_threads=cfg["resources"]["score"].get("torch_threads"),
     )
+
+
+def perplexity_kwargs(cfg: dict) -> dict:
+    """PerplexityFilter's arguments: curate.rules.perplexity and the actor's thread count."""
+    ppl = cfg["curate"]["rules"].get("perplexity") or {}
+    return dict(
+        model=ppl.get("model"),
+        max_perplexity=ppl.get("max"),
+        batch_size=ppl.get("batch_size", 32),
+        max_length=ppl.get("max_length", 128),
+        device=ppl.get("device", "cpu"),
+        dtype=ppl.get("dtype", "float32"),
+        torch_threads=(cfg["resources"].get("perplexity") or {}).get("torch_threads"),
+    )
+
+
+def judge_kwargs(cfg: dict) -> dict:
+    """HFJudge's arguments: curate.llm (with its prompt) and the actor's thread count."""
+    llm = cfg["curate"].get("llm") or {}
+    prompt = llm.get("prompt") or {}
+    return dict(
+        model=llm.get("model"),
+        system=prompt.get("system"),
+        user=prompt.get("user", ""),
+        on_unparseable=llm.get("on_unparseable", "keep"),
+        max_new_tokens=llm.get("max_new_tokens", 4),
+        batch_size=llm.get("batch_size", 16),
+        device=llm.get("device", "cpu"),
+        dtype=llm.get("dtype", "float32"),
+        max_input_tokens=llm.get("max_input_tokens", 512),
+        torch_threads=(cfg["resources"].get("judge") or {}).get("torch_threads"),
+    )
