@@ -241,24 +241,22 @@ def run(cfg: dict) -> dict:
         log.info("resuming: %d samples already in %s", len(done), dirs["candidates"])
 
     t = time.perf_counter()
-    generated = unusable = 0
+    unusable = 0
     busy = {"synthesize": 0.0, "score": 0.0}
     last_save = time.perf_counter()
     progress = ProgressLog(counts["samples_at_most"] - len(done), float(cfg.get("progress_every_s", 60)))
     gen = pipeline.generation_dataset(paths, rejected, done, dirs, cfg)
     for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
-        rows = int(summary["rows"].sum())
-        generated += rows
-        progress.add(rows)
+        progress.add(int(summary["rows"].sum()))  # progress.done: the samples generated so far
         unusable += int(summary["unusable"].sum())
         busy["synthesize"] += float(summary["synth_s"].sum())
         busy["score"] += float(summary["score_s"].sum())
         if time.perf_counter() - last_save > 30:
-            counts["generated"] = generated
+            counts["generated"] = progress.done
             manifest.save()
             last_save = time.perf_counter()
     wall["generate"] = round(time.perf_counter() - t, 3)
-    counts["generated"] = generated
+    counts["generated"] = progress.done
     if log.isEnabledFor(logging.DEBUG):
         log.debug("generation stats:\n%s", gen.stats())
     ray_operators = pipeline.operator_stats(gen)
