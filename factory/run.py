@@ -220,11 +220,23 @@ def run(cfg: dict) -> dict:
     files.delete_dir(dirs["rejects"])
     files.delete_dir(dirs["llm_judge"])  # the judge's verdicts, re-derived with the rejects
     manifest = Manifest(dirs["manifest"], cfg, previous)
+    manifest.data["nodes_sharing_paths"] = nodes_checked
     manifest.save()
+    try:
+        return generate_and_select(cfg, paths, dirs, manifest, t_start)
+    except BaseException as exc:  # manifest.json says the run stopped and why; candidates/ stays for a resume
+        manifest.data.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        manifest.save()
+        raise
+
+
+def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest, t_start: float) -> dict:
+    """Pre-pass, streaming generation, selection, exports and report, recorded in `manifest`."""
+    from factory import pipeline
+
+    output = cfg["output"]
     wall = manifest.data["wall_seconds"]
     counts = manifest.data["counts"]
-
-    manifest.data["nodes_sharing_paths"] = nodes_checked
     cpu = cfg["resources"]["cpu_task_cpus"]
 
     t = time.perf_counter()

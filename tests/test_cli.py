@@ -128,6 +128,8 @@ def test_unknown_format_and_broken_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     proc = run_cli(f"input={tmp_path}/c.json", f"output={tmp_path}/o2", "ray.progress_bars=false")
     assert proc.returncode == 2 and error_lines(proc) == [f"error: {tmp_path}/c.json:1: not valid JSON (Expecting property name enclosed in double quotes); use .jsonl for one object a line"]
+    m = json.loads((tmp_path / "o2" / "manifest.json").read_text())  # not left saying "running"
+    assert m["status"] == "failed" and m["error"].startswith("InputError: ") and "c.json:1: not valid JSON" in m["error"]
     proc = run_cli(f"input={tmp_path}/empty.jsonl", f"output={tmp_path}/o3", "ray.progress_bars=false")
     assert proc.returncode == 2 and "input is empty" in error_lines(proc)[0]
 
