@@ -20,13 +20,14 @@ def plain_config(cfg: DictConfig) -> dict:
 
 def user_error(exc: BaseException) -> str | None:
     """The one-line message of an error the user can fix, looking through Ray's wrappers."""
+    from factory.io.files import NotSharedError
     from factory.io.read import InputError
     from factory.run import RunError
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (InputError, RunError, ValueError)) and not type(exc).__module__.startswith("ray"):
+        if isinstance(exc, (InputError, RunError, NotSharedError, ValueError)) and not type(exc).__module__.startswith("ray"):
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         exc = exc.__cause__ or exc.__context__
     return None

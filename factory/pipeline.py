@@ -312,11 +312,13 @@ def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: st
     from factory.io import files
     from factory.io.write import keys_digest
 
+    files.makedirs(staging_dir)  # here on the driver; the tasks only write into it
+
     def write(batch: pa.Table) -> pa.Table:
         if batch.num_rows:
             batch = batch.cast(S.DATASET)
             name = f"part-{keys_digest(batch.column(S.ID).to_pylist(), batch.column(S.SAMPLE).to_pylist())}.parquet"
-            files.write_parquet_atomic(files.join(staging_dir, name), batch)
+            files.write_parquet_atomic(files.join(staging_dir, name), batch, make_parent=False)
         return pa.table({"rows": [batch.num_rows]})
 
     if input_bytes(candidate_paths) <= local_max_mb * 2**20:

@@ -229,7 +229,10 @@ class VerdictLog:
     """Stage: writes (id, verdict, answer, source) of every judged row to `directory`; passes the batch on."""
 
     def __init__(self, directory: str):
+        from factory.io import files
+
         self.directory = directory
+        files.makedirs(directory)  # on the driver; tasks write with make_parent=False
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from factory.io import files
@@ -239,7 +242,7 @@ class VerdictLog:
         if judged.num_rows:
             table = judged.select(VERDICT_LOG.names).cast(VERDICT_LOG)
             name = f"part-{keys_digest(table.column(S.SOURCE).to_pylist())}.parquet"
-            files.write_parquet_atomic(files.join(self.directory, name), table)
+            files.write_parquet_atomic(files.join(self.directory, name), table, make_parent=False)
         return batch
 
 

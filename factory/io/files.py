@@ -5,6 +5,7 @@ import glob
 import io
 import json
 import os
+import socket
 import uuid
 
 import pyarrow as pa
@@ -89,11 +90,27 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write beside the target under a hidden name, then rename: readers see all or nothing."""
+class NotSharedError(FileNotFoundError):
+    """A worker was asked to write into a local folder that is not there on its node."""
+
+
+def write_bytes_atomic(path: str, data: bytes, make_parent: bool = True) -> None:
+    """Write beside the target under a hidden name, then rename: readers see all or nothing.
+
+    `make_parent=False` is for workers writing into a folder the driver made: a local folder that
+    is missing on this node means the node does not share the run's storage (a node the autoscaler
+    added without the NFS mount, say). Making the folder there would put the rows on that node's
+    own disk, where the run never sees them, so the write fails instead.
+    """
     fs, p = resolve(path)
     parent, name = p.rsplit("/", 1)
-    fs.create_dir(parent, recursive=True)
+    if make_parent:
+        fs.create_dir(parent, recursive=True)
+    elif isinstance(fs, pafs.LocalFileSystem) and not os.path.isdir(parent):
+        raise NotSharedError(
+            f"{parent} is missing on host {socket.gethostname()}, though the run made it: this node does not "
+            "share the run's storage; mount it there, or use a URI output (s3://, gs://)"
+        )
     tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
     with fs.open_output_stream(tmp) as f:
         f.write(data)
@@ -104,10 +121,10 @@ def write_json_atomic(path: str, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
-def write_parquet_atomic(path: str, table: pa.Table, compression: str = "zstd") -> None:
+def write_parquet_atomic(path: str, table: pa.Table, compression: str = "zstd", make_parent: bool = True) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression=compression)
-    write_bytes_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue(), make_parent)
 
 
 def remove_stale_temp(directory: str) -> int:

@@ -1,7 +1,9 @@
 """Writer stages: each batch becomes one whole Parquet file, named by a hash of its keys.
 
 A retried task writes the same name again, so retries never duplicate rows; the file is written
-aside and renamed, so a killed run never leaves a file that fails to open.
+aside and renamed, so a killed run never leaves a file that fails to open. A writer makes its folder
+when it is built (on the driver) and its tasks write only into that folder (`make_parent=False`),
+so a node that lacks the run's storage fails loudly instead of keeping rows on its own disk.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class RejectsSplit:
 
     def __init__(self, directory: str, pass_columns: list[str] | None = (S.ID, S.CAPTION)):
         self.directory = directory
+        files.makedirs(directory)  # here, where the pipeline is built: see make_parent=False
         self.pass_columns = list(pass_columns) if pass_columns is not None else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -59,7 +62,7 @@ class RejectsSplit:
         if bad.num_rows:
             table = bad.select([f.name for f in S.REJECTS]).cast(S.REJECTS)
             name = f"part-{keys_digest(table.column(S.SOURCE).to_pylist())}.parquet"
-            files.write_parquet_atomic(files.join(self.directory, name), table)
+            files.write_parquet_atomic(files.join(self.directory, name), table, make_parent=False)
         kept = batch.filter(pc.invert(rejected))
         return kept if self.pass_columns is None else kept.select(self.pass_columns)
 
@@ -71,6 +74,7 @@ class CandidateWriter:
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image.format={image_format!r}: expected one of {sorted(IMAGE_FORMATS)}")
         self.directory, self.format, self.quality, self.threads = directory, image_format, quality, threads
+        files.makedirs(directory)
 
     def __call__(self, batch: dict) -> dict:
         images = batch[S.IMAGE]
@@ -94,7 +98,7 @@ class CandidateWriter:
             schema=S.CANDIDATES,
         )
         name = f"part-{keys_digest(table.column(S.ID).to_pylist(), table.column(S.SAMPLE).to_pylist())}.parquet"
-        files.write_parquet_atomic(files.join(self.directory, name), table, compression="none")
+        files.write_parquet_atomic(files.join(self.directory, name), table, compression="none", make_parent=False)
         reasons = [str(r) for r in batch[S.REASON] if str(r)]
         unusable = len(reasons)
         return {
