@@ -1,6 +1,6 @@
 """`python -m factory estimate [key=value ...]`: what a run will cost, before it runs.
 
-Counts the input, tries the caption rules on a sample of it, times a short calibration of the
+Counts the input through the reader, the caption rules and exact dedup, times a short calibration of the
 chosen model and scorer on this machine (or takes estimate.seconds_per_image), and prints captions
 in and after curation, images to generate, GPU-hours, wall hours on N GPUs and storage.
 """
@@ -27,11 +27,11 @@ ROW_OVERHEAD_BYTES = 64  # the score, seed and size columns of one Parquet row
 
 
 def scan_input(paths: list[str], sample_rows: int, seed: int = 0, rules_cfg: dict | None = None) -> dict:
-    """Rows read, rejected by the reader (by reason), exact duplicates, and a uniform sample of the rest.
+    """Rows read, rejected by the reader, by the caption rules and as exact duplicates (each by
+    reason, over the whole input, as a run counts them), and a uniform sample of the curated rest.
 
-    Duplicates are found among the captions that pass the rules, as a run finds them. The sample is
-    drawn (reservoir, fixed seed) from the rows that survive the reader and dedup, so when the input
-    is smaller than the sample every row is in it and the estimate is exact.
+    The sample (reservoir, fixed seed) gives the calibration its captions and the storage figure
+    its caption size.
     """
     from factory.curate.dedup import dedup_keys, find_duplicates
     from factory.curate.rules import CaptionRules
@@ -39,18 +39,26 @@ def scan_input(paths: list[str], sample_rows: int, seed: int = 0, rules_cfg: dic
 
     rules = CaptionRules(**rules_cfg) if rules_cfg else None
 
+    def count(into: dict, reasons: list) -> None:
+        for r in reasons:
+            into[r] = into.get(r, 0) + 1
+
     rng = random.Random(seed)
-    n_read, seen, reader = 0, 0, {}
+    n_read, n_valid, seen, reader, failed = 0, 0, 0, {}, {}
     sample: list[tuple[int, str]] = []  # (pos, caption)
     keys = []
     for i, path in enumerate(paths):
         t = read_caption_file(path, i)
         n_read += t.num_rows
-        for reason in t.column(S.REASON).drop_null().to_pylist():
-            reader[reason] = reader.get(reason, 0) + 1
-        keys.append(dedup_keys(rules(t) if rules else t))
-        valid = t.filter(pc.is_null(t.column(S.REASON)))
-        for pos, cap in zip(valid.column(S.POS).to_pylist(), valid.column(S.CAPTION).to_pylist()):
+        count(reader, t.column(S.REASON).drop_null().to_pylist())
+        n_valid += t.column(S.REASON).null_count
+        if rules:
+            valid = pc.is_null(t.column(S.REASON))
+            t = rules(t)
+            count(failed, t.column(S.REASON).filter(valid).drop_null().to_pylist())
+        keys.append(dedup_keys(t))
+        passed = t.filter(pc.is_null(t.column(S.REASON)))
+        for pos, cap in zip(passed.column(S.POS).to_pylist(), passed.column(S.CAPTION).to_pylist()):
             seen += 1
             if len(sample) < sample_rows:
                 sample.append((pos, cap))
@@ -59,29 +67,16 @@ def scan_input(paths: list[str], sample_rows: int, seed: int = 0, rules_cfg: dic
     dups = find_duplicates(pa.concat_tables(keys)) if keys else pa.table({S.POS: pa.array([], pa.int64()), S.REASON: pa.array([], pa.string())})
     dup_pos = set(dups.column(S.POS).to_pylist())
     by_dup = {}
-    for r in dups.column(S.REASON).to_pylist():
-        by_dup[r] = by_dup.get(r, 0) + 1
+    count(by_dup, dups.column(S.REASON).to_pylist())
     return {
         "read": n_read,
-        "valid": seen,
+        "valid": n_valid,
         "reader_rejects": reader,
+        "rules_failed": dict(sorted(failed.items(), key=lambda kv: -kv[1])),
         "duplicates": by_dup,
+        "curated": seen - dups.num_rows,
         "sample": [cap for pos, cap in sample if pos not in dup_pos],
     }
-
-
-def rules_pass_rate(captions: list[str], rules_cfg: dict) -> tuple[float, dict]:
-    """The fraction of `captions` the caption rules keep, and the failures by rule."""
-    from factory.curate.rules import CaptionRules
-
-    rules = CaptionRules(**rules_cfg)
-    if not rules.enabled or not captions:
-        return 1.0, {}
-    failed = {}
-    for cap in captions:
-        if (f := rules.check(cap)) is not None:
-            failed[f[0]] = failed.get(f[0], 0) + 1
-    return 1.0 - sum(failed.values()) / len(captions), failed
 
 
 def device_name(device: str) -> str:
@@ -152,9 +147,13 @@ def estimate(cfg: dict) -> dict:
     scan = scan_input(paths, int(est.get("sample_rows", 2000)), rules_cfg=cfg["curate"]["rules"])
     if scan["read"] == 0:
         raise InputError(f"input is empty: no caption rows in {cfg.get('input')}")
-    rate, failed = rules_pass_rate(scan["sample"], cfg["curate"]["rules"])
-    n_dups = sum(scan["duplicates"].values())
-    curated = int(round((scan["valid"] - n_dups) * rate))
+    failed = scan["rules_failed"]
+    rate = 1.0 - sum(failed.values()) / scan["valid"] if scan["valid"] else 1.0
+    curated = scan["curated"]
+    cur = cfg["curate"]
+    not_counted = [name for name, on in (("near duplicates", (cur.get("near_dup") or {}).get("enabled")),
+                                         ("perplexity", ((cur.get("rules") or {}).get("perplexity") or {}).get("enabled")),
+                                         ("LLM judge", (cur.get("llm") or {}).get("enabled"))) if on]
     repeat = int(cfg["synth"]["repeat"])
     images = curated * repeat
     selected = resolve_k(curated, cfg["select"].get("k"), cfg["select"].get("fraction"))
@@ -186,10 +185,10 @@ def estimate(cfg: dict) -> dict:
         "captions_in": scan["read"],
         "reader_rejects": scan["reader_rejects"],
         "duplicates": scan["duplicates"],
-        "rules_sample": len(scan["sample"]),
         "rules_pass_rate": rate,
         "rules_failed": failed,
         "curated": curated,
+        "curation_not_counted": not_counted,
         "repeat": repeat,
         "images": images,
         "selected": selected,
@@ -225,9 +224,9 @@ def table_lines(e: dict) -> list[str]:
     rows = [
         ("captions in", f"{e['captions_in']:,}", f"{e['input_files']} file(s)"),
         ("rejected: reader, duplicates", f"{sum(rejects.values()):,}", ", ".join(f"{k} {v}" for k, v in rejects.items()) or "none"),
-        ("rules pass rate", f"{e['rules_pass_rate']:.1%}", f"on a sample of {e['rules_sample']:,}"
-         + (": failed " + ", ".join(f"{k} {v}" for k, v in e["rules_failed"].items()) if e["rules_failed"] else "")),
-        ("captions after curation", f"{e['curated']:,}", "expected"),
+        ("rules pass rate", f"{e['rules_pass_rate']:.1%}", "failed " + (", ".join(f"{k} {v}" for k, v in e["rules_failed"].items()) or "none")),
+        ("captions after curation", f"{e['curated']:,}", "reader, rules and exact dedup, as the run counts them"
+         + (f"; at most: {', '.join(e['curation_not_counted'])} not counted" if e["curation_not_counted"] else "")),
         ("images to generate", f"{e['images']:,}", f"{e['curated']:,} captions × repeat {e['repeat']}"),
         ("pairs selected", f"{e['selected']:,}", "select.k / select.fraction"),
         ("seconds per image", f"{e['seconds_per_image']:.4g}", cal["device"] if "images" not in cal else

@@ -267,11 +267,13 @@ def test_estimate_matches_the_run(captions_path, manifest, run_out):
     from factory.estimate import estimate
 
     cfg = compose([f"input={captions_path}", f"synth.repeat={REPEAT}", f"select.k={K}", "synth.steps=2", "model.batch_size=2", "estimate.gpus=3",
-                    "score.ssim_size=128", "score.ssim_low=64"])
+                    "score.ssim_size=128", "score.ssim_low=64", "estimate.sample_rows=3"])
     e = estimate(cfg)
     c = manifest["counts"]
     assert e["captions_in"] == c["read"]
-    assert e["curated"] == c["curated"]  # the sample covers the whole input: exact
+    assert e["curated"] == c["curated"]  # counted over the whole input, not the 3-row sample: exact
+    assert e["rules_failed"] and all(c["rejected_by_reason"][r] == n for r, n in e["rules_failed"].items())
+    assert not e["curation_not_counted"]
     assert e["images"] == e["curated"] * REPEAT == c["synthesized"]
     assert e["selected"] == K
     assert e["seconds_per_image"] > 0 and e["calibration"]["images"] == 2
