@@ -22,12 +22,13 @@ def user_error(exc: BaseException) -> str | None:
     """The one-line message of an error the user can fix, looking through Ray's wrappers."""
     from factory.io.files import NotSharedError
     from factory.io.read import InputError
+    from factory.jobs import OutputInUseError
     from factory.run import RunError
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (InputError, RunError, NotSharedError, ValueError)) and not type(exc).__module__.startswith("ray"):
+        if isinstance(exc, (InputError, RunError, NotSharedError, OutputInUseError, ValueError)) and not type(exc).__module__.startswith("ray"):
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         exc = exc.__cause__ or exc.__context__
     return None
@@ -79,4 +80,8 @@ if __name__ == "__main__":
         from factory.estimate import main as estimate_main
 
         sys.exit(estimate_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "status":  # `python -m factory status OUTPUT`: files only, no Hydra, no Ray
+        from factory.status import main as status_main
+
+        sys.exit(status_main(sys.argv[2:]))
     main()

@@ -1,13 +1,17 @@
-"""Where a run's output goes when it runs as a Ray job, and what a killed run leaves behind.
+"""Where a run's output goes when it runs as a Ray job, which run holds it, and what a killed
+run leaves behind.
 
 `ray job submit --working-dir .` runs the driver inside a temporary, hashed package folder on
 the head node: a relative `output` would land there and vanish with it, so it is refused.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from factory.io import files
+
+log = logging.getLogger("factory")
 
 # Set by Ray's job supervisor in the environment of every `ray job submit` entrypoint.
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -45,3 +49,126 @@ def remove_stale_staging(output: str) -> int:
     for path in stale:
         fs.delete_dir(path)
     return len(stale)
+
+
+LOCK_NAME = ".factory-run.json"  # hidden: no reader takes it for data
+
+
+class OutputInUseError(Exception):
+    """Another run is working on this output (one line for the user)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+class OutputLock:
+    """Which run works on an output: `output/.factory-run.json` (host, pid, heartbeat), the
+    heartbeat refreshed every `beat_s` seconds by a daemon thread.
+
+    Two runs on one output would delete each other's rejects and staging folders and write the
+    same samples twice, so a new run refuses an output whose lock is alive. On the same host a lock
+    is alive while its pid lives and its heartbeat is younger than 2.5 beats (one clock, no skew).
+    From another host the clocks may disagree, so the new run watches the lock for 2.5 of that
+    run's beats instead: a heartbeat that moves is alive; one that does not is gone. `take_over`
+    starts anyway, and the run that held the lock sees it is no longer its own and stops at its
+    next batch. This guards against a second launch, not two launched in the same second.
+    """
+
+    PATIENCE = 2.5  # beats without a heartbeat after which a lock counts as gone
+
+    def __init__(self, output: str, beat_s: float = 15.0):
+        import socket
+        import threading
+        import uuid
+
+        self.path, self.beat_s = files.join(output, LOCK_NAME), beat_s
+        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "beat_s": beat_s}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost_to: dict | None = None  # the lock of the run that took over, once seen
+
+    def holder(self) -> dict | None:
+        import json
+
+        if not files.exists(self.path):
+            return None
+        try:
+            lock = json.loads(files.read_bytes(self.path))
+        except (FileNotFoundError, ValueError):  # gone meanwhile, or not JSON: as good as none
+            return None
+        return lock if isinstance(lock, dict) and {"host", "pid", "token", "heartbeat"} <= set(lock) else None
+
+    def alive(self, lock: dict) -> bool:
+        """Whether the run that wrote `lock` still runs (from another host: watched, which takes time)."""
+        import time
+
+        patience = self.PATIENCE * float(lock.get("beat_s", 15.0))
+        if lock["host"] == self.mine["host"]:
+            return _pid_alive(int(lock["pid"])) and time.time() - float(lock["heartbeat"]) < patience
+        log.info("%s is locked by a run on %s (pid %s): watching its heartbeat for %.0f s", self.path, lock["host"], lock["pid"], patience)
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, patience / 10))
+            now = self.holder()
+            if now is None:
+                return False  # released meanwhile
+            if (now["token"], now["heartbeat"]) != (lock["token"], lock["heartbeat"]):
+                return True
+        return False
+
+    def acquire(self, take_over: bool = False) -> dict | None:
+        """Take the lock (or raise OutputInUseError); returns the lock taken over, if there was one."""
+        import threading
+        import time
+
+        other = self.holder()
+        if other and not take_over and self.alive(other):
+            other = self.holder() or other
+            raise OutputInUseError(
+                f"{self.path.rsplit('/', 1)[0]} is in use by a run on {other['host']} (pid {other['pid']}), whose heartbeat "
+                f"was {max(0.0, time.time() - float(other['heartbeat'])):.0f} s ago: wait for it or stop it "
+                "(resume.take_over=true starts now, and the other run stops)"
+            )
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="factory-output-lock", daemon=True)
+        self._thread.start()
+        return other
+
+    def _beat(self) -> None:
+        import time
+
+        files.write_json_atomic(self.path, dict(self.mine, heartbeat=time.time()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.beat_s):
+            try:
+                lock = self.holder()
+                if lock and lock["token"] != self.mine["token"]:
+                    self.lost_to = lock  # taken over: never write it back
+                    return
+                self._beat()
+            except OSError:  # storage hiccup: the next beat tries again
+                pass
+
+    def check(self) -> None:
+        """Raise OutputInUseError once another run has taken the lock over."""
+        if self.lost_to:
+            raise OutputInUseError(
+                f"another run (on {self.lost_to['host']}, pid {self.lost_to['pid']}) took over {self.path.rsplit('/', 1)[0]}: "
+                "this run stops so that the two do not write the same samples"
+            )
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        lock = self.holder()
+        if lock and lock["token"] == self.mine["token"]:
+            files.delete_file(self.path)

@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from factory.curate.dedup import find_duplicates
 from factory.expand import done_keys
 from factory.io import files
 from factory.io.read import InputError, list_inputs
+from factory.jobs import OutputInUseError, OutputLock, remove_stale_staging, resolve_output
 from factory.progress import ProgressLog
 
 log = logging.getLogger("factory")
@@ -179,6 +181,7 @@ class Manifest:
         self.data = {
             "status": "running",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started_at": round(time.time(), 3),  # epoch seconds, for `python -m factory status`
             "config": cfg,
             "fingerprint": fingerprint(cfg),
             "versions": package_versions(),
@@ -188,6 +191,7 @@ class Manifest:
         }
 
     def save(self) -> None:
+        self.data["updated_at"] = round(time.time(), 3)
         files.write_json_atomic(self.path, self.data)
 
 
@@ -199,8 +203,6 @@ def run(cfg: dict) -> dict:
     output = cfg["output"]
     if not output:
         raise RunError("no output given: pass output=PATH (a folder, local or a URI)")
-    from factory.jobs import remove_stale_staging, resolve_output
-
     output = cfg["output"] = resolve_output(output)  # absolute: the manifest says where the data is
     cfg["input"] = cfg.get("input") or SAMPLE_INPUT
     paths = list_inputs(cfg["input"])
@@ -209,29 +211,45 @@ def run(cfg: dict) -> dict:
     from factory.export import check_exports
 
     check_exports(cfg.get("export", {}))
-    files.makedirs(output)
-    pipeline.init_ray(cfg["ray"])
-    pipeline.configure_data_context(cfg["ray"])
-    nodes_checked = check_paths_shared(output, paths)  # before anything in output= changes
-    for d in ("candidates", "rejects"):
-        files.remove_stale_temp(dirs[d])
-    remove_stale_staging(output)  # a run killed while writing dataset/
-    # Rejects are re-derived from the whole input on every run, so the old ones go first.
-    files.delete_dir(dirs["rejects"])
-    files.delete_dir(dirs["llm_judge"])  # the judge's verdicts, re-derived with the rejects
-    manifest = Manifest(dirs["manifest"], cfg, previous)
-    manifest.data["nodes_sharing_paths"] = nodes_checked
-    manifest.save()
+    lock = OutputLock(output)  # before anything in output= changes: one run at a time
+    take_over = bool(cfg["resume"].get("take_over", False))
+    if taken := lock.acquire(take_over):
+        log.warning("%s was locked by a run on %s (pid %s) that %s; this run takes over", output, taken["host"], taken["pid"],
+                    "may still run (resume.take_over=true)" if take_over else "is gone")
     try:
-        return generate_and_select(cfg, paths, dirs, manifest, t_start)
-    except BaseException as exc:  # manifest.json says the run stopped and why; candidates/ stays for a resume
-        manifest.data.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        pipeline.init_ray(cfg["ray"])
+        pipeline.configure_data_context(cfg["ray"])
+        nodes_checked = check_paths_shared(output, paths)
+        lock.check()
+        for d in ("candidates", "rejects"):
+            files.remove_stale_temp(dirs[d])
+        remove_stale_staging(output)  # a run killed while writing dataset/
+        # Rejects are re-derived from the whole input on every run, so the old ones go first.
+        files.delete_dir(dirs["rejects"])
+        files.delete_dir(dirs["llm_judge"])  # the judge's verdicts, re-derived with the rejects
+        manifest = Manifest(dirs["manifest"], cfg, previous)
+        manifest.data["nodes_sharing_paths"] = nodes_checked
         manifest.save()
-        raise
+        try:
+            return generate_and_select(cfg, paths, dirs, manifest, t_start, lock.check)
+        except OutputInUseError:
+            raise  # manifest.json is the other run's now
+        except BaseException as exc:  # manifest.json says the run stopped and why; candidates/ stays for a resume
+            # Ctrl-C, or SIGTERM (`ray job stop`), which ray.init turns into SystemExit(15).
+            stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            what = {KeyboardInterrupt: "interrupted (Ctrl-C)", SystemExit: f"stopped by signal {exc}"}.get(type(exc), f"{type(exc).__name__}: {exc}")
+            manifest.data.update(status="stopped" if stopped else "failed", error=what)
+            manifest.save()
+            raise
+    finally:
+        lock.release()
 
 
-def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest, t_start: float) -> dict:
-    """Pre-pass, streaming generation, selection, exports and report, recorded in `manifest`."""
+def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest, t_start: float,
+                        still_ours: Callable[[], None] = lambda: None) -> dict:
+    """Pre-pass, streaming generation, selection, exports and report, recorded in `manifest`.
+    `still_ours` raises once another run has taken the output over; it is called before each write
+    of the manifest and before the dataset is replaced."""
     from factory import pipeline
 
     output = cfg["output"]
@@ -259,6 +277,7 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
     progress = ProgressLog(counts["samples_at_most"] - len(done), float(cfg.get("progress_every_s", 60)))
     gen = pipeline.generation_dataset(paths, rejected, done, dirs, cfg)
     for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
+        still_ours()
         progress.add(int(summary["rows"].sum()))  # progress.done: the samples generated so far
         unusable += int(summary["unusable"].sum())
         busy["synthesize"] += float(summary["synth_s"].sum())
@@ -288,6 +307,7 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
         unusable=cands["unusable"],
     )
 
+    still_ours()
     t = time.perf_counter()
     from factory.select import read_scores, select_top_k
 
@@ -306,6 +326,7 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
         manifest.data["exports"] = write_exports(staging, cfg["export"], dict(counts, selected=n_selected), cfg)
         wall["export"] = round(time.perf_counter() - t_export, 3)
         t += wall["export"]  # select's wall time leaves the exports out
+    still_ours()
     files.delete_dir(dirs["dataset"])
     if chosen.num_rows:
         files.move(staging, dirs["dataset"])

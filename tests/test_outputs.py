@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -314,3 +315,57 @@ def test_failed_export_leaves_no_shard_behind(tmp_path):
     with pytest.raises(ValueError, match="unknown image encoding"):
         write_shards(str(folder), shard_size=2)
     assert sorted(os.listdir(folder / "wds")) == ["shard-000000.tar"]
+
+
+# ---- status ------------------------------------------------------------------------------
+
+def status_table(*args: str) -> tuple[int, dict, str]:
+    proc = cli("factory", "status", *args, timeout=60)
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in proc.stdout.splitlines() if line.strip())
+    return proc.returncode, rows, proc.stderr
+
+
+def test_status_of_a_complete_run(run_out, manifest):
+    rc, rows, err = status_table(str(run_out[0]))
+    assert rc == 0, err
+    c = manifest["counts"]
+    assert rows["status"].startswith("complete (run 1, started ")
+    assert rows["held by"] == "no run"
+    assert rows["captions"] == f"{c['read']:,} read, {c['rejected']:,} rejected"
+    assert rows["samples"].startswith(f"{c['generated']:,} generated of at most {c['samples_at_most']:,} (100.0%)")
+    sel = manifest["selection"]
+    assert rows["selected"] == (f"{K} pairs, threshold {sel['threshold']:.4f}, mean clip_score {sel['mean_clip_score']:.4f}, "
+                                f"ssim {sel['mean_ssim']:.4f}, score {sel['mean_score']:.4f}")
+    assert rows["report"] == manifest["report"]["index"]
+
+
+def test_status_of_a_running_and_of_a_killed_run(run_out, tmp_path):
+    import socket
+
+    from factory.jobs import LOCK_NAME
+
+    out = tmp_path / "out"
+    out.mkdir()
+    m = json.loads((run_out[0] / "manifest.json").read_text())
+    m.update(status="running", selection=None)
+    m["counts"] = {"read": 100, "samples_at_most": 80, "resumed": 20, "generated": 15}
+    (out / "manifest.json").write_text(json.dumps(m))
+    rc, rows, _ = status_table(f"output={out}")
+    assert rc == 0
+    assert rows["held by"] == "no run; it was killed: the same command resumes it"
+    assert rows["samples"].startswith("15 generated of at most 60 (25.0%); 20 resumed; counted ")
+    assert "selected" not in rows
+
+    lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "beat_s": 15.0, "heartbeat": time.time()}
+    (out / LOCK_NAME).write_text(json.dumps(lock))
+    rows = status_table(str(out))[1]
+    assert rows["held by"].startswith(f"{socket.gethostname()} (pid {os.getpid()}), heartbeat ") and "gone" not in rows["held by"]
+    lock["heartbeat"] -= 600
+    (out / LOCK_NAME).write_text(json.dumps(lock))
+    assert status_table(str(out))[1]["held by"].endswith("it looks gone: the same command resumes it")
+
+
+def test_status_of_no_run(tmp_path):
+    rc, rows, err = status_table(str(tmp_path / "nothing"))
+    assert rc == 2 and not rows
+    assert err.strip().startswith("error: ") and "no run of this factory" in err and len(err.strip().splitlines()) == 1

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import schema as S
+from factory.jobs import LOCK_NAME
 from tests.crash_helpers import ROOT, kill_when, manifest, parquet_rows, run_cli, start_cli, wait_gone
 
 N_CAPTIONS, REPEAT = 12, 2
@@ -72,6 +73,7 @@ def killed_and_resumed(workdir):
         "candidates": read_dir(cands),  # every file opens whole
         "rejects": read_dir(out / "rejects"),
         "dataset": (out / "dataset").exists(),
+        "lock": (out / LOCK_NAME).exists(),  # SIGKILL: no chance to remove it
     }
     assert 0 < after_kill["rows"] < total, "the kill should land in the middle of synthesis"
 
@@ -90,6 +92,7 @@ def test_a_killed_run_leaves_only_whole_files(killed_and_resumed):
     if after_kill["rejects"].num_rows:
         assert after_kill["rejects"].schema.equals(S.REJECTS)
     assert not after_kill["dataset"]  # dataset/ only appears after selection
+    assert after_kill["lock"]
 
 
 def test_resume_generates_only_what_is_missing(killed_and_resumed, workdir):
@@ -101,6 +104,8 @@ def test_resume_generates_only_what_is_missing(killed_and_resumed, workdir):
     assert m["counts"]["resumed"] + m["counts"]["generated"] == total
     assert m["counts"]["generated"] == total - after_kill["rows"]
     assert f"resumed {after_kill['rows']}, generated {total - after_kill['rows']}" in rerun.stdout
+    assert "that is gone; this run takes over" in rerun.stdout  # the killed pid is dead: no wait for the heartbeat
+    assert not (out / LOCK_NAME).exists()
 
     counts = key_counts(out / "candidates")
     assert set(counts) == {(i, s) for i in kept_ids(workdir) for s in range(REPEAT)}

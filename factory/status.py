@@ -1,0 +1,71 @@
+"""`python -m factory status OUTPUT`: where a run on OUTPUT stands, from its manifest and lock.
+
+Reads only files (local or a URI), so it works from any machine that sees the output, while the
+run goes on, without Ray.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from factory.io import files
+from factory.jobs import LOCK_NAME, OutputLock
+from factory.progress import duration
+
+
+def _ago(epoch: float | None) -> str:
+    return f"{duration(max(0.0, time.time() - float(epoch)))} ago" if epoch else "?"
+
+
+def status_lines(output: str) -> list[str]:
+    """The status of the run on `output`, a line per fact; raises FileNotFoundError without a manifest."""
+    manifest_path = files.join(output, "manifest.json")
+    if not files.exists(manifest_path):
+        raise FileNotFoundError(f"{manifest_path} not found: no run of this factory has started on {output}")
+    m = json.loads(files.read_bytes(manifest_path))
+    c = m.get("counts", {})
+    rows = [("output", output), ("status", f"{m.get('status')} (run {m.get('runs', 1)}, started {_ago(m['started_at']) if m.get('started_at') else m.get('started', '?')})")]
+    if m.get("error"):
+        rows.append(("error", m["error"]))
+    lock_path = files.join(output, LOCK_NAME)
+    lock = json.loads(files.read_bytes(lock_path)) if files.exists(lock_path) else None
+    if lock:
+        quiet = time.time() - float(lock.get("heartbeat", 0)) > OutputLock.PATIENCE * float(lock.get("beat_s", 15.0))
+        rows.append(("held by", f"{lock.get('host')} (pid {lock.get('pid')}), heartbeat {_ago(lock.get('heartbeat'))} by this machine's clock"
+                     + ("; it looks gone: the same command resumes it" if quiet else "")))
+    else:
+        rows.append(("held by", "no run" + ("; it was killed: the same command resumes it" if m.get("status") == "running" else "")))
+    if "read" in c:
+        rows.append(("captions", f"{c['read']:,} read" + (f", {c['rejected']:,} rejected" if "rejected" in c else "")))
+    if "samples_at_most" in c:
+        at_most, resumed, generated = c["samples_at_most"], c.get("resumed", 0), c.get("generated", 0)
+        left = max(at_most - resumed, 0)
+        share = f" ({100 * min(generated / left, 1):.1f}%)" if left else ""
+        rows.append(("samples", f"{generated:,} generated of at most {left:,}{share}; {resumed:,} resumed"
+                     + ("" if m.get("status") != "running" else f"; counted {_ago(m.get('updated_at'))}")))
+    if c.get("rejected_by_reason"):
+        rows.append(("rejected by", ", ".join(f"{k} {v:,}" for k, v in c["rejected_by_reason"].items())))
+    sel = m.get("selection") or {}
+    if m.get("status") == "complete":
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        rows.append(("selected", f"{c.get('selected', 0):,} pairs, threshold {fmt(sel.get('threshold'))}, mean clip_score "
+                     f"{fmt(sel.get('mean_clip_score'))}, ssim {fmt(sel.get('mean_ssim'))}, score {fmt(sel.get('mean_score'))}"))
+        if m.get("report", {}).get("index"):
+            rows.append(("report", m["report"]["index"]))
+    width = max(len(k) for k, _ in rows)
+    return [f"{k:<{width}}  {v}" for k, v in rows]
+
+
+def main(argv: list[str]) -> int:
+    args = [a[len("output="):] if a.startswith("output=") else a for a in argv]
+    if len(args) != 1:
+        print("usage: python -m factory status OUTPUT   (the output= folder or URI of a run)", file=sys.stderr)
+        return 2
+    try:
+        lines = status_lines(args[0])
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,154 @@
+"""One run per output: output/.factory-run.json, its heartbeat, who may take it over, and what a
+stopped run leaves behind."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from factory.jobs import LOCK_NAME, OutputInUseError, OutputLock
+from tests.crash_helpers import manifest, parquet_rows, run_cli, start_cli, wait_gone
+
+
+def write_lock(output: Path, host: str, pid: int, age_s: float = 0.0, beat_s: float = 0.1) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    lock = {"host": host, "pid": pid, "token": "other", "beat_s": beat_s, "heartbeat": time.time() - age_s}
+    tmp = output / f".{LOCK_NAME}.{threading.get_ident()}.tmp"
+    tmp.write_text(json.dumps(lock))
+    os.replace(tmp, output / LOCK_NAME)  # as the factory writes it: whole or not at all
+
+
+@contextlib.contextmanager
+def beating(output: Path, host: str, pid: int, beat_s: float = 0.1):
+    """A run on another host, as its lock file shows it: a heartbeat every `beat_s` seconds."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.is_set():
+            write_lock(output, host, pid, beat_s=beat_s)
+            stop.wait(beat_s)
+
+    write_lock(output, host, pid, beat_s=beat_s)  # there before the caller looks
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_lock_beats_and_goes_with_its_run(tmp_path):
+    lock = OutputLock(str(tmp_path / "out"), beat_s=0.05)
+    assert lock.acquire() is None
+    first = json.loads((tmp_path / "out" / LOCK_NAME).read_text())
+    assert (first["host"], first["pid"]) == (socket.gethostname(), os.getpid())
+    time.sleep(0.3)
+    assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["heartbeat"] > first["heartbeat"]
+    lock.check()  # still ours: no error
+    lock.release()
+    assert not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+def test_a_live_run_keeps_others_out(tmp_path):
+    held = OutputLock(str(tmp_path), beat_s=0.05)
+    held.acquire()
+    try:
+        with pytest.raises(OutputInUseError) as err:
+            OutputLock(str(tmp_path)).acquire()
+        msg = str(err.value)
+        assert f"pid {held.mine['pid']}" in msg and socket.gethostname() in msg and "resume.take_over=true" in msg
+        assert "\n" not in msg
+    finally:
+        held.release()
+
+
+def test_a_live_run_on_another_host_keeps_others_out(tmp_path):
+    with beating(tmp_path, "head-7", 4242):
+        t0 = time.monotonic()
+        with pytest.raises(OutputInUseError, match=r"a run on head-7 \(pid 4242\)"):
+            OutputLock(str(tmp_path)).acquire()
+        assert time.monotonic() - t0 < 2  # a moving heartbeat answers within a beat or so
+
+
+@pytest.mark.parametrize("case", ["another host, no heartbeat", "dead pid on this host", "live pid here, no heartbeat"])
+def test_a_gone_run_is_taken_over(tmp_path, case):
+    host, pid, age = {
+        "another host, no heartbeat": ("head-7", 4242, 0.0),  # watched for 2.5 beats, which do not come
+        "dead pid on this host": (socket.gethostname(), dead_pid(), 0.0),  # at once
+        "live pid here, no heartbeat": (socket.gethostname(), os.getpid(), 1.0),  # a reused pid: 10 beats old
+    }[case]
+    write_lock(tmp_path, host, pid, age_s=age)
+    lock = OutputLock(str(tmp_path))
+    assert lock.acquire()["token"] == "other"  # the old lock, for the log line
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["token"] == lock.mine["token"]
+    lock.release()
+
+
+def test_take_over_stops_the_run_that_held_the_lock(tmp_path):
+    held = OutputLock(str(tmp_path), beat_s=0.05)
+    held.acquire()
+    with pytest.raises(OutputInUseError):
+        OutputLock(str(tmp_path)).acquire()
+    new = OutputLock(str(tmp_path), beat_s=0.05)
+    assert new.acquire(take_over=True)["token"] == held.mine["token"]
+    deadline = time.monotonic() + 5
+    while held.lost_to is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(OutputInUseError, match="took over"):
+        held.check()
+    held.release()  # leaves the new run's lock alone
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["token"] == new.mine["token"]
+    new.release()
+
+
+def overrides(captions: Path, output: Path, *extra: str) -> list[str]:
+    return [f"input={captions}", f"output={output}", "ray.progress_bars=false", "ray.num_cpus=2", "synth.steps=2",
+            "synth.batch_size=2", "score.batch_size=2", "score.ssim_size=64", "score.ssim_low=32", "select.k=3", *extra]
+
+
+def test_cli_refuses_an_output_in_use_then_takes_it_once_gone(tmp_path, captions_file):
+    out = tmp_path / "out"
+    with beating(out, "head-node-7", 1234):
+        refused = run_cli(*overrides(captions_file, out))
+    assert refused.returncode == 2
+    lines = [ln for ln in refused.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "head-node-7 (pid 1234)" in lines[0], refused.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing else touched
+
+    taken = run_cli(*overrides(captions_file, out))  # its heartbeat has stopped
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    assert "head-node-7 (pid 1234) that is gone; this run takes over" in taken.stdout
+    assert manifest(out)["status"] == "complete" and not (out / LOCK_NAME).exists()
+
+
+def test_sigterm_marks_the_run_stopped_and_frees_the_output(tmp_path, captions_file):
+    """What `ray job stop` sends: ray.init turns SIGTERM into SystemExit in the driver."""
+    out = tmp_path / "out"
+    proc = start_cli(*overrides(captions_file, out, "synth.repeat=4"), log=tmp_path / "run.log")
+    deadline = time.monotonic() + 240
+    while parquet_rows(out / "candidates") < 2:
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the run never started writing candidates"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    m = manifest(out)
+    assert m["status"] == "stopped" and m["error"] == "stopped by signal 15", m.get("error")
+    assert not (out / LOCK_NAME).exists()
+    wait_gone([proc.pid])
