@@ -1,6 +1,6 @@
 """`python -m factory estimate [key=value ...]`: what a run will cost, before it runs.
 
-Counts the input through the reader, the caption rules and exact dedup, times a short calibration of the
+Counts the input through the reader, the caption rules and deduplication, times a short calibration of the
 chosen model and scorer on this machine (or takes estimate.seconds_per_image), and prints captions
 in and after curation, images to generate, GPU-hours, wall hours on N GPUs and storage.
 """
@@ -26,18 +26,21 @@ ASSUMED_BYTES_PER_PIXEL = {"png": 1.5, "webp": 0.25, "jpeg": 0.3, "jpg": 0.3}
 ROW_OVERHEAD_BYTES = 64  # the score, seed and size columns of one Parquet row
 
 
-def scan_input(paths: list[str], sample_rows: int, seed: int = 0, rules_cfg: dict | None = None) -> dict:
-    """Rows read, rejected by the reader, by the caption rules and as exact duplicates (each by
-    reason, over the whole input, as a run counts them), and a uniform sample of the curated rest.
+def scan_input(paths: list[str], sample_rows: int, seed: int = 0, rules_cfg: dict | None = None, dedup: dict | None = None,
+               near_dup: dict | None = None) -> dict:
+    """Rows read, rejected by the reader, by the caption rules and as duplicates (exact, and near
+    when `near_dup` is enabled), each by reason, over the whole input with the run's own code, and
+    a uniform sample of the curated rest.
 
     The sample (reservoir, fixed seed) gives the calibration its captions and the storage figure
     its caption size.
     """
-    from factory.curate.dedup import dedup_keys, find_duplicates
+    from factory.curate.near_dup import find_all_duplicates, minhash_params, search_keys
     from factory.curate.rules import CaptionRules
     from factory.io.read import read_caption_file
 
     rules = CaptionRules(**rules_cfg) if rules_cfg else None
+    minhash = minhash_params(near_dup)
 
     def count(into: dict, reasons: list) -> None:
         for r in reasons:
@@ -56,7 +59,7 @@ def scan_input(paths: list[str], sample_rows: int, seed: int = 0, rules_cfg: dic
             valid = pc.is_null(t.column(S.REASON))
             t = rules(t)
             count(failed, t.column(S.REASON).filter(valid).drop_null().to_pylist())
-        keys.append(dedup_keys(t))
+        keys.append(search_keys(t, minhash))
         passed = t.filter(pc.is_null(t.column(S.REASON)))
         for pos, cap in zip(passed.column(S.POS).to_pylist(), passed.column(S.CAPTION).to_pylist()):
             seen += 1
@@ -64,7 +67,8 @@ def scan_input(paths: list[str], sample_rows: int, seed: int = 0, rules_cfg: dic
                 sample.append((pos, cap))
             elif (j := rng.randrange(seen)) < sample_rows:
                 sample[j] = (pos, cap)
-    dups = find_duplicates(pa.concat_tables(keys)) if keys else pa.table({S.POS: pa.array([], pa.int64()), S.REASON: pa.array([], pa.string())})
+    dups = find_all_duplicates(pa.concat_tables(keys), dedup or {}, near_dup) if keys else pa.table(
+        {S.POS: pa.array([], pa.int64()), S.REASON: pa.array([], pa.string())})
     dup_pos = set(dups.column(S.POS).to_pylist())
     by_dup = {}
     count(by_dup, dups.column(S.REASON).to_pylist())
@@ -144,15 +148,14 @@ def estimate(cfg: dict) -> dict:
     if not isinstance(gpus, (int, float)) or gpus <= 0:
         raise ValueError(f"estimate.gpus must be > 0, got {gpus}")
     paths = list_inputs(cfg.get("input") or SAMPLE_INPUT)
-    scan = scan_input(paths, int(est.get("sample_rows", 2000)), rules_cfg=cfg["curate"]["rules"])
+    cur = cfg["curate"]
+    scan = scan_input(paths, int(est.get("sample_rows", 2000)), rules_cfg=cur["rules"], dedup=cur["dedup"], near_dup=cur.get("near_dup"))
     if scan["read"] == 0:
         raise InputError(f"input is empty: no caption rows in {cfg.get('input')}")
     failed = scan["rules_failed"]
     rate = 1.0 - sum(failed.values()) / scan["valid"] if scan["valid"] else 1.0
     curated = scan["curated"]
-    cur = cfg["curate"]
-    not_counted = [name for name, on in (("near duplicates", (cur.get("near_dup") or {}).get("enabled")),
-                                         ("perplexity", ((cur.get("rules") or {}).get("perplexity") or {}).get("enabled")),
+    not_counted = [name for name, on in (("perplexity", ((cur.get("rules") or {}).get("perplexity") or {}).get("enabled")),
                                          ("LLM judge", (cur.get("llm") or {}).get("enabled"))) if on]
     repeat = int(cfg["synth"]["repeat"])
     images = curated * repeat
@@ -225,7 +228,7 @@ def table_lines(e: dict) -> list[str]:
         ("captions in", f"{e['captions_in']:,}", f"{e['input_files']} file(s)"),
         ("rejected: reader, duplicates", f"{sum(rejects.values()):,}", ", ".join(f"{k} {v}" for k, v in rejects.items()) or "none"),
         ("rules pass rate", f"{e['rules_pass_rate']:.1%}", "failed " + (", ".join(f"{k} {v}" for k, v in e["rules_failed"].items()) or "none")),
-        ("captions after curation", f"{e['curated']:,}", "reader, rules and exact dedup, as the run counts them"
+        ("captions after curation", f"{e['curated']:,}", "reader, rules and dedup, as the run counts them"
          + (f"; at most: {', '.join(e['curation_not_counted'])} not counted" if e["curation_not_counted"] else "")),
         ("images to generate", f"{e['images']:,}", f"{e['curated']:,} captions × repeat {e['repeat']}"),
         ("pairs selected", f"{e['selected']:,}", "select.k / select.fraction"),

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
-from factory.curate.dedup import MarkRejected, dedup_keys
-from factory.curate.near_dup import MINHASH, signature_column
+from factory.curate.dedup import MarkRejected
+from factory.curate.near_dup import search_keys
 from factory.curate.rules import CaptionRules
 from factory.expand import ExpandSamples
 from factory.io.read import InputError, read_caption_file
@@ -134,10 +134,7 @@ def _scan_batch(batch: pa.Table, minhash: tuple[int, int] | None = None, rules: 
     """
     if rules is not None:
         batch = rules(batch)
-    keys = dedup_keys(batch)
-    if minhash:
-        valid = batch.filter(pc.is_null(batch.column(S.REASON)))  # the rows dedup_keys kept, in order
-        keys = keys.append_column(MINHASH, signature_column(valid.column(S.CAPTION).to_pylist(), *minhash))
+    keys = search_keys(batch, minhash)
     unreadable = batch.filter(pc.equal(batch.column(S.REASON), S.R_UNREADABLE)).column(S.DETAIL).to_pylist()
     # One row per block, the keys packed as Arrow IPC: blocks of any size travel as one value.
     return pa.table({"ipc": [_to_ipc(keys)], "rows": [batch.num_rows - len(unreadable)], "error": [unreadable[0] if unreadable else None]})

@@ -15,7 +15,6 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from factory import schema as S
-from factory.curate.dedup import find_duplicates
 from factory.expand import done_keys
 from factory.io import files
 from factory.io.read import InputError, list_inputs
@@ -82,26 +81,18 @@ def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int
     the number of rows read, and the number of captions left for the model stages (or synthesis).
     Only captions that pass the rules compete."""
     from factory import pipeline
+    from factory.curate.near_dup import R_NEAR_DUP, find_all_duplicates, minhash_params
 
-    near_dup = cfg["curate"].get("near_dup") or {}
-    near_dup = near_dup if near_dup.get("enabled") else None
-    if near_dup:
-        from factory.curate.near_dup import check_params
-
-        check_params(near_dup)  # before the scan, not after it
-    minhash = (near_dup["num_perm"], near_dup["shingle_size"]) if near_dup else None
+    near_dup = cfg["curate"].get("near_dup")
+    minhash = minhash_params(near_dup)  # checks the settings before the scan, not after it
     keys, n_read = pipeline.scan_keys(paths, cfg["resources"]["cpu_task_cpus"], cfg["ray"].get("local_scan_mb", 0), minhash,
                                       rules=cfg["curate"]["rules"])
     if n_read == 0:
         raise InputError(f"input is empty: no caption rows in {cfg['input']}")
-    dedup = cfg["curate"]["dedup"]
-    rejected = find_duplicates(keys, ids=dedup.get("ids", True), captions=dedup.get("captions", True))
-    if near_dup:  # among the rows exact dedup kept; its rejects join the same table
-        from factory.curate.near_dup import find_near_duplicates, without_rejected
-
-        near = find_near_duplicates(without_rejected(keys, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
-        log.info("%d near duplicates (Jaccard >= %s)", near.num_rows, near_dup["threshold"])
-        rejected = pa.concat_tables([rejected, near])
+    rejected = find_all_duplicates(keys, cfg["curate"]["dedup"], near_dup)
+    if minhash:
+        log.info("%d near duplicates (Jaccard >= %s)", pc.sum(pc.equal(rejected.column(S.REASON), R_NEAR_DUP)).as_py() or 0,
+                 near_dup["threshold"])
     return rejected, n_read, keys.num_rows - rejected.num_rows
 
 

@@ -64,6 +64,16 @@ def test_cli_with_all_curation_stages(tmp_path):
     verdicts = pq.read_table(out / "llm_judge").to_pylist()
     assert sorted(int(v["id"]) for v in verdicts) == sorted(judged)
 
+    # The cost estimate counts the same rule failures and (near) duplicates, by the run's own code,
+    # and says which model stages it leaves out.
+    from factory.config import compose
+    from factory.estimate import estimate
+
+    e = estimate(compose([o for o in overrides if not o.startswith("ray.")] + ["estimate.seconds_per_image=1"]))
+    assert e["rules_failed"] == {"flagged_words": 1} and e["duplicates"] == {"near_duplicate": 1}
+    assert e["curated"] == c["read"] - 2 == c["curated"] + c["rejected_by_reason"]["perplexity"] + c["rejected_by_reason"]["llm_judge"]
+    assert e["curation_not_counted"] == ["perplexity", "LLM judge"]
+
     # select.fraction: exactly ceil(0.5 * competing) pairs, the best by score.
     sel = m["selection"]
     assert sel["competing_captions"] == c["scored"] == c["curated"]

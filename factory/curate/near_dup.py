@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
+from factory.curate.dedup import dedup_keys, find_duplicates
 
 MINHASH = "minhash"  # fixed_size_list<uint32>[num_perm]: the signature of a caption
 R_NEAR_DUP = "near_duplicate"
@@ -208,3 +209,31 @@ def without_rejected(keys: pa.Table, rejected: pa.Table) -> pa.Table:
     if rejected.num_rows == 0:
         return keys
     return keys.filter(pc.invert(pc.is_in(keys.column(S.POS), value_set=rejected.column(S.POS))))
+
+
+def search_keys(batch: pa.Table, minhash: tuple[int, int] | None = None) -> pa.Table:
+    """The duplicate search's keys of the rows still valid in `batch`: (id, pos, norm_hash), and
+    their MinHash signature when `minhash` is (num_perm, shingle_size)."""
+    keys = dedup_keys(batch)
+    if minhash:
+        valid = batch.filter(pc.is_null(batch.column(S.REASON)))  # the rows dedup_keys kept, in order
+        keys = keys.append_column(MINHASH, signature_column(valid.column(S.CAPTION).to_pylist(), *minhash))
+    return keys
+
+
+def minhash_params(near_dup: dict | None) -> tuple[int, int] | None:
+    """(num_perm, shingle_size) when near-duplicate removal is on (its settings checked), else None."""
+    if not (near_dup or {}).get("enabled"):
+        return None
+    check_params(near_dup)
+    return int(near_dup["num_perm"]), int(near_dup["shingle_size"])
+
+
+def find_all_duplicates(keys: pa.Table, dedup: dict, near_dup: dict | None) -> pa.Table:
+    """(pos, reason, detail) of every row that loses an exact-duplicate group (curate.dedup), then,
+    among the rows left, a near-duplicate group (curate.near_dup, when enabled)."""
+    rejected = find_duplicates(keys, ids=dedup.get("ids", True), captions=dedup.get("captions", True))
+    if not (near_dup or {}).get("enabled"):
+        return rejected
+    near = find_near_duplicates(without_rejected(keys, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
+    return pa.concat_tables([rejected, near])
