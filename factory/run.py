@@ -76,12 +76,12 @@ def check_resume(cfg: dict, dirs: dict) -> dict | None:
     return old
 
 
-def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int, int]:
+def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int, pa.Array]:
     """The pre-pass: rows that lose a duplicate or near-duplicate group, as (pos, reason, detail),
-    the number of rows read, and the number of captions left for the model stages (or synthesis).
+    the number of rows read, and the ids of the captions left for the model stages (or synthesis).
     Only captions that pass the rules compete."""
     from factory import pipeline
-    from factory.curate.near_dup import R_NEAR_DUP, find_all_duplicates, minhash_params
+    from factory.curate.near_dup import R_NEAR_DUP, find_all_duplicates, minhash_params, without_rejected
 
     near_dup = cfg["curate"].get("near_dup")
     minhash = minhash_params(near_dup)  # checks the settings before the scan, not after it
@@ -93,7 +93,21 @@ def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int
     if minhash:
         log.info("%d near duplicates (Jaccard >= %s)", pc.sum(pc.equal(rejected.column(S.REASON), R_NEAR_DUP)).as_py() or 0,
                  near_dup["threshold"])
-    return rejected, n_read, keys.num_rows - rejected.num_rows
+    return rejected, n_read, without_rejected(keys, rejected).column(S.ID).combine_chunks()
+
+
+def model_stage_rejected_ids(rejects_dir: str) -> pa.Array:
+    """Ids the perplexity filter or the LLM judge rejected in this run (they passed the pre-pass,
+    so each id stands for one caption, unlike the ids of duplicate rows)."""
+    from factory.curate.judge import R_LLM_JUDGE
+    from factory.curate.perplexity import R_PERPLEXITY
+
+    paths = files.list_files(rejects_dir, ".parquet")
+    if not paths:
+        return pa.array([], pa.string())
+    fs, _ = files.resolve(rejects_dir)
+    ds = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs)
+    return ds.to_table(columns=[S.ID], filter=pc.field(S.REASON).isin([R_PERPLEXITY, R_LLM_JUDGE])).column(S.ID).combine_chunks()
 
 
 def check_paths_shared(output: str, inputs: list[str]) -> int:
@@ -249,7 +263,8 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
     cpu = cfg["resources"]["cpu_task_cpus"]
 
     t = time.perf_counter()
-    rejected, n_read, n_left = find_rejected_duplicates(paths, cfg)
+    rejected, n_read, kept_ids = find_rejected_duplicates(paths, cfg)
+    n_left = len(kept_ids)
     wall["scan"] = round(time.perf_counter() - t, 3)
     counts["read"] = n_read
     counts["samples_at_most"] = n_left * int(cfg["synth"]["repeat"])  # before perplexity and the judge
@@ -300,9 +315,17 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
 
     still_ours()
     t = time.perf_counter()
-    from factory.select import read_scores, select_top_k
+    from factory.select import current_samples, read_scores, select_top_k
 
-    chosen, threshold, competing = select_top_k(read_scores(dirs["candidates"]), cfg["select"].get("k"), cfg["select"].get("fraction"))
+    # Only this run's samples compete: candidates made before the input, the curation settings or
+    # synth.repeat changed are kept on disk but not selected, so a resumed run selects what a fresh
+    # run with today's settings would.
+    curated = pc.filter(kept_ids, pc.invert(pc.is_in(kept_ids, value_set=model_stage_rejected_ids(dirs["rejects"]))))
+    scores, counts["not_competing"] = current_samples(read_scores(dirs["candidates"]), curated, int(cfg["synth"]["repeat"]))
+    if counts["not_competing"]:
+        log.warning("%d candidates in %s do not compete: their caption is no longer curated (the input or the curation "
+                    "changed since they were made) or their sample index is beyond synth.repeat", counts["not_competing"], dirs["candidates"])
+    chosen, threshold, competing = select_top_k(scores, cfg["select"].get("k"), cfg["select"].get("fraction"))
     staging = files.join(output, f".dataset-staging-{os.getpid()}")
     files.delete_dir(staging)
     n_selected = pipeline.write_selected(files.list_files(dirs["candidates"], ".parquet"), chosen, staging, cpu,

@@ -28,6 +28,13 @@ def read_scores(candidates_dir: str) -> pa.Table:
     return t.drop_columns([S.REASON])
 
 
+def current_samples(scores: pa.Table, ids: pa.Array, repeat: int) -> tuple[pa.Table, int]:
+    """The score rows of the captions `ids` with sample < `repeat`, and how many rows were left out."""
+    keep = pc.and_(pc.is_in(scores.column(S.ID), value_set=ids), pc.less(scores.column(S.SAMPLE), repeat))
+    kept = scores.filter(keep)
+    return kept, scores.num_rows - kept.num_rows
+
+
 def best_of_n(scores: pa.Table) -> pa.Table:
     """One row per id: the highest score, ties to the lower sample index (duplicates collapse too).
 

@@ -144,3 +144,40 @@ def test_resuming_with_other_settings_is_refused_in_one_line(killed_and_resumed,
     assert lines[0].startswith("error: ") and named in lines[0] and "output=" in lines[0]
     assert sorted(p.name for p in (out / "candidates").iterdir()) == before  # nothing touched
     # The documented way on: a new output (checked in the test above) or an explicit override.
+
+
+def test_a_resume_after_the_input_and_repeat_changed_selects_as_a_fresh_run(killed_and_resumed, workdir, tmp_path):
+    """Candidates of captions that left the input, and samples beyond a lowered synth.repeat, stay on
+    disk but do not compete: the dataset is the one a fresh run on today's input makes."""
+    lines = (workdir / "captions.jsonl").read_text().splitlines()
+    new = json.dumps({"id": "new", "caption": "A red kite flying high above a green hill on a windy spring afternoon."})
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("\n".join(lines[4:] + [new]) + "\n")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir / "clean", resumed)  # a complete run of the old input at synth.repeat=2
+
+    def args(output: Path) -> list[str]:
+        return [f"input={changed}", f"output={output}", "ray.progress_bars=false", "ray.num_cpus=2", "synth.steps=2", "synth.repeat=1",
+                "synth.batch_size=2", "score.batch_size=2", "score.ssim_size=64", "score.ssim_low=32", "select.k=6"]
+
+    runs = {output: run_cli(*args(output)) for output in (resumed, tmp_path / "fresh")}
+    for r in runs.values():
+        assert r.returncode == 0, r.stderr[-3000:]
+    m = manifest(resumed)
+    old = set(kept_ids(workdir))
+    gone = old - {str(json.loads(ln)["id"]) for ln in lines[4:]}
+    assert gone and m["counts"]["generated"] == 1  # only the new caption was made
+    assert m["counts"]["not_competing"] == REPEAT * len(gone) + (REPEAT - 1) * len(old - gone)
+    assert f"{m['counts']['not_competing']} candidates in {resumed}/candidates do not compete" in runs[resumed].stdout
+    assert manifest(tmp_path / "fresh")["counts"]["not_competing"] == 0
+
+    def dataset(path: Path) -> pa.Table:
+        return pads.dataset(path / "dataset", format="parquet").to_table().sort_by([(S.RANK, "ascending")])
+
+    a, b = dataset(resumed), dataset(tmp_path / "fresh")
+    assert a.num_rows == b.num_rows == 6
+    for col in (S.ID, S.SAMPLE, S.SEED, S.RANK):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
+    assert not set(a.column(S.ID).to_pylist()) & gone
+    assert pc.max(pc.abs(pc.subtract(a.column(S.SCORE), b.column(S.SCORE)))).as_py() <= 1e-6
+    assert m["selection"]["competing_captions"] == manifest(tmp_path / "fresh")["selection"]["competing_captions"]

@@ -89,3 +89,13 @@ def test_dataset_written_in_the_driver_equals_the_one_written_by_ray_tasks(tmp_p
     assert written["driver"] == written["ray"]
     assert [r[S.RANK] for r in written["driver"]] == list(range(1, 18))
     assert [(r[S.ID], r[S.SAMPLE]) for r in written["driver"]] == [(r[S.ID], r[S.SAMPLE]) for r in chosen.sort_by(S.RANK).to_pylist()]
+
+
+def test_current_samples_keeps_the_given_ids_below_repeat():
+    from factory.select import current_samples
+
+    t = candidates(n_ids=50, repeat=3, seed=5)
+    ids = pa.array(sorted(set(t.column(S.ID).to_pylist()))[::3] + ["not-there"])
+    kept, dropped = current_samples(t, ids, 2)
+    want = [r for r in t.to_pylist() if r[S.ID] in set(ids.to_pylist()) and r[S.SAMPLE] < 2]  # plain Python as the reference
+    assert kept.to_pylist() == want and dropped == t.num_rows - len(want) > 0
