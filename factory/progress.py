@@ -32,6 +32,7 @@ class ProgressLog:
         self.done = 0
         self.t0 = self.last_t = clock()
         self.last_done = 0
+        self.rate: float | None = None  # samples/s over the last interval, once one has passed
 
     def add(self, n: int) -> str | None:
         """Count `n` more samples; returns (and logs) a line when one is due."""
@@ -39,7 +40,7 @@ class ProgressLog:
         now = self.clock()
         if self.every_s <= 0 or now - self.last_t < self.every_s:
             return None
-        rate = (self.done - self.last_done) / max(now - self.last_t, 1e-9)
+        rate = self.rate = (self.done - self.last_done) / max(now - self.last_t, 1e-9)
         self.last_t, self.last_done = now, self.done
         line = f"progress: {self.done:,} of at most {self.at_most:,} samples"
         if self.at_most:
@@ -49,3 +50,9 @@ class ProgressLog:
             line += f", at most about {duration((self.at_most - self.done) / rate)} left"
         log.info(line)
         return line
+
+    def figures(self) -> dict:
+        """For manifest.json: the last interval's rate and the time left at that rate (an upper bound)."""
+        left = (self.at_most - self.done) / self.rate if self.rate and self.at_most > self.done else None
+        return {"rate_per_s": None if self.rate is None else round(self.rate, 4),
+                "left_s_at_most": None if left is None else round(left, 1)}

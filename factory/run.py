@@ -290,6 +290,7 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
         busy["score"] += float(summary["score_s"].sum())
         if time.perf_counter() - last_save > 30:
             counts["generated"] = progress.done
+            manifest.data["progress"] = progress.figures()
             manifest.save()
             last_save = time.perf_counter()
     wall["generate"] = round(time.perf_counter() - t, 3)

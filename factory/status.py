@@ -28,6 +28,8 @@ def status_lines(output: str) -> list[str]:
     rows = [("output", output), ("status", f"{m.get('status')} (run {m.get('runs', 1)}, started {_ago(m['started_at']) if m.get('started_at') else m.get('started', '?')})")]
     if m.get("error"):
         rows.append(("error", m["error"]))
+    if m.get("status") in ("stopped", "failed"):
+        rows.append(("resume", "the same command goes on from the samples in candidates/"))
     lock_path = files.join(output, LOCK_NAME)
     lock = json.loads(files.read_bytes(lock_path)) if files.exists(lock_path) else None
     if lock:
@@ -44,6 +46,10 @@ def status_lines(output: str) -> list[str]:
         share = f" ({100 * min(generated / left, 1):.1f}%)" if left else ""
         rows.append(("samples", f"{generated:,} generated of at most {left:,}{share}; {resumed:,} resumed"
                      + ("" if m.get("status") != "running" else f"; counted {_ago(m.get('updated_at'))}")))
+        p = m.get("progress") or {}
+        if m.get("status") == "running" and p.get("rate_per_s"):
+            rows.append(("rate", f"{p['rate_per_s']:.3g} samples/s over the last {duration(m['config'].get('progress_every_s', 60))}"
+                         + (f", at most about {duration(p['left_s_at_most'])} left" if p.get("left_s_at_most") else "")))
     if c.get("rejected_by_reason"):
         rows.append(("rejected by", ", ".join(f"{k} {v:,}" for k, v in c["rejected_by_reason"].items())))
     sel = m.get("selection") or {}

@@ -349,11 +349,14 @@ def test_status_of_a_running_and_of_a_killed_run(run_out, tmp_path):
     m = json.loads((run_out[0] / "manifest.json").read_text())
     m.update(status="running", selection=None)
     m["counts"] = {"read": 100, "samples_at_most": 80, "resumed": 20, "generated": 15}
+    m["progress"] = {"rate_per_s": 0.5, "left_s_at_most": 90.0}
+    m["config"]["progress_every_s"] = 60
     (out / "manifest.json").write_text(json.dumps(m))
     rc, rows, _ = status_table(f"output={out}")
     assert rc == 0
     assert rows["held by"] == "no run; it was killed: the same command resumes it"
     assert rows["samples"].startswith("15 generated of at most 60 (25.0%); 20 resumed; counted ")
+    assert rows["rate"] == "0.5 samples/s over the last 1 min, at most about 1 min left"
     assert "selected" not in rows
 
     lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "beat_s": 15.0, "heartbeat": time.time()}
