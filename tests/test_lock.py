@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,4 +152,9 @@ def test_sigterm_marks_the_run_stopped_and_frees_the_output(tmp_path, captions_f
     m = manifest(out)
     assert m["status"] == "stopped" and m["error"] == "stopped by signal 15", m.get("error")
     assert not (out / LOCK_NAME).exists()
+    from factory.status import status_lines
+
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in status_lines(str(out)))
+    assert rows["status"].startswith("stopped (run 1") and rows["held by"] == "no run"
+    assert rows["resume"] == "the same command goes on from the samples in candidates/"
     wait_gone([proc.pid])
