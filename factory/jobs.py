@@ -78,7 +78,7 @@ class OutputLock:
     From another host the clocks may disagree, so the new run watches the lock for 2.5 of that
     run's beats instead: a heartbeat that moves is alive; one that does not is gone. `take_over`
     starts anyway, and the run that held the lock sees it is no longer its own and stops at its
-    next batch. This guards against a second launch, not two launched in the same second.
+    next batch. Two launched at the same moment: the one whose lock was overwritten leaves.
     """
 
     PATIENCE = 2.5  # beats without a heartbeat after which a lock counts as gone
@@ -137,6 +137,16 @@ class OutputLock:
                 "(resume.take_over=true starts now, and the other run stops)"
             )
         self._beat()
+        # Two runs that both found no lock both wrote one: the later write wins, and the run whose
+        # lock was overwritten sees it here (or, if its write came later still, the other run's
+        # heartbeat thread sees it and that run stops at its next batch).
+        time.sleep(min(1.0, self.beat_s / 4))
+        now = self.holder()
+        if now is not None and now["token"] != self.mine["token"]:
+            raise OutputInUseError(
+                f"{self.path.rsplit('/', 1)[0]} was taken at the same moment by a run on {now['host']} (pid {now['pid']}): "
+                "this run leaves it to that one"
+            )
         self._thread = threading.Thread(target=self._run, name="factory-output-lock", daemon=True)
         self._thread.start()
         return other

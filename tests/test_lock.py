@@ -101,6 +101,27 @@ def test_a_gone_run_is_taken_over(tmp_path, case):
     lock.release()
 
 
+def test_of_two_runs_started_at_once_the_overwritten_one_leaves(tmp_path):
+    lock = OutputLock(str(tmp_path), beat_s=2.0)  # it checks its lock again 0.5 s after writing it
+    outcome = []
+
+    def start():
+        try:
+            lock.acquire()
+            outcome.append("took it")
+        except OutputInUseError as e:
+            outcome.append(str(e))
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    while not (tmp_path / LOCK_NAME).exists():
+        time.sleep(0.005)
+    write_lock(tmp_path, "head-7", 4242)  # the other run's write lands just after this one's
+    thread.join()
+    assert outcome and "taken at the same moment by a run on head-7 (pid 4242)" in outcome[0]
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["token"] == "other"  # the winner's lock stays
+
+
 def test_take_over_stops_the_run_that_held_the_lock(tmp_path):
     held = OutputLock(str(tmp_path), beat_s=0.05)
     held.acquire()
