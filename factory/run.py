@@ -282,19 +282,21 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
     last_save = time.perf_counter()
     progress = ProgressLog(counts["samples_at_most"] - len(done), float(cfg.get("progress_every_s", 60)))
     gen = pipeline.generation_dataset(paths, rejected, done, dirs, cfg)
-    for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
-        still_ours()
-        progress.add(int(summary["rows"].sum()))  # progress.done: the samples generated so far
-        unusable += int(summary["unusable"].sum())
-        busy["synthesize"] += float(summary["synth_s"].sum())
-        busy["score"] += float(summary["score_s"].sum())
-        if time.perf_counter() - last_save > 30:
-            counts["generated"] = progress.done
-            manifest.data["progress"] = progress.figures()
-            manifest.save()
-            last_save = time.perf_counter()
+    try:
+        for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
+            still_ours()
+            progress.add(int(summary["rows"].sum()))  # progress.done: the samples generated so far
+            unusable += int(summary["unusable"].sum())
+            busy["synthesize"] += float(summary["synth_s"].sum())
+            busy["score"] += float(summary["score_s"].sum())
+            if time.perf_counter() - last_save > 30:
+                counts["generated"] = progress.done
+                manifest.data["progress"] = progress.figures()
+                manifest.save()
+                last_save = time.perf_counter()
+    finally:  # also when the run stops here: the manifest it leaves counts what was made
+        counts["generated"] = progress.done
     wall["generate"] = round(time.perf_counter() - t, 3)
-    counts["generated"] = progress.done
     if log.isEnabledFor(logging.DEBUG):
         log.debug("generation stats:\n%s", gen.stats())
     ray_operators = pipeline.operator_stats(gen)

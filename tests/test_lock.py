@@ -172,6 +172,8 @@ def test_sigterm_marks_the_run_stopped_and_frees_the_output(tmp_path, captions_f
     assert proc.wait(timeout=120) != 0
     m = manifest(out)
     assert m["status"] == "stopped" and m["error"] == "stopped by signal 15", m.get("error")
+    # Counted when it stopped (the first 30 s save had not come yet): what the driver had seen, all on disk.
+    assert 0 <= m["counts"]["generated"] <= parquet_rows(out / "candidates")
     assert not (out / LOCK_NAME).exists()
     from factory.status import status_lines
 
