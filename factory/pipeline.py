@@ -205,22 +205,59 @@ def gpus_for(res: dict, device: str, default: float) -> float:
     return default if str(device).startswith("cuda") else 0.0
 
 
-def stage_gpus(res: dict, synth_device: str, score_device: str, cluster_gpus: float) -> tuple[float, float]:
-    """GPUs per synthesis actor and per scoring actor.
+# GPUs per actor when resources.<stage>.num_gpus is null and the stage's device is CUDA ...
+DEFAULT_GPUS = {"perplexity": 0.5, "judge": 1.0, "synth": 1.0, "score": 0.25}
+# ... and, where the cluster has fewer GPUs than those ask for (a one-GPU machine), what the stages
+# beside synthesis ask for; synthesis takes what is left of one GPU.
+SHARED_GPUS = {"perplexity": 0.1, "judge": 0.1, "score": 0.25}
 
-    Defaults: a whole GPU per synthesis actor, a quarter per scorer. When the cluster has fewer
-    GPUs than the minimal pools ask for (a one-GPU machine), defaulted synthesis actors ask for one
-    minus the scorer's share instead, so a scorer fits on the GPU beside them rather than waiting
-    for a GPU that will never come. Explicit `num_gpus` values are never changed; `cluster_gpus`
-    of 0 (an autoscaler yet to add GPU nodes) changes nothing either.
+
+def gpu_devices(cfg: dict) -> dict[str, str]:
+    """The device of each enabled stage that could ask for GPUs (the vllm judge sizes its own engines)."""
+    cur = cfg["curate"]
+    ppl, llm = cur["rules"].get("perplexity") or {}, cur.get("llm") or {}
+    devices = {"synth": cfg["model"]["device"], "score": cfg["scorer"]["device"]}
+    if ppl.get("enabled"):
+        devices["perplexity"] = ppl.get("device", "cpu")
+    if llm.get("enabled") and llm.get("backend", "hf") == "hf":
+        devices["judge"] = llm.get("device", "cpu")
+    return devices
+
+
+def stage_gpus(res: dict, devices: dict[str, str], cluster_gpus: float) -> dict[str, float]:
+    """GPUs per actor of each stage in `devices` (all of them stream at once, so their pools must
+    fit the cluster together).
+
+    Defaults: DEFAULT_GPUS. When the cluster has fewer GPUs than the minimal pools ask for (a
+    one-GPU machine), defaulted stages take SHARED_GPUS and defaulted synthesis actors one GPU
+    minus all of those, so everything fits beside a synthesis actor instead of some pool waiting
+    for a GPU that will never come. Explicit `num_gpus` values are never changed; `cluster_gpus` of
+    0 (an autoscaler yet to add GPU nodes) changes nothing either.
     """
-    synth = gpus_for(res["synth"], synth_device, 1.0)
-    score = gpus_for(res["score"], score_device, 0.25)
-    asked = res["synth"].get("actors", 1) * synth + res["score"].get("actors", 1) * score
-    if res["synth"].get("num_gpus") is None and synth == 1.0 and 0 < score < 1 and 0 < cluster_gpus < asked:
-        synth = 1.0 - score
-        log.info("%g GPU(s) for synthesis and scoring: each synthesis actor asks for %g GPU, each scorer %g", cluster_gpus, synth, score)
-    return synth, score
+    conf = {stage: res.get(stage) or {} for stage in devices}
+    actors = {stage: int(conf[stage].get("actors", 1)) for stage in devices}
+    shares = {stage: gpus_for(conf[stage], dev, DEFAULT_GPUS[stage]) for stage, dev in devices.items()}
+
+    def asked() -> float:
+        return sum(actors[s] * shares[s] for s in shares)
+
+    if not 0 < cluster_gpus < asked():
+        return shares
+    defaulted = [s for s in shares if conf[s].get("num_gpus") is None and shares[s] > 0]
+    for stage in defaulted:
+        if stage != "synth":
+            shares[stage] = SHARED_GPUS[stage]
+    if "synth" in defaulted:
+        beside = sum(actors[s] * shares[s] for s in shares if s != "synth")
+        if beside < 1:
+            shares["synth"] = round(1.0 - beside, 6)
+    if asked() > cluster_gpus:
+        log.warning("the GPU stages ask for %g GPUs at their smallest pool sizes (%s) and the cluster has %g now: they wait for "
+                    "the autoscaler to add GPUs; on a fixed cluster, lower resources.*.actors or set resources.*.num_gpus",
+                    asked(), ", ".join(f"{s} {actors[s]}×{shares[s]:g}" for s in shares if shares[s]), cluster_gpus)
+    else:
+        log.info("%g GPU(s) shared by the GPU stages: %s per actor", cluster_gpus, ", ".join(f"{s} {shares[s]:g}" for s in shares if shares[s]))
+    return shares
 
 
 def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, cfg: dict):
@@ -235,7 +272,10 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
     ds = caption_rows(paths, cpu)
     ds = ds.map_batches(CaptionRules(**cfg["curate"]["rules"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(MarkRejected(rejected), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
-    ds = curation_model_stages(ds, cfg, dirs)
+    import ray
+
+    gpus = stage_gpus(res, gpu_devices(cfg), ray.cluster_resources().get("GPU", 0))
+    ds = curation_model_stages(ds, cfg, dirs, gpus)
     ds = ds.map_batches(RejectsSplit(dirs["rejects"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(ExpandSamples(synth_cfg["repeat"], synth_cfg["seed"], done), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     # One block per synthesis batch: the unit that streams to the GPUs, and all a crash can cost.
@@ -243,15 +283,12 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
     # reach the writer only once all of it is synthesized.)
     ds = ds.repartition(target_num_rows_per_block=synth_cfg["batch_size"], strict=True)
 
-    import ray
-
-    synth_gpus, score_gpus = stage_gpus(res, model_cfg["device"], scorer_cfg["device"], ray.cluster_resources().get("GPU", 0))
     ds = ds.map_batches(
         DiffusionSynth,
         fn_constructor_kwargs=synth_kwargs(cfg),
         compute=_actor_pool(res["synth"]),
         batch_size=synth_cfg["batch_size"],
-        num_gpus=synth_gpus,
+        num_gpus=gpus["synth"],
         num_cpus=res["synth"]["num_cpus"],
         batch_format="numpy",
     )
@@ -260,7 +297,7 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
         fn_constructor_kwargs=score_kwargs(cfg),
         compute=_actor_pool(res["score"]),
         batch_size=score_cfg["batch_size"],
-        num_gpus=score_gpus,
+        num_gpus=gpus["score"],
         num_cpus=res["score"]["num_cpus"],
         batch_format="numpy",
     )
@@ -336,8 +373,9 @@ def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: st
 # ---- curation: the model stages (docs/curation.md) ----
 
 
-def curation_model_stages(ds, cfg: dict, dirs: dict):
+def curation_model_stages(ds, cfg: dict, dirs: dict, gpus: dict[str, float]):
     """The optional model-based curation: perplexity filter, then the LLM judge (and its verdict log).
+    `gpus`: GPUs per actor of each stage (stage_gpus).
 
     Rows rejected so far go to rejects/ first, so the models spend time on live captions only.
     """
@@ -357,7 +395,7 @@ def curation_model_stages(ds, cfg: dict, dirs: dict):
         kwargs = perplexity_kwargs(cfg)
         ds = drop_rejected(ds).map_batches(
             PerplexityFilter, fn_constructor_kwargs=kwargs, compute=_actor_pool(r), batch_size=kwargs["batch_size"],
-            num_gpus=gpus_for(r, kwargs["device"], 0.5), num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
+            num_gpus=gpus["perplexity"], num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
         )
     if llm.get("enabled"):
         ds = drop_rejected(ds)
@@ -368,7 +406,7 @@ def curation_model_stages(ds, cfg: dict, dirs: dict):
             kwargs = judge_kwargs(cfg)
             ds = ds.map_batches(
                 HFJudge, fn_constructor_kwargs=kwargs, compute=_actor_pool(r), batch_size=kwargs["batch_size"],
-                num_gpus=gpus_for(r, kwargs["device"], 1.0), num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
+                num_gpus=gpus["judge"], num_cpus=r.get("num_cpus", 1), batch_format="pyarrow",
             )
         else:
             raise ValueError(f"curate.llm.backend={llm.get('backend')!r}: expected hf or vllm")

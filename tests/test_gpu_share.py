@@ -1,5 +1,6 @@
-"""On a one-GPU machine the synthesis and scoring pools share the GPU instead of one of them waiting
-forever; Ray's own scheduler (a local Ray declaring one GPU) is the judge of what fits."""
+"""On a one-GPU machine the GPU pools (synthesis, scoring, and the curation models when they run on
+CUDA) share the GPU instead of some waiting forever; Ray's own scheduler (a local Ray declaring one
+GPU) is the judge of what fits."""
 from __future__ import annotations
 
 import json
@@ -12,18 +13,36 @@ from factory.pipeline import stage_gpus
 
 ROOT = Path(__file__).resolve().parent.parent
 RES = {"synth": {"actors": 1, "num_gpus": None}, "score": {"actors": 1, "num_gpus": None}}
+CUDA = {"synth": "cuda", "score": "cuda"}
+ALL = {"perplexity": "cuda", "judge": "cuda", "synth": "cuda", "score": "cuda"}
+
+
+def pair(res, devices, gpus):
+    shares = stage_gpus(res, devices, gpus)
+    return shares["synth"], shares["score"]
 
 
 def test_defaults_share_one_gpu_and_leave_bigger_clusters_and_explicit_values_alone():
-    assert stage_gpus(RES, "cuda", "cuda", 1) == (0.75, 0.25)
-    assert stage_gpus(RES, "cuda", "cuda", 2) == (1.0, 0.25)  # a GPU each
-    assert stage_gpus(RES, "cuda", "cuda", 0) == (1.0, 0.25)  # autoscaler: GPUs still to come
-    assert stage_gpus(RES, "cuda", "cpu", 1) == (1.0, 0.0)
-    assert stage_gpus(RES, "cpu", "cpu", 0) == (0.0, 0.0)
+    assert pair(RES, CUDA, 1) == (0.75, 0.25)
+    assert pair(RES, CUDA, 2) == (1.0, 0.25)  # a GPU each
+    assert pair(RES, CUDA, 0) == (1.0, 0.25)  # autoscaler: GPUs still to come
+    assert pair(RES, {"synth": "cuda", "score": "cpu"}, 1) == (1.0, 0.0)
+    assert pair(RES, {"synth": "cpu", "score": "cpu"}, 0) == (0.0, 0.0)
     two = {"synth": {"actors": 2, "num_gpus": None}, "score": {"actors": 1, "num_gpus": None}}
-    assert stage_gpus(two, "cuda", "cuda", 2) == (0.75, 0.25)
+    assert pair(two, CUDA, 2) == (0.75, 0.25)
     explicit = {"synth": {"actors": 1, "num_gpus": 1}, "score": {"actors": 1, "num_gpus": None}}
-    assert stage_gpus(explicit, "cuda", "cuda", 1) == (1.0, 0.25)
+    assert pair(explicit, CUDA, 1) == (1.0, 0.25)
+
+
+def test_curation_models_join_the_share():
+    res = dict(RES, perplexity={"actors": 1, "num_gpus": None}, judge={"actors": 1, "num_gpus": None})
+    assert stage_gpus(res, ALL, 4) == {"perplexity": 0.5, "judge": 1.0, "synth": 1.0, "score": 0.25}  # 2.75 fit
+    one = stage_gpus(res, ALL, 1)
+    assert one == {"perplexity": 0.1, "judge": 0.1, "synth": 0.55, "score": 0.25} and sum(one.values()) <= 1
+    res["judge"] = {"actors": 1, "num_gpus": 0.3}  # explicit: kept, and synthesis takes what is left
+    assert stage_gpus(res, ALL, 1) == {"perplexity": 0.1, "judge": 0.3, "synth": 0.35, "score": 0.25}
+    cpu_judge = dict(ALL, judge="cpu")
+    assert stage_gpus(dict(res, judge={"actors": 1, "num_gpus": None}), cpu_judge, 1)["judge"] == 0.0
 
 
 SCRIPT = """
@@ -53,10 +72,13 @@ def _scheduled(gpus: int, cases: dict) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_ray_schedules_both_pools_on_one_gpu_only_with_the_shared_defaults():
-    synth, score = stage_gpus(RES, "cuda", "cuda", 1)
+def test_ray_schedules_every_pool_on_one_gpu_only_with_the_shared_defaults():
+    synth, score = pair(RES, CUDA, 1)
     two = {"synth": {"actors": 2, "num_gpus": None}, "score": {"actors": 1, "num_gpus": None}}
-    s2, c2 = stage_gpus(two, "cuda", "cuda", 2)
-    one = _scheduled(1, {"shared": [synth, score], "whole": [1.0, 0.25]})
-    assert one == {"shared": 2, "whole": 1}  # a whole-GPU synthesis actor leaves the scorer pending
+    s2, c2 = pair(two, CUDA, 2)
+    res = dict(RES, perplexity={"actors": 1, "num_gpus": None}, judge={"actors": 1, "num_gpus": None})
+    everything = list(stage_gpus(res, ALL, 1).values())
+    one = _scheduled(1, {"shared": [synth, score], "whole": [1.0, 0.25], "curation too": everything,
+                         "curation, old defaults": [0.5, 1.0, 0.75, 0.25]})
+    assert one == {"shared": 2, "whole": 1, "curation too": 4, "curation, old defaults": 2}  # the rest wait forever
     assert _scheduled(2, {"shared": [s2, s2, c2]}) == {"shared": 3}
