@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from factory import schema as S
 from factory.expand import done_keys
@@ -102,12 +101,8 @@ def model_stage_rejected_ids(rejects_dir: str) -> pa.Array:
     from factory.curate.judge import R_LLM_JUDGE
     from factory.curate.perplexity import R_PERPLEXITY
 
-    paths = files.list_files(rejects_dir, ".parquet")
-    if not paths:
-        return pa.array([], pa.string())
-    fs, _ = files.resolve(rejects_dir)
-    ds = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs)
-    return ds.to_table(columns=[S.ID], filter=pc.field(S.REASON).isin([R_PERPLEXITY, R_LLM_JUDGE])).column(S.ID).combine_chunks()
+    t = files.read_parquet_dir(rejects_dir, [S.ID], filter=pc.field(S.REASON).isin([R_PERPLEXITY, R_LLM_JUDGE]))
+    return pa.array([], pa.string()) if t is None else t.column(S.ID).combine_chunks()
 
 
 def check_paths_shared(output: str, inputs: list[str]) -> int:
@@ -149,33 +144,26 @@ def package_versions() -> dict:
 
 
 def count_rejects(rejects_dir: str) -> tuple[int, dict]:
-    paths = files.list_files(rejects_dir, ".parquet")
-    if not paths:
+    t = files.read_parquet_dir(rejects_dir, [S.REASON])
+    if t is None:
         return 0, {}
-    fs, _ = files.resolve(rejects_dir)
-    t = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=[S.REASON])
     counts = t.group_by(S.REASON).aggregate([(S.REASON, "count")]).to_pylist()
     by_reason = {r[S.REASON]: r[f"{S.REASON}_count"] for r in counts}
     return t.num_rows, dict(sorted(by_reason.items(), key=lambda kv: -kv[1]))
 
 
 def count_candidates(candidates_dir: str) -> dict:
-    paths = files.list_files(candidates_dir, ".parquet")
-    if not paths:
+    t = files.read_parquet_dir(candidates_dir, [S.REASON])
+    if t is None:
         return {"rows": 0, "usable": 0, "unusable": {}}
-    fs, _ = files.resolve(candidates_dir)
-    t = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=[S.REASON])
     bad = t.filter(pc.is_valid(t.column(S.REASON)))
     reasons = collections.Counter(bad.column(S.REASON).to_pylist())
     return {"rows": t.num_rows, "usable": t.num_rows - bad.num_rows, "unusable": dict(reasons)}
 
 
 def candidate_keys(candidates_dir: str) -> pa.Table:
-    paths = files.list_files(candidates_dir, ".parquet")
-    if not paths:
-        return pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32())})
-    fs, _ = files.resolve(candidates_dir)
-    return pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=[S.ID, S.SAMPLE])
+    t = files.read_parquet_dir(candidates_dir, [S.ID, S.SAMPLE])
+    return pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32())}) if t is None else t
 
 
 class Manifest:

@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from factory import schema as S
 from factory.io import files
@@ -18,12 +17,9 @@ from factory.io import files
 
 def read_scores(candidates_dir: str) -> pa.Table:
     """id, sample, score, clip_score, ssim of every usable candidate (reason null, finite score)."""
-    paths = files.list_files(candidates_dir, ".parquet")
-    if not paths:
+    t = files.read_parquet_dir(candidates_dir, S.SELECT_COLUMNS, filter=pc.field(S.REASON).is_null())
+    if t is None:
         return pa.schema([S.CANDIDATES.field(c) for c in S.SELECT_COLUMNS if c != S.REASON]).empty_table()
-    fs, _ = files.resolve(candidates_dir)
-    ds = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs)
-    t = ds.to_table(columns=S.SELECT_COLUMNS, filter=pc.field(S.REASON).is_null())
     t = t.filter(pc.is_finite(t.column(S.SCORE)))
     return t.drop_columns([S.REASON])
 

@@ -248,15 +248,11 @@ class VerdictLog:
 
 def count_verdicts(directory: str) -> dict:
     """{yes, no, unparseable} over the verdict log (zeros when nothing was judged)."""
-    import pyarrow.dataset as pads
-
     from factory.io import files
 
     counts = dict.fromkeys(VERDICTS, 0)
-    paths = files.list_files(directory, ".parquet")
-    if paths:
-        fs, _ = files.resolve(directory)
-        t = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=[VERDICT])
+    t = files.read_parquet_dir(directory, [VERDICT])
+    if t is not None:
         for row in t.group_by(VERDICT).aggregate([(VERDICT, "count")]).to_pylist():
             counts[row[VERDICT]] = row[f"{VERDICT}_count"]
     return counts

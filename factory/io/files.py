@@ -60,6 +60,18 @@ def list_files(directory: str, suffix: str = "") -> list[str]:
     return sorted(out)
 
 
+def read_parquet_dir(directory: str, columns: list[str], filter=None) -> pa.Table | None:
+    """`columns` of the visible Parquet files below `directory` as one table (rows matching the
+    pyarrow.dataset expression `filter`), or None when there are no such files."""
+    import pyarrow.dataset as pads
+
+    paths = list_files(directory, ".parquet")
+    if not paths:
+        return None
+    fs, _ = resolve(directory)
+    return pads.dataset([resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=columns, filter=filter)
+
+
 def expand_input(pattern: str) -> list[str]:
     """Files named by a path, a directory or a glob, local or URI, sorted; [] when none."""
     if has_scheme(pattern):
