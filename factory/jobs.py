@@ -68,6 +68,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def heartbeat_overdue(lock: dict, now: float) -> bool:
+    """Whether `lock` has gone OutputLock.PATIENCE of its beats without a heartbeat, by the clock
+    that gave `now` (meaningful on the lock's own host; elsewhere clocks may disagree)."""
+    return now - float(lock["heartbeat"]) >= OutputLock.PATIENCE * float(lock.get("beat_s", 15.0))
+
+
 class OutputLock:
     """Which run works on an output: `output/.factory-run.json` (host, pid, heartbeat), the
     heartbeat refreshed every `beat_s` seconds by a daemon thread.
@@ -109,9 +115,9 @@ class OutputLock:
         """Whether the run that wrote `lock` still runs (from another host: watched, which takes time)."""
         import time
 
-        patience = self.PATIENCE * float(lock.get("beat_s", 15.0))
         if lock["host"] == self.mine["host"]:
-            return _pid_alive(int(lock["pid"])) and time.time() - float(lock["heartbeat"]) < patience
+            return _pid_alive(int(lock["pid"])) and not heartbeat_overdue(lock, time.time())
+        patience = self.PATIENCE * float(lock.get("beat_s", 15.0))
         log.info("%s is locked by a run on %s (pid %s): watching its heartbeat for %.0f s", self.path, lock["host"], lock["pid"], patience)
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:

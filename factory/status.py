@@ -10,7 +10,7 @@ import sys
 import time
 
 from factory.io import files
-from factory.jobs import LOCK_NAME, OutputLock
+from factory.jobs import OutputLock, heartbeat_overdue
 from factory.progress import duration
 
 
@@ -30,12 +30,10 @@ def status_lines(output: str) -> list[str]:
         rows.append(("error", m["error"]))
     if m.get("status") in ("stopped", "failed"):
         rows.append(("resume", "the same command goes on from the samples in candidates/"))
-    lock_path = files.join(output, LOCK_NAME)
-    lock = json.loads(files.read_bytes(lock_path)) if files.exists(lock_path) else None
+    lock = OutputLock(output).holder()
     if lock:
-        quiet = time.time() - float(lock.get("heartbeat", 0)) > OutputLock.PATIENCE * float(lock.get("beat_s", 15.0))
-        rows.append(("held by", f"{lock.get('host')} (pid {lock.get('pid')}), heartbeat {_ago(lock.get('heartbeat'))} by this machine's clock"
-                     + ("; it looks gone: the same command resumes it" if quiet else "")))
+        rows.append(("held by", f"{lock['host']} (pid {lock['pid']}), heartbeat {_ago(lock['heartbeat'])} by this machine's clock"
+                     + ("; it looks gone: the same command resumes it" if heartbeat_overdue(lock, time.time()) else "")))
     else:
         rows.append(("held by", "no run" + ("; it was killed: the same command resumes it" if m.get("status") == "running" else "")))
     if "read" in c:
