@@ -216,11 +216,11 @@ def gpu_devices(cfg: dict) -> dict[str, str]:
     """The device of each enabled stage that could ask for GPUs (the vllm judge sizes its own engines)."""
     cur = cfg["curate"]
     ppl, llm = cur["rules"].get("perplexity") or {}, cur.get("llm") or {}
-    devices = {"synth": cfg["model"]["device"], "score": cfg["scorer"]["device"]}
+    devices = {"synth": synth_kwargs(cfg)["device"], "score": score_kwargs(cfg)["device"]}
     if ppl.get("enabled"):
-        devices["perplexity"] = ppl.get("device", "cpu")
+        devices["perplexity"] = perplexity_kwargs(cfg)["device"]
     if llm.get("enabled") and llm.get("backend", "hf") == "hf":
-        devices["judge"] = llm.get("device", "cpu")
+        devices["judge"] = judge_kwargs(cfg)["device"]
     return devices
 
 
