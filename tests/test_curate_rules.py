@@ -77,3 +77,18 @@ def test_perplexity_filter_matches_transformers_loss(tmp_path):
     assert reasons == expected and reasons.count(R_PERPLEXITY) >= 1
     with pytest.raises(ValueError, match="needs model"):
         PerplexityFilter(path, None)
+
+
+def test_perplexity_filter_device_and_dtype_settings(tmp_path, monkeypatch):
+    import torch
+
+    from factory.curate.perplexity import PerplexityFilter
+    from factory.curate.tiny_lm import save_tiny_causal_lm
+
+    path = str(save_tiny_causal_lm(tmp_path / "lm", "a red dog"))
+    assert next(PerplexityFilter(path, 10.0, dtype="bf16").model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"^curate.rules.perplexity.dtype='half': expected one of"):
+        PerplexityFilter(path, 10.0, dtype="half")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="^curate.rules.perplexity.device=cuda but this worker sees no CUDA device$"):
+        PerplexityFilter(path, 10.0, device="cuda")

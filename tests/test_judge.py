@@ -141,3 +141,64 @@ def test_judged_rows_fix_the_types_row_maps_infer():
     assert inferred.schema.field(S.REASON).type == pa.null()
     fixed = J.judged_rows(inferred)
     assert fixed.schema == J.JUDGED_ROW and fixed.column(J.VERDICT).to_pylist() == ["yes"]
+
+
+# A short prompt, so that a prompt over max_input_tokens is easy to build with the tiny word-level tokenizer.
+SHORT_SYSTEM, SHORT_USER = "Answer yes or no.", "Caption: {caption}\nIs it a good image prompt? Answer yes or no."
+LONG_CAPTION = "A red dog on the street near a golden lake with soft warm light"
+# The chat template's tokens around the caption, written out by hand (the tokenizer lower-cases words).
+HEAD = ["<|system|>", "answer", "yes", "or", "no", ".", "<|user|>", "caption", ":"]
+TAIL = ["is", "it", "a", "good", "image", "prompt", "?", "answer", "yes", "or", "no", ".", "<|assistant|>"]
+
+
+def test_hf_judge_cuts_the_caption_never_the_instructions(tmp_path):
+    from transformers import AutoTokenizer
+
+    from factory.curate.tiny_lm import save_tiny_causal_lm
+
+    path = str(save_tiny_causal_lm(tmp_path / "lm", f"{SHORT_SYSTEM} {SHORT_USER} {LONG_CAPTION}"))
+    tok = AutoTokenizer.from_pretrained(path)
+    limit = len(HEAD) + 5 + len(TAIL)  # room for five caption words
+    judge = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=limit, max_new_tokens=2)
+    full = judge.prompt_text(LONG_CAPTION)
+    # Truncating the whole prompt (what the tokenizer's truncation does) loses the question and the generation prompt.
+    plain = tok(full, truncation=True, max_length=limit, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(plain)[-1] != "<|assistant|>"
+    assert tok.convert_ids_to_tokens(judge.input_ids(LONG_CAPTION)) == HEAD + ["a", "red", "dog", "on", "the"] + TAIL
+    assert tok.convert_ids_to_tokens(judge.input_ids("A red car")) == HEAD + ["a", "red", "car"] + TAIL  # short: untouched
+    # Through generate too: a batch of a cut and an uncut caption, left-padded to the cut one's length.
+    batch = judge.batch_inputs([LONG_CAPTION, "A red car"])
+    assert batch["input_ids"].shape == (2, limit) and batch["attention_mask"][1].tolist() == [0] * 2 + [1] * (limit - 2)
+    out = judge(caption_rows([LONG_CAPTION, "A red car"]))
+    assert all(isinstance(a, str) for a in out.column(J.ANSWER).to_pylist())
+    with pytest.raises(ValueError, match=f"curate.llm.max_input_tokens={len(HEAD) + len(TAIL)} leaves no room"):
+        J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=len(HEAD) + len(TAIL))
+
+
+def test_hf_judge_sees_only_the_kept_part_of_a_cut_caption(tmp_path):
+    """The keyword LM answers No for 'cat': a cat cut off the caption's end no longer counts."""
+    from factory.curate.tiny_lm import save_keyword_judge_lm
+
+    caption = "A red car on the street near a golden lake with soft warm light and a cat"
+    path = str(save_keyword_judge_lm(tmp_path / "kw", extra_text=f"{SHORT_SYSTEM} {SHORT_USER} {caption}"))
+    roomy = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=512)
+    tight = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=len(HEAD) + 5 + len(TAIL))
+    assert roomy(caption_rows([caption])).column(J.VERDICT).to_pylist() == ["no"]
+    assert tight(caption_rows([caption, "A cat on a red car"])).column(J.VERDICT).to_pylist() == ["yes", "no"]
+
+
+def test_hf_judge_device_and_dtype_settings(tmp_path, monkeypatch):
+    import torch
+
+    from factory.curate.tiny_lm import save_tiny_causal_lm
+
+    path = str(save_tiny_causal_lm(tmp_path / "lm", f"{SHORT_SYSTEM} {SHORT_USER}"))
+    # The aliases the synth stage takes (model.dtype) work here too.
+    assert J.resolve_dtype("bf16") is torch.bfloat16 and J.resolve_dtype("fp16") is torch.float16
+    judge = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, dtype="bf16")
+    assert next(judge.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"curate.llm.dtype='float8': expected one of bf16, bfloat16, float16"):
+        J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, dtype="float8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="^curate.llm.device=cuda:1 but this worker sees no CUDA device$"):
+        J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, device="cuda:1")

@@ -6,8 +6,9 @@ is `unparseable` and kept or rejected by `on_unparseable`. Every judged row gets
 column, which `VerdictLog` writes to the run's llm_judge/ folder (the manifest counts it).
 
 Two backends share the prompt and the verdict logic:
-- `HFJudge`: transformers `generate` (greedy, a few new tokens, left padding), a stage class
-  that the pipeline runs in an actor pool, on CPU or GPU;
+- `HFJudge`: transformers `generate` (greedy, a few new tokens, left padding; a long caption is
+  cut to fit max_input_tokens, the instructions never), a stage class that the pipeline runs in
+  an actor pool, on CPU or GPU;
 - vLLM through `ray.data.llm` (built in factory/pipeline.py): `VllmRequest` and `VllmVerdict`
   are its row-wise pre- and postprocess functions, `vllm_processor_kwargs` its config.
 """
@@ -93,17 +94,31 @@ def apply_verdicts(batch: pa.Table, judged: np.ndarray, answers: list[str | None
     return batch.append_column(VERDICT, pa.array(verdicts, pa.string())).append_column(ANSWER, pa.array(raw, pa.string()))
 
 
-def resolve_dtype(dtype: str):
-    import torch
+def resolve_dtype(dtype: str, key: str = "curate.llm.dtype"):
+    """A torch dtype from the names (and fp32/fp16/bf16 aliases) the synth stage accepts."""
+    from factory.synth.diffusion import DTYPES
 
     try:
-        return getattr(torch, dtype)
-    except AttributeError:
-        raise ValueError(f"unknown torch dtype {dtype!r}") from None
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"{key}={dtype!r}: expected one of {', '.join(sorted(DTYPES))}") from None
+
+
+def check_device(device: str, key: str = "curate.llm.device") -> str:
+    """`device`, or one clear error where it names CUDA and this worker has none (not torch's traceback at .to())."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"{key}={device} but this worker sees no CUDA device")
+    return device
 
 
 class HFJudge:
-    """Stage (backend hf): judges the rows not rejected yet with `model.generate`, greedy."""
+    """Stage (backend hf): judges the rows not rejected yet with `model.generate`, greedy.
+
+    A prompt over `max_input_tokens` loses the end of its caption, never the instructions or the
+    generation prompt after it.
+    """
 
     def __init__(
         self,
@@ -127,18 +142,58 @@ class HFJudge:
             torch.set_num_threads(int(torch_threads))
         self.prompt = JudgePrompt(system, user)
         self.on_unparseable = check_policy(on_unparseable)
-        self.max_new_tokens, self.batch_size, self.device = max_new_tokens, batch_size, device
+        self.max_new_tokens, self.batch_size, self.device = max_new_tokens, batch_size, check_device(device)
         self.max_input_tokens = max_input_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+        torch_dtype = resolve_dtype(dtype)  # a bad name fails before anything loads
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
         if self.tokenizer.pad_token is None:  # many causal LMs ship without one; any id works under the mask
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=resolve_dtype(dtype)).to(device).eval()
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        frame = len(self.prompt_ids(""))
+        if frame >= max_input_tokens:
+            raise ValueError(f"curate.llm.max_input_tokens={max_input_tokens} leaves no room for the caption: the judge "
+                             f"prompt alone is {frame} tokens; raise it or shorten curate.llm.prompt")
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
 
     def prompt_text(self, caption: str) -> str:
         if self.chat:
             return self.tokenizer.apply_chat_template(self.prompt.messages(caption), tokenize=False, add_generation_prompt=True)
         return self.prompt.plain_text(caption)
+
+    def prompt_ids(self, caption: str) -> list[int]:
+        # The template already holds any special tokens the model expects.
+        return self.tokenizer(self.prompt_text(caption), add_special_tokens=not self.chat)["input_ids"]
+
+    def input_ids(self, caption: str) -> list[int]:
+        """The prompt's token ids, its caption cut from the end until they fit in max_input_tokens."""
+        while True:
+            ids = self.prompt_ids(caption)
+            over = len(ids) - self.max_input_tokens
+            if over <= 0:  # the empty caption always fits (checked at construction)
+                return ids
+            caption = self.drop_last_tokens(caption, over)
+
+    def drop_last_tokens(self, caption: str, n: int) -> str:
+        """`caption` less its last `n` tokens (counted alone; in the prompt they may merge differently,
+        which the caller's next round fixes), and always at least one character shorter."""
+        enc = self.tokenizer(caption, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
+        keep = max(len(enc["input_ids"]) - n, 0)
+        if self.tokenizer.is_fast:  # cut the original text: decoding would renormalize it
+            end = enc["offset_mapping"][keep - 1][1] if keep else 0
+            cut = caption[:end]
+        else:
+            cut = self.tokenizer.decode(enc["input_ids"][:keep], skip_special_tokens=True)
+        return cut if len(cut) < len(caption) else caption[:-1]
+
+    def batch_inputs(self, captions: list[str]) -> dict:
+        """Left-padded input_ids and attention_mask tensors: generated tokens follow every prompt directly."""
+        import torch
+
+        ids = [self.input_ids(c) for c in captions]
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        return {"input_ids": torch.tensor([[pad] * (width - len(x)) + x for x in ids]),
+                "attention_mask": torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])}
 
     def answers(self, captions: list[str]) -> list[str]:
         """The decoded new tokens for each caption."""
@@ -146,10 +201,7 @@ class HFJudge:
 
         out: list[str] = []
         for start in range(0, len(captions), self.batch_size):
-            texts = [self.prompt_text(c) for c in captions[start : start + self.batch_size]]
-            # The template already holds any special tokens the model expects.
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.max_input_tokens, add_special_tokens=not self.chat).to(self.device)
+            enc = {k: v.to(self.device) for k, v in self.batch_inputs(captions[start : start + self.batch_size]).items()}
             with torch.inference_mode():
                 gen = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
                                           pad_token_id=self.tokenizer.pad_token_id)

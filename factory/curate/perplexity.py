@@ -33,13 +33,15 @@ class PerplexityFilter:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from factory.curate.judge import resolve_dtype
+        from factory.curate.judge import check_device, resolve_dtype
 
         if not model or max_perplexity is None:
             raise ValueError("curate.rules.perplexity needs model (a causal LM) and max (the limit) when enabled")
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        self.max_perplexity, self.batch_size, self.max_length, self.device = float(max_perplexity), batch_size, max_length, device
+        self.max_perplexity, self.batch_size, self.max_length = float(max_perplexity), batch_size, max_length
+        self.device = check_device(device, "curate.rules.perplexity.device")
+        dtype = resolve_dtype(dtype, "curate.rules.perplexity.dtype")  # a bad name fails before the model loads
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -47,7 +49,7 @@ class PerplexityFilter:
         # Score the first word too: start from BOS where the tokenizer does not add it itself (GPT-2's way).
         bos = self.tokenizer.bos_token
         self.prefix = bos if bos and self.tokenizer("x")["input_ids"][:1] != [self.tokenizer.bos_token_id] else ""
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=resolve_dtype(dtype)).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
 
     def perplexities(self, captions: list[str]) -> np.ndarray:
         """exp(mean negative log-likelihood per predicted token) of each caption; inf when it has < 2 tokens."""

@@ -3,28 +3,56 @@ from __future__ import annotations
 
 import math
 import string
-import unicodedata
 from collections import Counter
 
 import pyarrow as pa
 
 from factory import schema as S
 
-# Data-Juicer counts whitespace, digits, punctuation and emoji as special characters.
-_SPECIAL = set(string.punctuation + string.digits + string.whitespace) | set("◆●■►▼▲▴∆▻▷❖♡□“”‘’–—…«»、。，！？；：")
-_EMOJI_RANGES = ((0x1F000, 0x1FAFF), (0x2600, 0x27BF), (0x2300, 0x23FF), (0x2B00, 0x2BFF), (0xFE00, 0xFE0F), (0x200D, 0x200D))
+# Data-Juicer's OTHER_SPECIAL_CHARACTERS (data_juicer/ops/common/special_characters.py), verbatim but
+# for its leading run of Unicode spaces, whose code points the copy at hand did not show: written
+# here as U+2000-U+200A, U+3000 and U+FFFC.
+OTHER_SPECIAL_CHARACTERS = (
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u3000\ufffc"
+    "’“”–ー一▬…✦�£•€«»°·═"
+    "×士＾˘⇓↓↑←→（）§″′´¿−±∈¢ø‚„½¼¾¹²³―⁃，ˌ¸‹›ʺˈʻ¦‐⠀‰‑≤≥‖"
+    "◆●■►▼▲▴∆▻¡★☆✱ːº。¯˜¥ɪ≈†上ン：∼⁄・♡✓⊕․．⋅÷１‟；،、¨ाাी्े◦˚"
+    "゜ʼ≖ʼ¤ッツシ℃√！【】‿∞➤～πه۩☛₨➩☻๑٪♥ıॽ《‘©﴿٬？▷Г♫∟™ª₪®「—❖"
+    "」﴾》"
+)
+# Data-Juicer adds every key of the `emoji` package's EMOJI_DATA, tested one character at a time, so
+# only the single-code-point emoji count. `emoji` is no dependency here: below U+1F000 these are the
+# Unicode Emoji=Yes code points (ASCII ones left out: they are punctuation or digits already);
+# above, the whole of U+1F000-U+1FAFF stands in for them (a superset: it adds e.g. mahjong tiles).
+EMOJI_RANGES = (
+    (0x00A9, 0x00A9), (0x00AE, 0x00AE), (0x203C, 0x203C), (0x2049, 0x2049), (0x2122, 0x2122), (0x2139, 0x2139),
+    (0x2194, 0x2199), (0x21A9, 0x21AA), (0x231A, 0x231B), (0x2328, 0x2328), (0x23CF, 0x23CF), (0x23E9, 0x23F3),
+    (0x23F8, 0x23FA), (0x24C2, 0x24C2), (0x25AA, 0x25AB), (0x25B6, 0x25B6), (0x25C0, 0x25C0), (0x25FB, 0x25FE),
+    (0x2600, 0x2604), (0x260E, 0x260E), (0x2611, 0x2611), (0x2614, 0x2615), (0x2618, 0x2618), (0x261D, 0x261D),
+    (0x2620, 0x2620), (0x2622, 0x2623), (0x2626, 0x2626), (0x262A, 0x262A), (0x262E, 0x262F), (0x2638, 0x263A),
+    (0x2640, 0x2640), (0x2642, 0x2642), (0x2648, 0x2653), (0x265F, 0x2660), (0x2663, 0x2663), (0x2665, 0x2666),
+    (0x2668, 0x2668), (0x267B, 0x267B), (0x267E, 0x267F), (0x2692, 0x2697), (0x2699, 0x2699), (0x269B, 0x269C),
+    (0x26A0, 0x26A1), (0x26A7, 0x26A7), (0x26AA, 0x26AB), (0x26B0, 0x26B1), (0x26BD, 0x26BE), (0x26C4, 0x26C5),
+    (0x26C8, 0x26C8), (0x26CE, 0x26CF), (0x26D1, 0x26D1), (0x26D3, 0x26D4), (0x26E9, 0x26EA), (0x26F0, 0x26F5),
+    (0x26F7, 0x26FA), (0x26FD, 0x26FD), (0x2702, 0x2702), (0x2705, 0x2705), (0x2708, 0x270D), (0x270F, 0x270F),
+    (0x2712, 0x2712), (0x2714, 0x2714), (0x2716, 0x2716), (0x271D, 0x271D), (0x2721, 0x2721), (0x2728, 0x2728),
+    (0x2733, 0x2734), (0x2744, 0x2744), (0x2747, 0x2747), (0x274C, 0x274C), (0x274E, 0x274E), (0x2753, 0x2755),
+    (0x2757, 0x2757), (0x2763, 0x2764), (0x2795, 0x2797), (0x27A1, 0x27A1), (0x27B0, 0x27B0), (0x27BF, 0x27BF),
+    (0x2934, 0x2935), (0x2B05, 0x2B07), (0x2B1B, 0x2B1C), (0x2B50, 0x2B50), (0x2B55, 0x2B55), (0x3030, 0x3030),
+    (0x303D, 0x303D), (0x3297, 0x3297), (0x3299, 0x3299), (0x1F000, 0x1FAFF),
+)
+SPECIAL_CHARACTERS = frozenset(string.punctuation + string.digits + string.whitespace + OTHER_SPECIAL_CHARACTERS) | frozenset(
+    chr(o) for a, b in EMOJI_RANGES for o in range(a, b + 1)
+)
 
 
 def _is_special(c: str) -> bool:
-    if c in _SPECIAL:
-        return True
-    o = ord(c)
-    if o < 0x2000:
-        return False
-    return any(a <= o <= b for a, b in _EMOJI_RANGES) or unicodedata.category(c) == "So"
+    """Data-Juicer's per-character test: `c in SPECIAL_CHARACTERS`."""
+    return c in SPECIAL_CHARACTERS
 
 
-_DELETE_SPECIAL = {ord(c): None for c in _SPECIAL}
+# The whole set as a deletion table: str.translate does the per-character test in C.
+_DELETE_SPECIAL = {ord(c): None for c in SPECIAL_CHARACTERS}
 
 
 def alnum_ratio(text: str) -> float:
@@ -32,14 +60,8 @@ def alnum_ratio(text: str) -> float:
 
 
 def special_ratio(text: str) -> float:
-    """Same count as `_is_special` per character; str.translate deletes the listed ones in C."""
-    if not text:
-        return 0.0
-    rest = text.translate(_DELETE_SPECIAL)
-    n = len(text) - len(rest)
-    if not rest.isascii():  # emoji and other symbols: only the rare non-ASCII characters go through Python
-        n += sum(1 for c in rest if ord(c) >= 0x2000 and _is_special(c))
-    return n / len(text)
+    """Share of characters in SPECIAL_CHARACTERS: the ones str.translate deletes."""
+    return (len(text) - len(text.translate(_DELETE_SPECIAL))) / len(text) if text else 0.0
 
 
 def char_rep_ratio(text: str, n: int = 10) -> float:
@@ -53,13 +75,25 @@ def char_rep_ratio(text: str, n: int = 10) -> float:
     return sum(freqs[:r]) / sum(freqs)
 
 
-_STRIP = "".join(sorted(c for c in _SPECIAL if not c.isspace()))
+def _strip_special(word: str) -> str:
+    """Data-Juicer's `strip(word, SPECIAL_CHARACTERS)`; str.strip would scan the 3,000-character set per test."""
+    i, j = 0, len(word)
+    while i < j and word[i] in SPECIAL_CHARACTERS:
+        i += 1
+    while j > i and word[j - 1] in SPECIAL_CHARACTERS:
+        j -= 1
+    return word[i:j]
 
 
 def words_of(text: str) -> list[str]:
-    """Data-Juicer's word refinement: lower case, special characters stripped, empties dropped."""
-    words = (w.strip(_STRIP) for w in text.lower().split())
-    return [w for w in words if w]
+    """Data-Juicer's word refinement: lower case, SPECIAL_CHARACTERS stripped from both ends, empties dropped."""
+    words = []
+    for w in text.lower().split():
+        if w[0] in SPECIAL_CHARACTERS or w[-1] in SPECIAL_CHARACTERS:  # most words need no stripping
+            w = _strip_special(w)
+        if w:
+            words.append(w)
+    return words
 
 
 def word_rep_ratio(text: str, n: int = 10) -> float:
