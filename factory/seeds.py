@@ -1,4 +1,4 @@
-"""Deterministic per-sample seeds: the same (seed, id, sample) gives the same image on any worker."""
+"""Deterministic per-sample seeds: the same (seed, id, sample) gives the same initial latents on any worker."""
 from __future__ import annotations
 
 import hashlib

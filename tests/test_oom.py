@@ -118,3 +118,82 @@ def test_an_error_that_is_not_oom_is_not_swallowed(synth_kwargs):
 
     with pytest.raises(RuntimeError, match="illegal memory access"):
         Broken(**synth_kwargs)(sample_batch(CAPS[:2]))
+
+
+@pytest.mark.parametrize("size", [{}, {"height": 32, "width": 48}])
+def test_a_batch_failing_entirely_gets_placeholders_of_the_real_image_shape(synth_kwargs, size):
+    """Not 1×1: Ray may merge this block with good ones, and one shape keeps the image column an array."""
+    stage = OomSynth(**synth_kwargs, **size)
+    stage.calls = []
+    out = stage(sample_batch([f"A {POISON} pear.", f"A {POISON} plum."]))
+    real = DiffusionSynth(**synth_kwargs, **size)(sample_batch(CAPS[:1]))  # diffusers' own output shape
+    assert list(out[S.REASON]) == [S.R_OOM, S.R_OOM]
+    assert out[S.IMAGE].dtype == np.uint8 and out[S.IMAGE].shape == (2, *real[S.IMAGE].shape[1:])
+    assert not out[S.IMAGE].any()
+    assert list(out[S.HEIGHT]) == [real[S.HEIGHT][0]] * 2 and list(out[S.WIDTH]) == [real[S.WIDTH][0]] * 2
+
+
+def merged_block(good: dict, bad_rows: list[int], n: int) -> dict:
+    """`good`'s rows interleaved with 1×1×3 OOM placeholders (what synthesis used to emit when a
+    whole batch failed), the image column an object array of per-row images: the numpy batch
+    Ray 2.60 hands the scorer after merging a (k,64,64,3) block with a (m,1,1,3) one."""
+    images = np.empty(n, dtype=object)
+    out = {k: np.empty(n, dtype=object) for k in (S.ID, S.CAPTION, S.REASON, S.DETAIL)}
+    out[S.SAMPLE], out[S.SEED] = np.zeros(n, np.int32), np.zeros(n, np.int64)
+    rows = iter(range(len(good[S.ID])))
+    for i in range(n):
+        if i in bad_rows:
+            images[i] = np.zeros((1, 1, 3), np.uint8)
+            out[S.ID][i], out[S.CAPTION][i] = f"bad{i}", f"A {POISON} fig."
+            out[S.REASON][i], out[S.DETAIL][i] = S.R_OOM, "out of device memory even alone"
+        else:
+            j = next(rows)
+            images[i] = good[S.IMAGE][j]
+            for k in (S.ID, S.CAPTION, S.REASON, S.DETAIL):
+                out[k][i] = good[k][j]
+    out[S.IMAGE] = images
+    return out
+
+
+def test_scorer_takes_a_block_merged_with_placeholders_of_another_shape(synth_kwargs):
+    good = DiffusionSynth(**synth_kwargs)(sample_batch(CAPS[:3]))
+    merged = merged_block(good, bad_rows=[1, 3], n=5)
+    kwargs = dict(arch="tiny", device="cpu", ssim_size=64, ssim_low=32, torch_threads=1)
+    out = ClipSsimScorer(**kwargs)(merged)
+
+    alone = ClipSsimScorer(**kwargs)(dict(good))  # the good rows as one ordinary batch
+    usable = [0, 2, 4]
+    np.testing.assert_allclose(out[S.CLIP_SCORE][usable], alone[S.CLIP_SCORE], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(out[S.SSIM][usable], alone[S.SSIM])
+    assert np.isfinite(out[S.SCORE][usable]).all()
+    for i in [1, 3]:
+        assert out[S.REASON][i] == S.R_OOM and "memory" in out[S.DETAIL][i]
+        assert np.isnan(out[S.CLIP_SCORE][i]) and np.isnan(out[S.SSIM][i]) and np.isnan(out[S.SCORE][i])
+    assert list(out[S.REASON][usable]) == ["", "", ""]
+
+
+def test_ray_merges_a_failed_batch_into_the_scorers_batch_and_scoring_goes_on(ray_local, synth_kwargs):
+    """The same through Ray itself: synthesis blocks of 3 and 2 rows, scored 5 at a time."""
+    ray = ray_local
+    good = DiffusionSynth(**synth_kwargs)(sample_batch(CAPS[:3]))
+    good.pop("_synth_s")
+    bad = {k: v[:2].copy() for k, v in good.items()}
+    bad[S.ID] = np.array(["bad0", "bad1"], dtype=object)
+    bad[S.IMAGE] = np.zeros((2, 1, 1, 3), np.uint8)  # the old all-failed placeholder
+    bad[S.REASON] = np.array([S.R_OOM] * 2, dtype=object)
+
+    def synthesis_blocks(batch):
+        return good if int(batch["id"][0]) == 0 else bad
+
+    kwargs = dict(arch="tiny", device="cpu", ssim_size=64, ssim_low=32, torch_threads=1)
+    ds = ray.data.range(2, override_num_blocks=2).map_batches(synthesis_blocks, batch_size=1, batch_format="numpy")
+    ds = ds.map_batches(ClipSsimScorer, fn_constructor_kwargs=kwargs, batch_size=5, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=1))
+    rows = {r[S.ID]: r for r in ds.take_all()}
+
+    alone = ClipSsimScorer(**kwargs)(dict(good))
+    for i, id_ in enumerate(good[S.ID]):
+        assert rows[id_][S.SSIM] == alone[S.SSIM][i]
+        assert rows[id_][S.CLIP_SCORE] == pytest.approx(alone[S.CLIP_SCORE][i], abs=1e-6)
+    for id_ in ["bad0", "bad1"]:
+        assert rows[id_][S.REASON] == S.R_OOM and np.isnan(rows[id_][S.SCORE])

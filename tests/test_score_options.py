@@ -61,8 +61,21 @@ def test_round_trip_ssim_skips_the_integrality_check_but_agrees_with_it():
     from factory.score.ssim import resize_uint8, ssim_gray, to_gray
 
     images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8))
-    x = images.permute(0, 3, 1, 2).float()
+    x = images.permute(0, 3, 1, 2)
     hi = resize_uint8(x, 32)
     back = resize_uint8(resize_uint8(hi, 16), 32)
     checked = ssim_gray(to_gray(hi), to_gray(back))  # finds out itself that the levels are whole
     torch.testing.assert_close(round_trip_ssim(images, 32, 16), checked.float(), rtol=0, atol=0)
+
+
+def test_upload_refuses_rows_of_different_shapes_with_a_clear_error():
+    rows = np.empty(2, dtype=object)  # what Ray hands over for a column of differently shaped images
+    rows[0], rows[1] = np.zeros((4, 4, 3), np.uint8), np.zeros((1, 1, 3), np.uint8)
+    with pytest.raises(TypeError, match="uint8 array, got object"):
+        HostToDevice("cpu")(rows)
+
+
+def test_scorer_device_error_names_scorer_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"^scorer\.device=cuda:1 but this worker sees no CUDA device$"):
+        ClipSsimScorer(**{**OPTS, "device": "cuda:1"})

@@ -1,11 +1,13 @@
 """DiffusionSynth built from disk and from an in-memory pipeline agree; padding to the compiled
-batch size never changes an image (one generator per sample)."""
+batch size keeps each sample's latents (one generator per sample), its pixels within a grey level."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from factory import schema as S
-from factory.synth.diffusion import DiffusionSynth, load_text_to_image
+from factory.synth.diffusion import DiffusionSynth, load_text_to_image, resolve_device
 
 
 def _batch(n):
@@ -44,7 +46,14 @@ def test_compiled_synthesis_with_kernel_choices_matches_eager():
 
 
 def test_unknown_attention_backend_is_one_clear_error():
-    import pytest
-
     with pytest.raises(ValueError, match="model.attention_backend='flash2'"):
         DiffusionSynth.from_pipeline(load_text_to_image("tiny", "float32", "cpu"), device="cpu", attention_backend="flash2")
+
+
+def test_device_error_names_the_config_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"^model\.device=cuda but this worker sees no CUDA device$"):
+        resolve_device("cuda")
+    with pytest.raises(RuntimeError, match=r"^scorer\.device=cuda"):
+        resolve_device("cuda", key="scorer.device")
+    assert resolve_device("auto") == "cpu"

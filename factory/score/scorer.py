@@ -14,10 +14,27 @@ from factory.score.upload import HostToDevice
 from factory.synth.diffusion import resolve_device
 
 
+def shape_groups(images, rows: list[int]) -> list[list[int]]:
+    """`rows` grouped by the shape of their image, each group in row order."""
+    groups: dict[tuple, list[int]] = {}
+    for i in rows:
+        groups.setdefault(np.shape(images[i]), []).append(i)
+    return list(groups.values())
+
+
+def stack_rows(images, rows: list[int]) -> np.ndarray:
+    """The images of `rows` (all of one shape) as one (n,H,W,3) array."""
+    if isinstance(images, np.ndarray) and images.dtype != object:
+        return images[rows]
+    return np.stack([images[i] for i in rows])
+
+
 class ClipSsimScorer:
     """Stage: batch with image (uint8 N×H×W×3), caption, reason → + clip_score, ssim, score.
 
-    Samples that synthesis marked unusable get no scores (NaN) and are never selected.
+    Samples that synthesis marked unusable get no scores (NaN) and are never selected; their images
+    are never read. Ray may hand over blocks merged from several synthesis batches, whose image
+    column is then an object array of per-row images: usable rows are scored in groups of one shape.
     Images reach the device `chunk_size` at a time (None: the whole batch), so the host copy of one
     chunk overlaps the device work on the one before. With `compile`, CLIP's image path and the SSIM
     round trip run as torch.compile graphs at one fixed shape: chunks are padded to `chunk_size`.
@@ -42,7 +59,7 @@ class ClipSsimScorer:
             torch.set_num_threads(torch_threads)
         if compile and not chunk_size:
             raise ValueError("scorer.compile=true needs scorer.chunk_size: the compiled graphs are built for one batch shape")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, key="scorer.device")
         self.clip = ClipScore(arch, pretrained, self.device, dtype, prefix, compile=compile, compile_mode=compile_mode)
         self.lam, self.ssim_size, self.ssim_low = lam, ssim_size, ssim_low
         self.chunk_size, self.pad = chunk_size, compile
@@ -84,14 +101,15 @@ class ClipSsimScorer:
         clip = np.full(n, np.nan)
         ssim = np.full(n, np.nan)
         captions = [str(c) for c in batch[S.CAPTION]]
+        images = batch[S.IMAGE]
 
         def run(idx):
-            c, s = self.score(batch[S.IMAGE][idx], [captions[i] for i in idx])
+            c, s = self.score(stack_rows(images, idx), [captions[i] for i in idx])
             return list(zip(c, s))
 
-        if ok:
-            results, _ = run_in_halves(run, ok, on_oom=self._after_oom)
-            for i, r in zip(ok, results):
+        for group in shape_groups(images, ok):
+            results, _ = run_in_halves(run, group, on_oom=self._after_oom)
+            for i, r in zip(group, results):
                 if r is None:
                     reasons[i], details[i] = S.R_OOM, "scoring ran out of device memory even alone"
                 else:

@@ -24,6 +24,10 @@ class HostToDevice:
 
     def __call__(self, images: np.ndarray, pad_to: int | None = None) -> torch.Tensor:
         """`images` on the device; rows past len(images) up to `pad_to` are zeros."""
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+            # e.g. an object array of rows of different shapes: say so, not "can't convert numpy.object_"
+            raise TypeError(f"HostToDevice needs one (n,H,W,C) uint8 array, got {getattr(images, 'dtype', type(images))} "
+                            f"of shape {np.shape(images)}: stack rows of one shape first")
         n = len(images)
         rows = max(n, pad_to or 0)
         if not self.cuda:

@@ -33,11 +33,12 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}: expected one of {sorted(DTYPES)}") from None
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, key: str = "model.device") -> str:
+    """'auto' → cuda when there is one, else cpu; `key` is the config key named in the error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"model.device={device} but this worker sees no CUDA device")
+        raise RuntimeError(f"{key}={device} but this worker sees no CUDA device")
     return device
 
 
@@ -88,8 +89,11 @@ def image_problem(image: np.ndarray, finite: bool) -> str | None:
 class DiffusionSynth:
     """Stage: batch with id, caption, sample, seed → + image (uint8 N×H×W×3), width, height, reason ("" = ok).
 
-    One torch.Generator per sample, seeded from its (seed, id, sample), so how rows are batched
-    never changes an image. A batch that runs out of device memory is retried in halves.
+    One torch.Generator per sample, seeded from its (seed, id, sample), so a sample's initial
+    latents never depend on how rows are batched. Its pixels are equal whenever it runs in a batch
+    of the same size and prompts; across batch sizes (OOM halving, padding to a compiled size)
+    kernels may round differently and move pixels slightly (one grey level seen on CPU).
+    A batch that runs out of device memory is retried in halves.
     """
 
     def __init__(
@@ -215,6 +219,16 @@ class DiffusionSynth:
                 output_type="pt",
             ).images
 
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of this stage's images; unset ones take diffusers' own default,
+        the denoiser's sample size times the VAE's scale factor (1024 for SDXL)."""
+        if self.height and self.width:
+            return self.height, self.width
+        pipe = self.pipe
+        sample = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+        default = int(sample) * int(pipe.vae_scale_factor)
+        return self.height or default, self.width or default
+
     def _kernel_choices(self) -> contextlib.ExitStack:
         """The SDPA backend (while compiling it is baked into the graph) and inductor's tuning settings."""
         stack = contextlib.ExitStack()
@@ -252,7 +266,9 @@ class DiffusionSynth:
                 torch.cuda.empty_cache()
 
         results, failed = run_in_halves(run, range(n), on_oom=count_oom)
-        shape = next((r[0].shape for r in results if r is not None), None)
+        # Placeholders take the stage's real output shape even when nothing succeeded: Ray may merge
+        # this block with others for the scorer, and one image shape per column keeps it an array.
+        shape = next((r[0].shape for r in results if r is not None), None) or (*self.output_size(), 3)
         for i, r in enumerate(results):
             if r is None:
                 reasons[i], details[i] = S.R_OOM, "out of device memory even alone"
@@ -260,9 +276,7 @@ class DiffusionSynth:
             images[i] = r[0]
             if (problem := image_problem(*r)) is not None:
                 reasons[i], details[i] = S.R_BAD_IMAGE, problem
-        if shape is None:  # every sample failed: emit 1×1 black placeholders, marked unusable
-            shape = (1, 1, 3)
-        images = [im if im is not None else np.zeros(shape, np.uint8) for im in images]
+        images = [im if im is not None else np.zeros(shape, np.uint8) for im in images]  # black, marked unusable
         out = dict(batch)
         out[S.IMAGE] = np.stack(images)
         out[S.HEIGHT] = np.full(n, shape[0], np.int32)
