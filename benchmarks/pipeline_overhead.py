@@ -55,14 +55,15 @@ def bare_loop(cfg: dict, out: str) -> int:
             pending = []
     from factory import schema as S
     from factory.io import files
-    from factory.select import AttachRank, read_scores, select_top_k
+    from factory.select import PickSelected, read_scores, select_top_k
 
-    chosen, _, _ = select_top_k(read_scores(f"{out}/candidates"), cfg["select"]["k"])
-    attach = AttachRank(chosen)
+    paths = files.list_files(f"{out}/candidates", ".parquet")
+    chosen, _, _ = select_top_k(read_scores(paths), cfg["select"]["k"])
+    pick = PickSelected(chosen)
     import pyarrow.parquet as pq
 
-    for path in files.list_files(f"{out}/candidates", ".parquet"):
-        rows = attach(pq.read_table(path))
+    for i, path in enumerate(paths):
+        rows = pick(i, pq.read_table(path))
         if rows.num_rows:
             files.write_parquet_atomic(f"{out}/dataset/{path.rsplit('/', 1)[-1]}", rows.cast(S.DATASET))
     return n

@@ -28,7 +28,8 @@ def user_error(exc: BaseException) -> str | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (InputError, RunError, NotSharedError, OutputInUseError, ValueError)) and not type(exc).__module__.startswith("ray"):
+        # OSError: storage the user points at (a read-only folder, a missing bucket, no credentials).
+        if isinstance(exc, (InputError, RunError, NotSharedError, OutputInUseError, ValueError, OSError)) and not type(exc).__module__.startswith("ray"):
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         exc = exc.__cause__ or exc.__context__
     return None

@@ -99,6 +99,7 @@ class OutputLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost_to: dict | None = None  # the lock of the run that took over, once seen
+        self._looked = 0.0  # time.monotonic() of check()'s last read of the lock file
 
     def holder(self) -> dict | None:
         import json
@@ -173,8 +174,17 @@ class OutputLock:
             except OSError:  # storage hiccup: the next beat tries again
                 pass
 
-    def check(self) -> None:
-        """Raise OutputInUseError once another run has taken the lock over."""
+    def check(self, fresh: bool = False) -> None:
+        """Raise OutputInUseError once another run has taken the lock over: as the heartbeat
+        thread last saw it, or, with `fresh` or when that look is older than a fifth of a beat,
+        as the lock file says now (the thread looks only once a beat)."""
+        import time
+
+        if not self.lost_to and (fresh or time.monotonic() - self._looked >= self.beat_s / 5):
+            self._looked = time.monotonic()
+            lock = self.holder()
+            if lock and lock["token"] != self.mine["token"]:
+                self.lost_to = lock
         if self.lost_to:
             raise OutputInUseError(
                 f"another run (on {self.lost_to['host']}, pid {self.lost_to['pid']}) took over {self.path.rsplit('/', 1)[0]}: "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Iterator
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ from factory.expand import ExpandSamples
 from factory.io.read import InputError, read_caption_file
 from factory.io.write import CandidateWriter, RejectsSplit
 from factory.score.scorer import ClipSsimScorer
-from factory.select import AttachRank
+from factory.select import PickSelected
 from factory.stage_args import judge_kwargs, perplexity_kwargs, score_kwargs, synth_kwargs
 from factory.synth.diffusion import DiffusionSynth
 
@@ -107,22 +108,39 @@ def configure_fault_tolerance(ctx, ray_cfg: dict) -> None:
     ctx.max_consecutive_actor_init_deaths = int(ray_cfg.get("max_actor_init_deaths", 3))
 
 
-def _read_files(batch: pa.Table) -> Iterator[pa.Table]:
+# Seconds to wait before each new try at a file that the pre-pass read but the generation pass
+# cannot (an object store's hiccup, say).
+REREAD_WAIT_S = (2.0, 10.0)
+
+
+def _read_files(batch: pa.Table, again: bool = False) -> Iterator[pa.Table]:
+    """Caption rows of each file in `batch`. In the pre-pass (`again` false) an unreadable file
+    becomes one row that the driver reports in one line. The generation pass (`again`) reads files
+    the pre-pass could read: there a failure must stop the run (to be resumed), since a row would
+    silently drop every caption of the file; it is tried again first."""
     for path, index in zip(batch.column("path").to_pylist(), batch.column("file_index").to_pylist()):
-        try:
-            yield read_caption_file(path, index)
-        except InputError as e:  # a row, not a task failure: the driver reports it in one line
-            yield pa.Table.from_pylist(
-                [{S.SOURCE: path, S.POS: index << 32, S.RAW: "", S.REASON: S.R_UNREADABLE, S.DETAIL: str(e)}], schema=S.CAPTION_ROW
-            )
+        for wait in (*REREAD_WAIT_S, None) if again else (None,):
+            try:
+                yield read_caption_file(path, index)
+                break
+            except InputError as e:
+                if not again:
+                    yield pa.Table.from_pylist(
+                        [{S.SOURCE: path, S.POS: index << 32, S.RAW: "", S.REASON: S.R_UNREADABLE, S.DETAIL: str(e)}], schema=S.CAPTION_ROW
+                    )
+                elif wait is None:
+                    raise InputError(f"{e} (the pre-pass of this run read it; the run stops here, and running it again resumes)") from e
+                else:
+                    log.warning("%s: reading again in %.0f s", e, wait)
+                    time.sleep(wait)
 
 
-def caption_rows(paths: list[str], cpu_per_task: float):
-    """A dataset of caption rows (schema.CAPTION_ROW), one read task per input file."""
+def caption_rows(paths: list[str], cpu_per_task: float, again: bool = False):
+    """A dataset of caption rows (schema.CAPTION_ROW), one read task per input file (`again`: see _read_files)."""
     import ray
 
     files_ds = ray.data.from_items([{"path": p, "file_index": i} for i, p in enumerate(paths)], override_num_blocks=len(paths))
-    return files_ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
+    return files_ds.map_batches(functools.partial(_read_files, again=again), batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
 
 
 def _scan_batch(batch: pa.Table, minhash: tuple[int, int] | None = None, rules: CaptionRules | None = None) -> pa.Table:
@@ -269,7 +287,7 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
     cpu = res["cpu_task_cpus"]
     synth_cfg, model_cfg, score_cfg, scorer_cfg = cfg["synth"], cfg["model"], cfg["score"], cfg["scorer"]
 
-    ds = caption_rows(paths, cpu)
+    ds = caption_rows(paths, cpu, again=True)
     ds = ds.map_batches(CaptionRules(**cfg["curate"]["rules"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     ds = ds.map_batches(MarkRejected(rejected), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
     import ray
@@ -338,36 +356,67 @@ def operator_stats(ds) -> list[dict]:
     return ops
 
 
-def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: str, cpu: float, local_max_mb: float = 0) -> int:
-    """Filter candidates to the chosen (id, sample) pairs and write them with their rank: in Ray
-    tasks, or in this process when candidates/ holds at most `local_max_mb` (tasks would cost more)."""
-    import ray
+# Rows per dataset file: about this many bytes of candidates, however few rows each candidates file gives.
+DATASET_PART_MB = 256
+
+
+def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: str, cpu: float, local_max_mb: float = 0,
+                   sizes: dict[str, int] | None = None, row_bytes: float | None = None) -> int:
+    """Copy the chosen rows (`chosen[file]` indexes `candidate_paths`) with their rank into
+    `staging_dir`, reading only the files that hold them; groups of files make one dataset file of
+    about DATASET_PART_MB (at `row_bytes` a row; unknown: a whole file's bytes a row, so parts stay
+    small). In Ray tasks, or in this process when those files hold at most `local_max_mb` (tasks
+    would cost more). `sizes`: bytes per path where known (one listing instead of a request each)."""
+    import pyarrow.parquet as pq
 
     from factory.io import files
     from factory.io.write import keys_digest
 
     files.makedirs(staging_dir)  # here on the driver; the tasks only write into it
+    if chosen.num_rows == 0:
+        return 0
+    pick = PickSelected(chosen)
+    file_ids, n_chosen = pick.files()
+    if sizes is None:
+        sizes = {candidate_paths[i]: files.size(candidate_paths[i]) for i in file_ids}
+    if row_bytes is None:
+        row_bytes = max((sizes.get(candidate_paths[i], 0) for i in file_ids), default=0)
+    groups = part_groups(n_chosen, row_bytes, DATASET_PART_MB * 2**20)
 
     def write(batch: pa.Table) -> pa.Table:
-        if batch.num_rows:
-            batch = batch.cast(S.DATASET)
-            name = f"part-{keys_digest(batch.column(S.ID).to_pylist(), batch.column(S.SAMPLE).to_pylist())}.parquet"
-            files.write_parquet_atomic(files.join(staging_dir, name), batch, make_parent=False)
-        return pa.table({"rows": [batch.num_rows]})
+        parts = []
+        for i in batch.column("files").to_pylist()[0]:
+            fs, path = files.resolve(candidate_paths[i])
+            parts.append(pick(i, pq.read_table(path, filesystem=fs, partitioning=None)))
+        out = pa.concat_tables(parts).cast(S.DATASET) if parts else S.DATASET.empty_table()
+        if out.num_rows:
+            name = f"part-{keys_digest(out.column(S.ID).to_pylist(), out.column(S.SAMPLE).to_pylist())}.parquet"
+            files.write_parquet_atomic(files.join(staging_dir, name), out, make_parent=False)
+        return pa.table({"rows": [out.num_rows]})
 
-    if input_bytes(candidate_paths) <= local_max_mb * 2**20:
-        import pyarrow.parquet as pq
+    items = [{"files": [int(file_ids[i]) for i in g]} for g in groups]
+    if sum(sizes.get(candidate_paths[i], 0) for i in file_ids) <= local_max_mb * 2**20:
+        return sum(write(pa.Table.from_pylist([item])).column("rows")[0].as_py() for item in items)
+    import ray
 
-        attach = AttachRank(chosen)
-        written = 0
-        for p in candidate_paths:
-            fs, path = files.resolve(p)
-            written += write(attach(pq.read_table(path, filesystem=fs))).column("rows")[0].as_py()
-        return written
-    ds = ray.data.read_parquet(candidate_paths, file_extensions=["parquet"])
-    ds = ds.map_batches(AttachRank(chosen), batch_format="pyarrow", num_cpus=cpu)
-    ds = ds.map_batches(write, batch_size=None, batch_format="pyarrow", num_cpus=cpu)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(write, batch_size=1, batch_format="pyarrow", num_cpus=cpu)
     return sum(int(b["rows"].sum()) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def part_groups(chosen_rows, row_bytes: float, part_bytes: float) -> list[list[int]]:
+    """Consecutive runs of files (positions in `chosen_rows`, each file's number of chosen rows)
+    whose chosen rows, at `row_bytes` each, come to about `part_bytes`; at least one file a run."""
+    groups, current, acc = [], [], 0.0
+    for pos, n in enumerate(chosen_rows):
+        current.append(pos)
+        acc += float(n) * row_bytes
+        if acc >= part_bytes:
+            groups.append(current)
+            current, acc = [], 0.0
+    if current:
+        groups.append(current)
+    return groups
 
 
 # ---- curation: the model stages (docs/curation.md) ----

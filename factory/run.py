@@ -75,11 +75,12 @@ def check_resume(cfg: dict, dirs: dict) -> dict | None:
     return old
 
 
-def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int, pa.Array]:
+def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int, pa.Table]:
     """The pre-pass: rows that lose a duplicate or near-duplicate group, as (pos, reason, detail),
-    the number of rows read, and the ids of the captions left for the model stages (or synthesis).
-    Only captions that pass the rules compete."""
+    the number of rows read, and (id, norm_hash) of the captions left for the model stages (or
+    synthesis). Only captions that pass the rules compete."""
     from factory import pipeline
+    from factory.curate.dedup import NORM_HASH
     from factory.curate.near_dup import R_NEAR_DUP, find_all_duplicates, minhash_params, without_rejected
 
     near_dup = cfg["curate"].get("near_dup")
@@ -92,7 +93,7 @@ def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int
     if minhash:
         log.info("%d near duplicates (Jaccard >= %s)", pc.sum(pc.equal(rejected.column(S.REASON), R_NEAR_DUP)).as_py() or 0,
                  near_dup["threshold"])
-    return rejected, n_read, without_rejected(keys, rejected).column(S.ID).combine_chunks()
+    return rejected, n_read, without_rejected(keys, rejected).select([S.ID, NORM_HASH]).combine_chunks()
 
 
 def model_stage_rejected_ids(rejects_dir: str) -> pa.Array:
@@ -161,16 +162,42 @@ def count_candidates(candidates_dir: str) -> dict:
     return {"rows": t.num_rows, "usable": t.num_rows - bad.num_rows, "unusable": dict(reasons)}
 
 
-def candidate_keys(candidates_dir: str) -> pa.Table:
-    t = files.read_parquet_dir(candidates_dir, [S.ID, S.SAMPLE])
-    return pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32())}) if t is None else t
+def candidate_keys(candidates_dir: str) -> tuple[pa.Table, pa.Table]:
+    """(id, sample) of every candidate on disk, and (id, norm_hash) of the caption each id's
+    samples were made from, read a batch at a time (captions of millions of rows never sit in memory)."""
+    import pyarrow.dataset as pads
+
+    from factory.curate.dedup import NORM_HASH, text_hash
+
+    keys, made = [], {}
+    paths = files.list_files(candidates_dir, ".parquet")
+    if paths:
+        fs, _ = files.resolve(paths[0])
+        source = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs, partitioning=None)
+        for batch in source.to_batches(columns=[S.ID, S.SAMPLE, S.CAPTION]):
+            keys.append(pa.table({S.ID: batch.column(S.ID), S.SAMPLE: batch.column(S.SAMPLE)}))
+            for i, caption in zip(batch.column(S.ID).to_pylist(), batch.column(S.CAPTION).to_pylist()):
+                if i not in made:
+                    made[i] = text_hash(caption)
+    empty = pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32())})
+    made_from = pa.table({S.ID: pa.array(list(made), pa.string()), NORM_HASH: pa.array(list(made.values()), pa.int64())})
+    return (pa.concat_tables(keys) if keys else empty), made_from
+
+
+def changed_captions(kept: pa.Table, made_from: pa.Table) -> pa.Table:
+    """Ids whose caption in the input now differs (beyond case, Unicode form and white space)
+    from the caption their samples on disk were made from: (id, norm_hash, norm_hash_on_disk)."""
+    from factory.curate.dedup import NORM_HASH
+
+    both = kept.join(made_from, S.ID, join_type="inner", right_suffix="_on_disk", use_threads=False)
+    return both.filter(pc.not_equal(both.column(NORM_HASH), both.column(NORM_HASH + "_on_disk")))
 
 
 class Manifest:
     """manifest.json, rewritten atomically whenever it changes."""
 
-    def __init__(self, path: str, cfg: dict, previous: dict | None):
-        self.path = path
+    def __init__(self, path: str, cfg: dict, previous: dict | None, guard: Callable[[], None] = lambda: None):
+        self.path, self.guard = path, guard  # guard raises when the output is no longer this run's
         self.data = {
             "status": "running",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -184,8 +211,22 @@ class Manifest:
         }
 
     def save(self) -> None:
+        self.guard()
         self.data["updated_at"] = round(time.time(), 3)
         files.write_json_atomic(self.path, self.data)
+
+
+def check_settings(cfg: dict) -> None:
+    """Settings that would fail the run only after generation: refused before anything starts."""
+    from factory.export import check_exports
+    from factory.select import check_select
+
+    check_select(cfg["select"].get("k"), cfg["select"].get("fraction"), cfg["select"].get("best_by", S.SCORE))
+    if not cfg["curate"]["dedup"].get("ids", True):
+        raise RunError("curate.dedup.ids=false: a caption's samples and images are keyed by its id, so ids must be unique "
+                       "(rows with a repeated id are rejected as duplicate_id); to keep such rows, drop the id column "
+                       "(a missing id becomes a hash of the caption) or give them new ids")
+    check_exports(cfg.get("export", {}))
 
 
 def run(cfg: dict) -> dict:
@@ -201,9 +242,7 @@ def run(cfg: dict) -> dict:
     paths = list_inputs(cfg["input"])
     dirs = run_dirs(output)
     previous = check_resume(cfg, dirs)
-    from factory.export import check_exports
-
-    check_exports(cfg.get("export", {}))
+    check_settings(cfg)
     lock = OutputLock(output)  # before anything in output= changes: one run at a time
     take_over = bool(cfg["resume"].get("take_over", False))
     if taken := lock.acquire(take_over):
@@ -220,7 +259,7 @@ def run(cfg: dict) -> dict:
         # Rejects are re-derived from the whole input on every run, so the old ones go first.
         files.delete_dir(dirs["rejects"])
         files.delete_dir(dirs["llm_judge"])  # the judge's verdicts, re-derived with the rejects
-        manifest = Manifest(dirs["manifest"], cfg, previous)
+        manifest = Manifest(dirs["manifest"], cfg, previous, guard=lambda: lock.check(fresh=True))
         manifest.data["nodes_sharing_paths"] = nodes_checked
         manifest.save()
         try:
@@ -232,7 +271,10 @@ def run(cfg: dict) -> dict:
             stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
             what = {KeyboardInterrupt: "interrupted (Ctrl-C)", SystemExit: f"stopped by signal {exc}"}.get(type(exc), f"{type(exc).__name__}: {exc}")
             manifest.data.update(status="stopped" if stopped else "failed", error=what)
-            manifest.save()
+            try:
+                manifest.save()
+            except OutputInUseError:
+                pass  # taken over meanwhile: manifest.json is the other run's now
             raise
     finally:
         lock.release()
@@ -241,8 +283,8 @@ def run(cfg: dict) -> dict:
 def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest, t_start: float,
                         still_ours: Callable[[], None] = lambda: None) -> dict:
     """Pre-pass, streaming generation, selection, exports and report, recorded in `manifest`.
-    `still_ours` raises once another run has taken the output over; it is called before each write
-    of the manifest and before the dataset is replaced."""
+    `still_ours` raises once another run has taken the output over; it is called for each batch
+    generated and before the dataset is replaced (and `manifest` checks it before each write)."""
     from factory import pipeline
 
     output = cfg["output"]
@@ -251,24 +293,36 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
     cpu = cfg["resources"]["cpu_task_cpus"]
 
     t = time.perf_counter()
-    rejected, n_read, kept_ids = find_rejected_duplicates(paths, cfg)
-    n_left = len(kept_ids)
+    rejected, n_read, kept = find_rejected_duplicates(paths, cfg)
+    kept_ids = kept.column(S.ID).combine_chunks()
+    repeat = int(cfg["synth"]["repeat"])
     wall["scan"] = round(time.perf_counter() - t, 3)
     counts["read"] = n_read
-    counts["samples_at_most"] = n_left * int(cfg["synth"]["repeat"])  # before perplexity and the judge
+    counts["samples_at_most"] = len(kept_ids) * repeat  # before perplexity and the judge
     log.info("read %d caption rows from %d file(s); %d duplicates", n_read, len(paths), rejected.num_rows)
 
-    done_table = candidate_keys(dirs["candidates"])
+    done_table, made_from = candidate_keys(dirs["candidates"])
+    changed = changed_captions(kept, made_from)
+    if changed.num_rows:
+        raise RunError(
+            f"{changed.num_rows} caption(s) of the input differ from the captions their ids' samples in {dirs['candidates']} "
+            f"were made from (first: id {changed.column(S.ID)[0].as_py()!r}): resuming would select old images for new "
+            "captions; give changed captions new ids (or drop the id column), or use a new output="
+        )
     done = done_keys(done_table)
-    counts["resumed"] = int(len(done))
+    from factory.select import current_samples
+
+    # Samples on disk that still count toward this run (curated now, sample < synth.repeat).
+    counts["resumed"] = int(len(done_keys(current_samples(done_table, kept_ids, repeat)[0])))
     if len(done):
-        log.info("resuming: %d samples already in %s", len(done), dirs["candidates"])
+        log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(done), dirs["candidates"],
+                 counts["resumed"])
 
     t = time.perf_counter()
     unusable = 0
     busy = {"synthesize": 0.0, "score": 0.0}
     last_save = time.perf_counter()
-    progress = ProgressLog(counts["samples_at_most"] - len(done), float(cfg.get("progress_every_s", 60)))
+    progress = ProgressLog(counts["samples_at_most"] - counts["resumed"], float(cfg.get("progress_every_s", 60)))
     gen = pipeline.generation_dataset(paths, rejected, done, dirs, cfg)
     try:
         for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
@@ -304,25 +358,30 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
         unusable=cands["unusable"],
     )
 
-    still_ours()
+    manifest.guard()  # a fresh look at the lock: the next steps replace the run's outputs
     t = time.perf_counter()
-    from factory.select import current_samples, read_scores, select_top_k
+    from factory.select import read_scores, select_top_k
 
     # Only this run's samples compete: candidates made before the input, the curation settings or
     # synth.repeat changed are kept on disk but not selected, so a resumed run selects what a fresh
     # run with today's settings would.
     curated = pc.filter(kept_ids, pc.invert(pc.is_in(kept_ids, value_set=model_stage_rejected_ids(dirs["rejects"]))))
-    scores, counts["not_competing"] = current_samples(read_scores(dirs["candidates"]), curated, int(cfg["synth"]["repeat"]))
+    sizes = files.file_sizes(dirs["candidates"], ".parquet")
+    candidate_paths = list(sizes)
+    scores, counts["not_competing"] = current_samples(read_scores(candidate_paths), curated, repeat)
     if counts["not_competing"]:
         log.warning("%d candidates in %s do not compete: their caption is no longer curated (the input or the curation "
                     "changed since they were made) or their sample index is beyond synth.repeat", counts["not_competing"], dirs["candidates"])
-    chosen, threshold, competing = select_top_k(scores, cfg["select"].get("k"), cfg["select"].get("fraction"))
+    chosen, threshold, competing = select_top_k(scores, cfg["select"].get("k"), cfg["select"].get("fraction"),
+                                                cfg["select"].get("best_by", S.SCORE))
     staging = files.join(output, f".dataset-staging-{os.getpid()}")
     files.delete_dir(staging)
-    n_selected = pipeline.write_selected(files.list_files(dirs["candidates"], ".parquet"), chosen, staging, cpu,
-                                         cfg["ray"].get("local_select_mb", 0)) if chosen.num_rows else 0
+    row_bytes = sum(sizes.values()) / max(1, cands["rows"])
+    n_selected = pipeline.write_selected(candidate_paths, chosen, staging, cpu, cfg["ray"].get("local_select_mb", 0),
+                                         sizes=sizes, row_bytes=row_bytes) if chosen.num_rows else 0
     if n_selected != chosen.num_rows:
-        raise RunError(f"selection chose {chosen.num_rows} pairs but {n_selected} were written; candidates/ may hold duplicates")
+        raise RunError(f"selection chose {chosen.num_rows} pairs but {n_selected} were written: a candidates file changed or "
+                       "vanished during selection; run again to resume")
     # Exports go into the staging folder: dataset/ appears with them complete or not at all.
     if chosen.num_rows and any(cfg.get("export", {}).get(k) for k in ("llava", "webdataset", "hf")):
         from factory.export import write_exports
@@ -331,10 +390,10 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
         manifest.data["exports"] = write_exports(staging, cfg["export"], dict(counts, selected=n_selected), cfg)
         wall["export"] = round(time.perf_counter() - t_export, 3)
         t += wall["export"]  # select's wall time leaves the exports out
-    still_ours()
+    manifest.guard()  # a fresh look at the lock: the next steps replace the run's outputs
     files.delete_dir(dirs["dataset"])
     if chosen.num_rows:
-        files.move(staging, dirs["dataset"])
+        files.move_dir(staging, dirs["dataset"])
     else:
         files.makedirs(dirs["dataset"])
     wall["select"] = round(time.perf_counter() - t, 3)

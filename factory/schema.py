@@ -65,6 +65,9 @@ DATASET = pa.schema(list(CANDIDATES) + [pa.field(RANK, pa.int64())])
 
 # The columns selection reads: never the image bytes.
 SELECT_COLUMNS = [ID, SAMPLE, SCORE, CLIP_SCORE, SSIM, REASON]
+# int32, in selection only: which candidates file a score row came from, so that the dataset
+# takes exactly that row, even where candidates/ holds an (id, sample) twice.
+FILE = "file"
 
 # Reasons a row can be rejected or a sample marked unusable.
 R_UNREADABLE = "unreadable_file"  # a whole file; the scan stops the run on it before anything is generated

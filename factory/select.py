@@ -15,11 +15,13 @@ from factory import schema as S
 from factory.io import files
 
 
-def read_scores(candidates_dir: str) -> pa.Table:
-    """id, sample, score, clip_score, ssim of every usable candidate (reason null, finite score)."""
-    t = files.read_parquet_dir(candidates_dir, S.SELECT_COLUMNS, filter=pc.field(S.REASON).is_null())
-    if t is None:
-        return pa.schema([S.CANDIDATES.field(c) for c in S.SELECT_COLUMNS if c != S.REASON]).empty_table()
+def read_scores(candidate_paths: list[str]) -> pa.Table:
+    """id, sample, score, clip_score, ssim of every usable candidate (reason null, finite score),
+    and `file`: the index in `candidate_paths` of the file the row is in."""
+    if not candidate_paths:
+        return pa.schema([S.CANDIDATES.field(c) for c in S.SELECT_COLUMNS if c != S.REASON] + [pa.field(S.FILE, pa.int32())]).empty_table()
+    t = files.read_parquet_files(candidate_paths, S.SELECT_COLUMNS + ["__fragment_index"], filter=pc.field(S.REASON).is_null())
+    t = t.rename_columns([S.FILE if c == "__fragment_index" else c for c in t.column_names])
     t = t.filter(pc.is_finite(t.column(S.SCORE)))
     return t.drop_columns([S.REASON])
 
@@ -31,8 +33,12 @@ def current_samples(scores: pa.Table, ids: pa.Array, repeat: int) -> tuple[pa.Ta
     return kept, scores.num_rows - kept.num_rows
 
 
-def best_of_n(scores: pa.Table) -> pa.Table:
-    """One row per id: the highest score, ties to the lower sample index (duplicates collapse too).
+BEST_BY = (S.SCORE, S.CLIP_SCORE)  # select.best_by: which column picks the best of a caption's samples
+
+
+def best_of_n(scores: pa.Table, by: str = S.SCORE) -> pa.Table:
+    """One row per id: the highest `by` (score, or clip_score as SynthVLM's own `repeat` option
+    picks), ties to the lower sample index (duplicates collapse too).
 
     Linear time: a per-id maximum, then the lowest sample among the rows that reach it, then the
     first such row; rows come out in order of each id's first appearance. Scores must be finite
@@ -43,7 +49,9 @@ def best_of_n(scores: pa.Table) -> pa.Table:
     ids = pc.dictionary_encode(scores.column(S.ID)).combine_chunks()
     codes = ids.indices.to_numpy()
     n_ids = len(ids.dictionary)
-    score = scores.column(S.SCORE).to_numpy()
+    if by not in BEST_BY:
+        raise ValueError(f"select.best_by={by!r}: expected one of {', '.join(BEST_BY)}")
+    score = scores.column(by).to_numpy()
     sample = scores.column(S.SAMPLE).to_numpy().astype(np.int64)
     top = np.full(n_ids, -np.inf)
     np.maximum.at(top, codes, score)
@@ -54,6 +62,17 @@ def best_of_n(scores: pa.Table) -> pa.Table:
     first = np.full(n_ids, len(score), dtype=np.int64)  # exact duplicates: the first row wins
     np.minimum.at(first, codes[rows], rows)
     return scores.take(pa.array(first[first < len(score)]))
+
+
+def check_select(k, fraction, best_by: str = S.SCORE) -> None:
+    """Refuse select.k / select.fraction / select.best_by before a run spends hours generating, not after."""
+    if best_by not in BEST_BY:
+        raise ValueError(f"select.best_by={best_by!r}: expected one of {', '.join(BEST_BY)}")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))):
+        raise ValueError(f"select.fraction must be a number in (0, 1] or null, got {fraction!r}")
+    if fraction is None and k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise ValueError(f"select.k must be a whole number ≥ 0, got {k!r}")
+    resolve_k(1, k, fraction)
 
 
 def resolve_k(n: int, k: int | None, fraction: float | None) -> int:
@@ -81,30 +100,45 @@ def top_k(best: pa.Table, k: int) -> tuple[pa.Table, float | None]:
     return chosen.append_column(S.RANK, pa.array(np.arange(1, k + 1, dtype=np.int64))), threshold
 
 
-def select_top_k(scores: pa.Table, k: int | None = None, fraction: float | None = None) -> tuple[pa.Table, float | None, int]:
-    """(selected id/sample/score/rank, threshold score, number of captions competing)."""
-    best = best_of_n(scores)
+def select_top_k(scores: pa.Table, k: int | None = None, fraction: float | None = None,
+                 best_by: str = S.SCORE) -> tuple[pa.Table, float | None, int]:
+    """(selected id/sample/score/rank, threshold score, number of captions competing): the best
+    sample of each caption by `best_by`, then the global top k of those by score."""
+    best = best_of_n(scores, best_by)
     chosen, threshold = top_k(best, resolve_k(best.num_rows, k, fraction))
     return chosen, threshold, best.num_rows
 
 
-class AttachRank:
-    """Stage: candidate rows → only the selected (id, sample) pairs, with their rank."""
+class PickSelected:
+    """The chosen rows of one candidates file, with their rank: exactly one row per chosen
+    (file, id, sample), so a sample that candidates/ holds twice (two runs that overlapped on
+    one output) still lands in the dataset once."""
 
     def __init__(self, chosen: pa.Table):
         from factory.expand import sample_key
 
         keys = np.array([sample_key(i, s) for i, s in zip(chosen.column(S.ID).to_pylist(), chosen.column(S.SAMPLE).to_pylist())], dtype=np.int64)
-        order = np.argsort(keys)
-        self.keys, self.ranks = keys[order], chosen.column(S.RANK).to_numpy()[order]
+        file = chosen.column(S.FILE).to_numpy()
+        order = np.lexsort((keys, file))
+        self.file, self.keys, self.ranks = file[order], keys[order], chosen.column(S.RANK).to_numpy()[order]
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def files(self) -> np.ndarray:
+        """Indices of the files that hold chosen rows, ascending, and how many rows each."""
+        return np.unique(self.file, return_counts=True)
+
+    def __call__(self, file_index: int, table: pa.Table) -> pa.Table:
         from factory.expand import sample_key
 
-        if len(self.keys) == 0:
-            return batch.slice(0, 0).append_column(S.RANK, pa.array([], pa.int64()))
-        k = np.array([sample_key(i, s) for i, s in zip(batch.column(S.ID).to_pylist(), batch.column(S.SAMPLE).to_pylist())], dtype=np.int64)
-        j = np.clip(np.searchsorted(self.keys, k), 0, len(self.keys) - 1)
-        hit = self.keys[j] == k
-        out = batch.filter(pa.array(hit))
-        return out.append_column(S.RANK, pa.array(self.ranks[j[hit]], pa.int64()))
+        lo, hi = np.searchsorted(self.file, file_index, "left"), np.searchsorted(self.file, file_index, "right")
+        keys, ranks = self.keys[lo:hi], self.ranks[lo:hi]
+        k = np.array([sample_key(i, s) for i, s in zip(table.column(S.ID).to_pylist(), table.column(S.SAMPLE).to_pylist())], dtype=np.int64)
+        j = np.clip(np.searchsorted(keys, k), 0, max(len(keys) - 1, 0))
+        hit = (keys[j] == k) if len(keys) else np.zeros(len(k), bool)
+        first = np.zeros(len(k), bool)  # the same key twice within a file: its first row only
+        seen = set()
+        for row in np.flatnonzero(hit):
+            if j[row] not in seen:
+                seen.add(j[row])
+                first[row] = True
+        out = table.filter(pa.array(first))
+        return out.append_column(S.RANK, pa.array(ranks[j[first]], pa.int64()))

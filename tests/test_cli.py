@@ -120,6 +120,20 @@ def test_missing_input_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_bad_settings_and_unusable_output_are_one_line_before_anything_runs(tmp_path):
+    """Settings that would only fail after generation, and an output folder that cannot be made."""
+    write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "caption": CAPTIONS[0]}])
+    for bad, words in (("select.fraction=10", "select.fraction must be in (0, 1]"), ("select.k=-1", "select.k must be ≥ 0"),
+                       ("select.k=many", "select.k must be a whole number"), ("curate.dedup.ids=false", "ids must be unique")):
+        proc = run_cli(f"input={tmp_path}/c.jsonl", f"output={tmp_path}/o", bad)
+        assert proc.returncode == 2 and len(error_lines(proc)) == 1 and words in error_lines(proc)[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()  # refused before the output was touched
+    (tmp_path / "a-file").write_text("")
+    proc = run_cli(f"input={tmp_path}/c.jsonl", f"output={tmp_path}/a-file/o")
+    assert proc.returncode == 2 and len(error_lines(proc)) == 1 and "a-file" in error_lines(proc)[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_unknown_format_and_broken_file(tmp_path):
     (tmp_path / "c.xml").write_text("<x/>")
     proc = run_cli(f"input={tmp_path}/c.xml", f"output={tmp_path}/o")

@@ -43,8 +43,8 @@ def test_a_caption_the_rules_reject_never_wins_a_duplicate_group(tmp_path):
     ]
     path = write_jsonl(tmp_path / "c.jsonl", rows)
     cfg = compose([f"input={path}", "curate.near_dup.enabled=true"])
-    rejected, n_read, kept_ids = find_rejected_duplicates([str(path)], cfg)
-    assert n_read == 5 and sorted(kept_ids.to_pylist()) == ["2", "5"]  # ids 2 and 5 (its second row) go on to synthesis
+    rejected, n_read, kept = find_rejected_duplicates([str(path)], cfg)
+    assert n_read == 5 and sorted(kept.column(S.ID).to_pylist()) == ["2", "5"]  # ids 2 and 5 (its second row) go on to synthesis
     lost = {r[S.POS]: (r[S.REASON], r[S.DETAIL]) for r in rejected.to_pylist()}
     # Only id 6 loses, to the second row of id 5 (pos 3): the rule-rejected rows competed for nothing.
     assert set(lost) == {4} and lost[4] == (S.R_DUP_CAPTION, "duplicate of id 5")

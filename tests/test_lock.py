@@ -181,3 +181,35 @@ def test_sigterm_marks_the_run_stopped_and_frees_the_output(tmp_path, captions_f
     assert rows["status"].startswith("stopped (run 1") and rows["held by"] == "no run"
     assert rows["resume"] == "the same command goes on from the samples in candidates/"
     wait_gone([proc.pid])
+
+
+def test_check_sees_a_take_over_before_the_heartbeat_thread_does(tmp_path):
+    """The thread looks once a beat; check(fresh=True) (before each manifest write and before the
+    dataset is replaced) reads the lock file itself, so a run that lost its output writes nothing more."""
+    held = OutputLock(str(tmp_path), beat_s=3600)  # the thread will not look during this test
+    held.acquire()
+    new = OutputLock(str(tmp_path), beat_s=3600)
+    new.acquire(take_over=True)
+    assert held.lost_to is None
+    with pytest.raises(OutputInUseError, match="took over"):
+        held.check(fresh=True)
+    new.release()
+    held.release()
+
+
+def test_a_manifest_of_a_run_that_lost_its_output_is_never_written(tmp_path):
+    from factory.run import Manifest
+
+    held = OutputLock(str(tmp_path), beat_s=3600)
+    held.acquire()
+    m = Manifest(str(tmp_path / "manifest.json"), {"output": str(tmp_path)}, None, guard=lambda: held.check(fresh=True))
+    m.save()
+    new = OutputLock(str(tmp_path), beat_s=3600)
+    new.acquire(take_over=True)
+    (tmp_path / "manifest.json").write_text('{"status": "running", "by": "the new run"}')
+    m.data["status"] = "failed"
+    with pytest.raises(OutputInUseError):
+        m.save()
+    assert json.loads((tmp_path / "manifest.json").read_text())["by"] == "the new run"
+    held.release()
+    new.release()

@@ -24,7 +24,8 @@ def test_synthvlm_recipe():
     assert (m["height"], m["width"]) == (1024, 1024)
     assert c["synth"]["steps"] == 60 and c["synth"]["guidance"] == 20.0 and c["synth"]["repeat"] == 1
     assert c["scorer"]["arch"] == "ViT-L-14-336" and c["score"]["lam"] == 0.5
-    assert c["select"] == {"k": None, "fraction": 0.1}
+    assert c["select"] == {"k": None, "fraction": 0.1, "best_by": "clip_score"}
+    assert c["curate"]["rules"]["min_chars"] is None and c["curate"]["rules"]["max_chars"] is None  # not among the paper's rules
     assert c["curate"]["llm"]["enabled"] and c["curate"]["llm"]["backend"] == "vllm"
     assert c["curate"]["rules"]["alnum_min"] == 0.60 and c["curate"]["rules"]["flagged_max"] == 0.0
 

@@ -167,6 +167,7 @@ def test_a_resume_after_the_input_and_repeat_changed_selects_as_a_fresh_run(kill
     old = set(kept_ids(workdir))
     gone = old - {str(json.loads(ln)["id"]) for ln in lines[4:]}
     assert gone and m["counts"]["generated"] == 1  # only the new caption was made
+    assert m["counts"]["resumed"] == len(old - gone)  # the samples on disk that count toward this run: sample 0 of each
     assert m["counts"]["not_competing"] == REPEAT * len(gone) + (REPEAT - 1) * len(old - gone)
     assert f"{m['counts']['not_competing']} candidates in {resumed}/candidates do not compete" in runs[resumed].stdout
     assert manifest(tmp_path / "fresh")["counts"]["not_competing"] == 0
@@ -181,3 +182,36 @@ def test_a_resume_after_the_input_and_repeat_changed_selects_as_a_fresh_run(kill
     assert not set(a.column(S.ID).to_pylist()) & gone
     assert pc.max(pc.abs(pc.subtract(a.column(S.SCORE), b.column(S.SCORE)))).as_py() <= 1e-6
     assert m["selection"]["competing_captions"] == manifest(tmp_path / "fresh")["selection"]["competing_captions"]
+
+
+def test_a_caption_changed_under_its_id_is_refused_on_resume(killed_and_resumed, workdir, tmp_path):
+    """Its samples on disk were made from the old text: resuming would select them for the new one."""
+    rows = [json.loads(ln) for ln in (workdir / "captions.jsonl").read_text().splitlines()]
+    target = kept_ids(workdir)[2]
+    for r in rows:
+        if str(r.get("id")) == target:
+            r["caption"] = r["caption"].rstrip(".") + ", seen from far above."
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "resumed"
+    shutil.copytree(workdir / "clean", out)
+    before = sorted(p.name for p in (out / "candidates").iterdir())
+    r = run_cli(*overrides(workdir, out, f"input={changed}"))
+    assert r.returncode == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]  # Ray logs its start on stderr too
+    assert "Traceback" not in r.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: 1 caption(s) of the input differ") and repr(target) in errors[0], r.stderr
+    assert sorted(p.name for p in (out / "candidates").iterdir()) == before
+    assert manifest(out)["status"] == "failed"
+
+
+def test_changed_captions_ignores_case_and_white_space():
+    from factory.curate.dedup import NORM_HASH, text_hash
+    from factory.run import changed_captions
+
+    def table(pairs):
+        return pa.table({S.ID: [i for i, _ in pairs], NORM_HASH: pa.array([text_hash(c) for _, c in pairs], pa.int64())})
+
+    on_disk = table([("a", "A red car."), ("b", "A blue   boat"), ("c", "A green tree")])
+    now = table([("a", "a RED car."), ("b", "A blue boat "), ("c", "A green bush"), ("d", "new")])
+    assert changed_captions(now, on_disk).column(S.ID).to_pylist() == ["c"]

@@ -1,6 +1,7 @@
 """Selection against a plain pyarrow sort of the whole candidates table."""
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from factory import schema as S
@@ -46,6 +47,25 @@ def test_best_of_n_ties_go_to_lower_sample():
     assert [(r[S.ID], r[S.SAMPLE]) for r in best] == [("a", 0), ("b", 0)]
 
 
+def test_best_by_clip_score_picks_each_captions_sample_by_clip_score_then_ranks_by_score():
+    """SynthVLM's `repeat` keeps a caption's best image by CLIPScore; the global top-k is by score."""
+    rng = np.random.default_rng(7)
+    n = 600
+    t = pa.table({S.ID: [f"c{i % 150}" for i in range(n)], S.SAMPLE: pa.array([i // 150 for i in range(n)], pa.int32()),
+                  S.CLIP_SCORE: rng.random(n).round(3), S.SSIM: rng.random(n).round(3)})
+    t = t.append_column(S.SCORE, pc.add(t.column(S.CLIP_SCORE), pc.multiply(t.column(S.SSIM), 0.5)))
+    chosen, _, competing = select_top_k(t, k=20, best_by=S.CLIP_SCORE)
+    # Reference by pyarrow's sort: per id the top clip_score (then lower sample), then the top 20 by score (then id).
+    best = t.sort_by([(S.ID, "ascending"), (S.CLIP_SCORE, "descending"), (S.SAMPLE, "ascending")])
+    firsts = pa.Table.from_pylist(list({r[S.ID]: r for r in reversed(best.to_pylist())}.values()))
+    want = firsts.sort_by([(S.SCORE, "descending"), (S.ID, "ascending")]).slice(0, 20)
+    assert competing == 150
+    assert [(r[S.ID], r[S.SAMPLE]) for r in chosen.to_pylist()] == [(r[S.ID], r[S.SAMPLE]) for r in want.to_pylist()]
+    assert chosen.to_pylist() != select_top_k(t, k=20)[0].to_pylist()  # the choice of column matters here
+    with pytest.raises(ValueError, match="best_by"):
+        select_top_k(t, k=20, best_by="ssim")
+
+
 def test_fraction():
     t = candidates()
     n = len(set(t.column(S.ID).to_pylist()))
@@ -73,20 +93,25 @@ def test_dataset_written_in_the_driver_equals_the_one_written_by_ray_tasks(tmp_p
         S.CLIP_SCORE: t.column(S.SCORE), S.SSIM: pa.array([0.0] * n, pa.float64()), S.SCORE: t.column(S.SCORE),
         S.REASON: pa.array([None] * n, pa.string()),
     }, schema=S.CANDIDATES)
-    cand = tmp_path / "candidates"
-    cand.mkdir()
+    # A Hive-style folder name (as Hydra makes them) must not turn into a column.
+    cand = tmp_path / "exp=1" / "candidates"
+    cand.mkdir(parents=True)
     for j, start in enumerate(range(0, n, 25)):
         files.write_parquet_atomic(str(cand / f"part-{j}.parquet"), full.slice(start, 25))
-    chosen, _, _ = select_top_k(read_scores(str(cand)), 17)
+    # Two runs that overlapped on one output: the same samples twice, in another file.
+    files.write_parquet_atomic(str(cand / "part-again.parquet"), full.slice(0, 40))
     paths = files.list_files(str(cand), ".parquet")
+    chosen, _, _ = select_top_k(read_scores(paths), 17)
     written = {}
-    for label, local_mb in (("driver", 64), ("ray", 0)):
+    for label, local_mb, row_bytes in (("driver", 64, None), ("ray", 0, None), ("ray-parts", 0, float(2**40))):
         out = tmp_path / label
-        assert write_selected(paths, chosen, str(out), 0.25, local_max_mb=local_mb) == 17
+        assert write_selected(paths, chosen, str(out), 0.25, local_max_mb=local_mb, row_bytes=row_bytes) == 17
         table = pads.dataset(str(out)).to_table()
         assert table.schema == S.DATASET
         written[label] = table.sort_by(S.RANK).to_pylist()
-    assert written["driver"] == written["ray"]
+        n_files = len(files.list_files(str(out), ".parquet"))
+        assert n_files == (1 if row_bytes is None else len(set(chosen.column(S.FILE).to_pylist())))  # parts by size
+    assert written["driver"] == written["ray"] == written["ray-parts"]
     assert [r[S.RANK] for r in written["driver"]] == list(range(1, 18))
     assert [(r[S.ID], r[S.SAMPLE]) for r in written["driver"]] == [(r[S.ID], r[S.SAMPLE]) for r in chosen.sort_by(S.RANK).to_pylist()]
 

@@ -40,6 +40,11 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def size(path: str) -> int:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).size or 0
+
+
 def is_hidden(name: str) -> bool:
     # pyarrow.dataset and `datasets` skip these, so staging files never look like data.
     base = name.rsplit("/", 1)[-1]
@@ -60,16 +65,35 @@ def list_files(directory: str, suffix: str = "") -> list[str]:
     return sorted(out)
 
 
+def file_sizes(directory: str, suffix: str = "") -> dict[str, int]:
+    """{path: bytes} of the visible files below `directory`, from one listing (not a request per file)."""
+    fs, p = resolve(directory)
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return {}
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(p, recursive=True)):
+        if info.type == pafs.FileType.File and not is_hidden(info.base_name) and info.path.endswith(suffix):
+            out[join(directory, info.path[len(p) :].lstrip("/"))] = info.size or 0
+    return dict(sorted(out.items()))
+
+
+def read_parquet_files(paths: list[str], columns: list[str], filter=None) -> pa.Table:
+    """`columns` of the Parquet files `paths` (all on one filesystem) as one table, rows matching
+    the pyarrow.dataset expression `filter`. The column "__fragment_index" says which of `paths`
+    a row came from. Hive-style `key=value` folders in the paths add no columns."""
+    import pyarrow.dataset as pads
+
+    fs, _ = resolve(paths[0])
+    return pads.dataset([resolve(p)[1] for p in paths], format="parquet", filesystem=fs, partitioning=None).to_table(
+        columns=columns, filter=filter
+    )
+
+
 def read_parquet_dir(directory: str, columns: list[str], filter=None) -> pa.Table | None:
     """`columns` of the visible Parquet files below `directory` as one table (rows matching the
     pyarrow.dataset expression `filter`), or None when there are no such files."""
-    import pyarrow.dataset as pads
-
     paths = list_files(directory, ".parquet")
-    if not paths:
-        return None
-    fs, _ = resolve(directory)
-    return pads.dataset([resolve(p)[1] for p in paths], format="parquet", filesystem=fs).to_table(columns=columns, filter=filter)
+    return read_parquet_files(paths, columns, filter) if paths else None
 
 
 def expand_input(pattern: str) -> list[str]:
@@ -77,13 +101,14 @@ def expand_input(pattern: str) -> list[str]:
     if has_scheme(pattern):
         fs, p = resolve(pattern)
         if any(c in p for c in "*?["):
-            import fnmatch
-
-            root = p.split("*")[0].rsplit("/", 1)[0]
-            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-            scheme = pattern.split("://", 1)[0]
+            parts = p.split("/")
+            fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+            root = "/".join(parts[:fixed])
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+            # Each match keeps the pattern's scheme and its query (?endpoint_override=..., say).
+            scheme, query = pattern.split("://", 1)[0], pattern.split("://", 1)[1].partition("?")[1:]
             return sorted(
-                f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, p)
+                f"{scheme}://{i.path}{''.join(query)}" for i in infos if i.type == pafs.FileType.File and glob_match(i.path, p)
             )
         info = fs.get_file_info(p)
         if info.type == pafs.FileType.Directory:
@@ -94,6 +119,22 @@ def expand_input(pattern: str) -> list[str]:
         return list_files(path)
     matches = sorted(m for m in glob.glob(path, recursive=True) if os.path.isfile(m))
     return [os.path.abspath(m) for m in matches]
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """`glob`'s rules on '/'-separated paths: `*`, `?` and `[...]` stay within one folder level,
+    `**` spans any number of levels (an object store lists recursively, so fnmatch alone would
+    let `captions/*.jsonl` take `captions/old/x.jsonl` too)."""
+    import fnmatch
+
+    def match(ps: list[str], qs: list[str]) -> bool:
+        if not qs:
+            return not ps
+        if qs[0] == "**":
+            return any(match(ps[i:], qs[1:]) for i in range(len(ps) + 1))
+        return bool(ps) and fnmatch.fnmatchcase(ps[0], qs[0]) and match(ps[1:], qs[1:])
+
+    return match(path.strip("/").split("/"), pattern.strip("/").split("/"))
 
 
 def read_bytes(path: str) -> bytes:
@@ -164,7 +205,22 @@ def delete_dir(path: str) -> None:
         fs.delete_dir(p)
 
 
-def move(src: str, dst: str) -> None:
+def move_dir(src: str, dst: str) -> None:
+    """Rename folder `src` to `dst` (which must not exist).
+
+    On a local disk one atomic rename. Object stores (S3, GCS) cannot move a folder, so there each
+    file moves on its own and `src` goes last: a crash midway leaves files in both, and the
+    caller's resume redoes the whole step (it only trusts `dst` once its manifest says so).
+    """
     fs, s = resolve(src)
     _, d = resolve(dst)
-    fs.move(s, d)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.move(s, d)
+        return
+    fs.create_dir(d, recursive=True)
+    for info in fs.get_file_info(pafs.FileSelector(s, recursive=True)):
+        if info.type == pafs.FileType.File:
+            target = d + info.path[len(s) :]
+            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            fs.move(info.path, target)
+    fs.delete_dir(s)
