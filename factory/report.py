@@ -38,10 +38,12 @@ def _read(path: str, columns: list[str]) -> pa.Table:
         return pq.read_table(f, columns=columns)
 
 
-def candidate_scores(candidates_dir: str) -> pa.Table:
-    """Score columns of every usable candidate, with the file and row it sits at (no image bytes)."""
+def candidate_scores(candidate_paths: list[str]) -> pa.Table:
+    """Score columns of every usable candidate, with the file (index in `candidate_paths`) and row
+    it sits at (no image bytes). The caller keeps the list: a run still writing adds files, so a
+    second listing could shift the indices."""
     parts = []
-    for i, path in enumerate(files.list_files(candidates_dir, ".parquet")):
+    for i, path in enumerate(candidate_paths):
         t = _read(path, [S.ID, S.SAMPLE, S.CAPTION, *SCORES, S.REASON])
         t = t.append_column("_file", pa.array(np.full(t.num_rows, i, np.int32))).append_column("_row", pa.array(np.arange(t.num_rows, dtype=np.int32)))
         parts.append(t)
@@ -116,11 +118,10 @@ def sheet_rows(cands: pa.Table, n: int = SHEET_N) -> tuple[pa.Table, pa.Table]:
     return top, bottom
 
 
-def load_images(candidates_dir: str, rows: pa.Table) -> list:
-    """The PIL images of `rows` (from candidate_scores), reading only the files they sit in."""
+def load_images(paths: list[str], rows: pa.Table) -> list:
+    """The PIL images of `rows` (from candidate_scores over the same `paths`), reading only the files they sit in."""
     from PIL import Image
 
-    paths = files.list_files(candidates_dir, ".parquet")
     out: dict[tuple[int, int], object] = {}
     want = list(zip(rows.column("_file").to_pylist(), rows.column("_row").to_pylist()))
     for f in sorted({f for f, _ in want}):
@@ -140,7 +141,7 @@ def _caption_text(caption: str, width: int = 30, lines: int = 4) -> str:
     return "\n".join(wrapped)
 
 
-def contact_sheet_png(candidates_dir: str, top: pa.Table, bottom: pa.Table, ranks: dict) -> bytes:
+def contact_sheet_png(candidate_paths: list[str], top: pa.Table, bottom: pa.Table, ranks: dict) -> bytes:
     """Two panels of up to 16 pairs (8 a row): image, caption (wrapped, cut at 4 lines) and scores."""
     import matplotlib
 
@@ -162,7 +163,7 @@ def contact_sheet_png(candidates_dir: str, top: pa.Table, bottom: pa.Table, rank
     for sub, (title, rows), nr in zip(subfigs, panels, n_rows):
         sub.suptitle(title, fontsize=14, fontweight="bold", x=0.005, ha="left")
         axes = np.atleast_2d(sub.subplots(nr, cols))
-        images = load_images(candidates_dir, rows)
+        images = load_images(candidate_paths, rows)
         by_id = {i: r for (i, _), r in ranks.items()}  # a caption selected with another of its samples
         recs = rows.select([S.ID, S.SAMPLE, S.CAPTION, *SCORES]).to_pylist()
         for k, ax in enumerate(axes.flat):
@@ -244,13 +245,14 @@ def build_report(output: str) -> str:
     if not files.exists(dirs["manifest"]):
         raise ReportError(f"no manifest.json in {output}: not a run of this factory")
     m = json.loads(files.read_bytes(dirs["manifest"]))
-    cands = candidate_scores(dirs["candidates"])
+    candidate_paths = files.list_files(dirs["candidates"], ".parquet")  # one listing for scores and images
+    cands = candidate_scores(candidate_paths)
     chosen = dataset_scores(dirs["dataset"])
     ranks = {(i, s): r for i, s, r in zip(*(chosen.column(c).to_pylist() for c in (S.ID, S.SAMPLE, S.RANK)))} if chosen.num_rows else {}
     top, bottom = sheet_rows(cands) if cands.num_rows else (cands, cands)
     report = dirs["report"]
     files.write_bytes_atomic(files.join(report, "histograms.png"), histograms_png(cands, chosen))
-    files.write_bytes_atomic(files.join(report, "contact_sheet.png"), contact_sheet_png(dirs["candidates"], top, bottom, ranks))
+    files.write_bytes_atomic(files.join(report, "contact_sheet.png"), contact_sheet_png(candidate_paths, top, bottom, ranks))
     index = files.join(report, "index.html")
     files.write_bytes_atomic(index, index_html(m, cands.num_rows, chosen.num_rows).encode("utf-8"))
     return index
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(build_report(args.output))
-    except ReportError as e:
+    except (ReportError, OSError) as e:  # OSError: the output's storage (missing, no credentials)
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         lines = status_lines(args[0])
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: a missing folder, a bucket without credentials
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(lines))

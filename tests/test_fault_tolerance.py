@@ -40,7 +40,7 @@ def test_gpu_preset_asks_for_gpus_whatever_the_driver_has():
 
     cfg = compose(["cluster=gpu", "model=sdxl", "scorer=clip_l14_336"])
     res = cfg["resources"]
-    assert pipeline.gpus_for(res["synth"], cfg["model"]["device"], 1.0) == 1.0
+    assert pipeline.gpus_for(res["synth"], cfg["model"]["device"], 1.0) == 0.75  # beside a 0.25 scorer on one GPU
     assert pipeline.gpus_for(res["score"], cfg["scorer"]["device"], 0.25) == 0.25
     assert res["synth"]["num_cpus"] > 0 and res["score"]["num_cpus"] > 0  # explicit, never Ray's default
     pool = pipeline._actor_pool(res["synth"])

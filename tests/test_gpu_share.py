@@ -78,7 +78,13 @@ def test_ray_schedules_every_pool_on_one_gpu_only_with_the_shared_defaults():
     s2, c2 = pair(two, CUDA, 2)
     res = dict(RES, perplexity={"actors": 1, "num_gpus": None}, judge={"actors": 1, "num_gpus": None})
     everything = list(stage_gpus(res, ALL, 1).values())
+    # cluster=gpu on 1-GPU nodes: its explicit shares must put a synthesis actor and a scorer on one GPU.
+    from factory.config import compose
+
+    res_gpu = compose(["cluster=gpu", "model=sdxl", "scorer=clip_l14_336"])["resources"]
+    on_node = [res_gpu["synth"]["num_gpus"], res_gpu["score"]["num_gpus"]]
     one = _scheduled(1, {"shared": [synth, score], "whole": [1.0, 0.25], "curation too": everything,
-                         "curation, old defaults": [0.5, 1.0, 0.75, 0.25]})
-    assert one == {"shared": 2, "whole": 1, "curation too": 4, "curation, old defaults": 2}  # the rest wait forever
+                         "curation, old defaults": [0.5, 1.0, 0.75, 0.25], "cluster=gpu node": on_node})
+    assert one == {"shared": 2, "whole": 1, "curation too": 4, "curation, old defaults": 2,  # the rest wait forever
+                   "cluster=gpu node": 2}
     assert _scheduled(2, {"shared": [s2, s2, c2]}) == {"shared": 3}

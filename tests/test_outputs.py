@@ -372,3 +372,37 @@ def test_status_of_no_run(tmp_path):
     rc, rows, err = status_table(str(tmp_path / "nothing"))
     assert rc == 2 and not rows
     assert err.strip().startswith("error: ") and "no run of this factory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_contact_sheet_takes_each_image_from_the_file_its_scores_came_from(tmp_path):
+    """A run still writing adds candidates files between reading the scores and the images: both
+    must use one listing, or an image lands beside another pair's caption and scores."""
+    from factory.io import files
+    from factory.report import candidate_scores, load_images
+
+    def part(name: str, colour: int, ids: list[str]) -> None:
+        buf = io.BytesIO()
+        Image.new("RGB", (4, 4), (colour, 0, 0)).save(buf, format="PNG")
+        n = len(ids)
+        t = pa.table({S.ID: ids, S.CAPTION: ids, S.SAMPLE: pa.array([0] * n, pa.int32()), S.SEED: pa.array([0] * n, pa.int64()),
+                      S.IMAGE: [buf.getvalue()] * n, S.WIDTH: pa.array([4] * n, pa.int32()), S.HEIGHT: pa.array([4] * n, pa.int32()),
+                      S.CLIP_SCORE: [0.3] * n, S.SSIM: [0.5] * n, S.SCORE: [0.55] * n, S.REASON: pa.array([None] * n, pa.string())},
+                     schema=S.CANDIDATES)
+        files.write_parquet_atomic(str(tmp_path / name), t)
+
+    part("part-b.parquet", 200, ["b1", "b2"])
+    paths = files.list_files(str(tmp_path), ".parquet")
+    scores = candidate_scores(paths)
+    part("part-a.parquet", 10, ["a1"])  # sorts first: a second listing would shift every index
+    images = load_images(paths, scores)
+    assert scores.column(S.ID).to_pylist() == ["b1", "b2"]
+    assert [im.getpixel((0, 0))[0] for im in images] == [200, 200]
+
+
+def test_a_webdataset_shard_size_that_is_no_number_is_refused_before_the_run():
+    from factory.export import check_exports
+
+    for bad in (None, "many", 0, 2.5):
+        with pytest.raises(ValueError, match="export.shard_size must be a whole number"):
+            check_exports({"webdataset": True, "shard_size": bad})
+    check_exports({"webdataset": True, "shard_size": 3})

@@ -88,8 +88,9 @@ def check_exports(export_cfg: dict) -> None:
     """Fail before a run, not after hours of synthesis, on an export setting that cannot work."""
     if export_cfg.get("llava"):
         load_instructions(export_cfg.get("llava_instructions"))
-    if export_cfg.get("webdataset") and not int(export_cfg.get("shard_size", 1000)) >= 1:
-        raise ValueError(f"export.shard_size must be ≥ 1, got {export_cfg.get('shard_size')}")
+    shard_size = export_cfg.get("shard_size", 1000)
+    if export_cfg.get("webdataset") and (isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1):
+        raise ValueError(f"export.shard_size must be a whole number ≥ 1, got {shard_size!r}")
 
 
 def write_exports(dataset_dir: str, export_cfg: dict, counts: dict, config: dict) -> dict:
