@@ -16,11 +16,11 @@ def sample_key(caption_id: str, sample: int) -> int:
     return int.from_bytes(d, "little") & ((1 << 63) - 1)
 
 
-def done_keys(table: pa.Table) -> np.ndarray:
-    """Sorted keys of the (id, sample) pairs in a candidates table."""
+def sample_keys(table: pa.Table) -> np.ndarray:
+    """sample_key of each row's (id, sample), in row order."""
     ids = table.column(S.ID).to_pylist()
     samples = table.column(S.SAMPLE).to_pylist()
-    return np.unique(np.array([sample_key(i, s) for i, s in zip(ids, samples)], dtype=np.int64))
+    return np.array([sample_key(i, s) for i, s in zip(ids, samples)], dtype=np.int64)
 
 
 class ExpandSamples:

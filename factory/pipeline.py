@@ -168,11 +168,7 @@ def _to_ipc(table: pa.Table) -> bytes:
 def input_bytes(paths: list[str]) -> int:
     from factory.io import files
 
-    total = 0
-    for p in paths:
-        fs, path = files.resolve(p)
-        total += fs.get_file_info(path).size or 0
-    return total
+    return sum(files.size(p) for p in paths)
 
 
 def scan_keys(

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
-from factory.expand import done_keys
+from factory.expand import sample_keys
 from factory.io import files
 from factory.io.read import InputError, list_inputs
 from factory.jobs import OutputInUseError, OutputLock, remove_stale_staging, resolve_output
@@ -165,16 +166,12 @@ def count_candidates(candidates_dir: str) -> dict:
 def candidate_keys(candidates_dir: str) -> tuple[pa.Table, pa.Table]:
     """(id, sample) of every candidate on disk, and (id, norm_hash) of the caption each id's
     samples were made from, read a batch at a time (captions of millions of rows never sit in memory)."""
-    import pyarrow.dataset as pads
-
     from factory.curate.dedup import NORM_HASH, text_hash
 
     keys, made = [], {}
     paths = files.list_files(candidates_dir, ".parquet")
     if paths:
-        fs, _ = files.resolve(paths[0])
-        source = pads.dataset([files.resolve(p)[1] for p in paths], format="parquet", filesystem=fs, partitioning=None)
-        for batch in source.to_batches(columns=[S.ID, S.SAMPLE, S.CAPTION]):
+        for batch in files.parquet_dataset(paths).to_batches(columns=[S.ID, S.SAMPLE, S.CAPTION]):
             keys.append(pa.table({S.ID: batch.column(S.ID), S.SAMPLE: batch.column(S.SAMPLE)}))
             for i, caption in zip(batch.column(S.ID).to_pylist(), batch.column(S.CAPTION).to_pylist()):
                 if i not in made:
@@ -309,11 +306,12 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
             f"were made from (first: id {changed.column(S.ID)[0].as_py()!r}): resuming would select old images for new "
             "captions; give changed captions new ids (or drop the id column), or use a new output="
         )
-    done = done_keys(done_table)
-    from factory.select import current_samples
+    from factory.select import is_current
 
+    on_disk = sample_keys(done_table)
+    done = np.unique(on_disk)
     # Samples on disk that still count toward this run (curated now, sample < synth.repeat).
-    counts["resumed"] = int(len(done_keys(current_samples(done_table, kept_ids, repeat)[0])))
+    counts["resumed"] = len(np.unique(on_disk[is_current(done_table, kept_ids, repeat).to_numpy(zero_copy_only=False)]))
     if len(done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(done), dirs["candidates"],
                  counts["resumed"])
@@ -360,7 +358,7 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
 
     manifest.guard()  # a fresh look at the lock: the next steps replace the run's outputs
     t = time.perf_counter()
-    from factory.select import read_scores, select_top_k
+    from factory.select import current_samples, read_scores, select_top_k
 
     # Only this run's samples compete: candidates made before the input, the curation settings or
     # synth.repeat changed are kept on disk but not selected, so a resumed run selects what a fresh

@@ -26,14 +26,23 @@ def read_scores(candidate_paths: list[str]) -> pa.Table:
     return t.drop_columns([S.REASON])
 
 
+def is_current(table: pa.Table, ids: pa.Array, repeat: int):
+    """Per row of `table` (id, sample columns): whether it is a sample of the captions `ids` below `repeat`."""
+    return pc.and_(pc.is_in(table.column(S.ID), value_set=ids), pc.less(table.column(S.SAMPLE), repeat))
+
+
 def current_samples(scores: pa.Table, ids: pa.Array, repeat: int) -> tuple[pa.Table, int]:
     """The score rows of the captions `ids` with sample < `repeat`, and how many rows were left out."""
-    keep = pc.and_(pc.is_in(scores.column(S.ID), value_set=ids), pc.less(scores.column(S.SAMPLE), repeat))
-    kept = scores.filter(keep)
+    kept = scores.filter(is_current(scores, ids, repeat))
     return kept, scores.num_rows - kept.num_rows
 
 
 BEST_BY = (S.SCORE, S.CLIP_SCORE)  # select.best_by: which column picks the best of a caption's samples
+
+
+def check_best_by(by: str) -> None:
+    if by not in BEST_BY:
+        raise ValueError(f"select.best_by={by!r}: expected one of {', '.join(BEST_BY)}")
 
 
 def best_of_n(scores: pa.Table, by: str = S.SCORE) -> pa.Table:
@@ -49,8 +58,7 @@ def best_of_n(scores: pa.Table, by: str = S.SCORE) -> pa.Table:
     ids = pc.dictionary_encode(scores.column(S.ID)).combine_chunks()
     codes = ids.indices.to_numpy()
     n_ids = len(ids.dictionary)
-    if by not in BEST_BY:
-        raise ValueError(f"select.best_by={by!r}: expected one of {', '.join(BEST_BY)}")
+    check_best_by(by)
     score = scores.column(by).to_numpy()
     sample = scores.column(S.SAMPLE).to_numpy().astype(np.int64)
     top = np.full(n_ids, -np.inf)
@@ -66,8 +74,7 @@ def best_of_n(scores: pa.Table, by: str = S.SCORE) -> pa.Table:
 
 def check_select(k, fraction, best_by: str = S.SCORE) -> None:
     """Refuse select.k / select.fraction / select.best_by before a run spends hours generating, not after."""
-    if best_by not in BEST_BY:
-        raise ValueError(f"select.best_by={best_by!r}: expected one of {', '.join(BEST_BY)}")
+    check_best_by(best_by)
     if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))):
         raise ValueError(f"select.fraction must be a number in (0, 1] or null, got {fraction!r}")
     if fraction is None and k is not None and (isinstance(k, bool) or not isinstance(k, int)):
@@ -115,9 +122,9 @@ class PickSelected:
     one output) still lands in the dataset once."""
 
     def __init__(self, chosen: pa.Table):
-        from factory.expand import sample_key
+        from factory.expand import sample_keys
 
-        keys = np.array([sample_key(i, s) for i, s in zip(chosen.column(S.ID).to_pylist(), chosen.column(S.SAMPLE).to_pylist())], dtype=np.int64)
+        keys = sample_keys(chosen)
         file = chosen.column(S.FILE).to_numpy()
         order = np.lexsort((keys, file))
         self.file, self.keys, self.ranks = file[order], keys[order], chosen.column(S.RANK).to_numpy()[order]
@@ -127,18 +134,15 @@ class PickSelected:
         return np.unique(self.file, return_counts=True)
 
     def __call__(self, file_index: int, table: pa.Table) -> pa.Table:
-        from factory.expand import sample_key
+        from factory.expand import sample_keys
 
         lo, hi = np.searchsorted(self.file, file_index, "left"), np.searchsorted(self.file, file_index, "right")
         keys, ranks = self.keys[lo:hi], self.ranks[lo:hi]
-        k = np.array([sample_key(i, s) for i, s in zip(table.column(S.ID).to_pylist(), table.column(S.SAMPLE).to_pylist())], dtype=np.int64)
+        k = sample_keys(table)
         j = np.clip(np.searchsorted(keys, k), 0, max(len(keys) - 1, 0))
-        hit = (keys[j] == k) if len(keys) else np.zeros(len(k), bool)
-        first = np.zeros(len(k), bool)  # the same key twice within a file: its first row only
-        seen = set()
-        for row in np.flatnonzero(hit):
-            if j[row] not in seen:
-                seen.add(j[row])
-                first[row] = True
+        hits = np.flatnonzero(keys[j] == k) if len(keys) else np.empty(0, np.int64)
+        _, once = np.unique(j[hits], return_index=True)  # the same key twice within a file: its first row only
+        first = np.zeros(len(k), bool)
+        first[hits[once]] = True
         out = table.filter(pa.array(first))
         return out.append_column(S.RANK, pa.array(ranks[j[first]], pa.int64()))

@@ -96,21 +96,16 @@ def apply_verdicts(batch: pa.Table, judged: np.ndarray, answers: list[str | None
 
 def resolve_dtype(dtype: str, key: str = "curate.llm.dtype"):
     """A torch dtype from the names (and fp32/fp16/bf16 aliases) the synth stage accepts."""
-    from factory.synth.diffusion import DTYPES
+    from factory.synth.diffusion import torch_dtype
 
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"{key}={dtype!r}: expected one of {', '.join(sorted(DTYPES))}") from None
+    return torch_dtype(dtype, key)
 
 
 def check_device(device: str, key: str = "curate.llm.device") -> str:
     """`device`, or one clear error where it names CUDA and this worker has none (not torch's traceback at .to())."""
-    import torch
+    from factory.synth.diffusion import resolve_device
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"{key}={device} but this worker sees no CUDA device")
-    return device
+    return resolve_device(device, key)
 
 
 class HFJudge:

@@ -53,16 +53,7 @@ def is_hidden(name: str) -> bool:
 
 def list_files(directory: str, suffix: str = "") -> list[str]:
     """Visible files below `directory` (sorted), as paths/URIs the same shape as `directory`."""
-    fs, p = resolve(directory)
-    if fs.get_file_info(p).type != pafs.FileType.Directory:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
-    out = []
-    for info in infos:
-        if info.type == pafs.FileType.File and not is_hidden(info.base_name) and info.path.endswith(suffix):
-            rel = info.path[len(p) :].lstrip("/")
-            out.append(join(directory, rel))
-    return sorted(out)
+    return list(file_sizes(directory, suffix))
 
 
 def file_sizes(directory: str, suffix: str = "") -> dict[str, int]:
@@ -77,16 +68,20 @@ def file_sizes(directory: str, suffix: str = "") -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def read_parquet_files(paths: list[str], columns: list[str], filter=None) -> pa.Table:
-    """`columns` of the Parquet files `paths` (all on one filesystem) as one table, rows matching
-    the pyarrow.dataset expression `filter`. The column "__fragment_index" says which of `paths`
-    a row came from. Hive-style `key=value` folders in the paths add no columns."""
+def parquet_dataset(paths: list[str]):
+    """The Parquet files `paths` (all on one filesystem, at least one) as one pyarrow dataset, in
+    that order (its column "__fragment_index" says which of `paths` a row came from). Hive-style
+    `key=value` folders in the paths add no columns."""
     import pyarrow.dataset as pads
 
     fs, _ = resolve(paths[0])
-    return pads.dataset([resolve(p)[1] for p in paths], format="parquet", filesystem=fs, partitioning=None).to_table(
-        columns=columns, filter=filter
-    )
+    return pads.dataset([resolve(p)[1] for p in paths], format="parquet", filesystem=fs, partitioning=None)
+
+
+def read_parquet_files(paths: list[str], columns: list[str], filter=None) -> pa.Table:
+    """`columns` of the Parquet files `paths` as one table, rows matching the pyarrow.dataset
+    expression `filter` (see parquet_dataset)."""
+    return parquet_dataset(paths).to_table(columns=columns, filter=filter)
 
 
 def read_parquet_dir(directory: str, columns: list[str], filter=None) -> pa.Table | None:

@@ -17,7 +17,7 @@ def load_open_clip(arch: str, pretrained: str | None, device: str, dtype: str = 
         arch = register_tiny_clip()
         pretrained = pretrained or str(ensure_tiny_clip())
     model = open_clip.create_model(arch, pretrained=pretrained, device=device, require_pretrained=bool(pretrained))
-    model = model.to(device=device, dtype=torch_dtype(dtype)).eval()
+    model = model.to(device=device, dtype=torch_dtype(dtype, "scorer.dtype")).eval()
     return model, open_clip.get_tokenizer(arch)
 
 
@@ -31,7 +31,7 @@ class ClipScore:
     def __init__(self, arch: str, pretrained: str | None, device: str, dtype: str = "float32", prefix: str = "A photo depicts ",
                  compile: bool = False, compile_mode: str = "default"):
         self.model, self.tokenizer = load_open_clip(arch, pretrained, device, dtype)
-        self.device, self.dtype, self.prefix = device, torch_dtype(dtype), prefix
+        self.device, self.dtype, self.prefix = device, torch_dtype(dtype, "scorer.dtype"), prefix
         cfg = self.model.visual.preprocess_cfg
         self.size = cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
         self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)

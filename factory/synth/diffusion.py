@@ -26,11 +26,12 @@ INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "e
                    "coordinate_descent_check_all_directions": True}
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str, key: str = "dtype") -> torch.dtype:
+    """The torch dtype of a name or alias in DTYPES; `key` is the config key named in the error."""
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}: expected one of {sorted(DTYPES)}") from None
+        raise ValueError(f"{key}={name!r}: expected one of {', '.join(sorted(DTYPES))}") from None
 
 
 def resolve_device(device: str, key: str = "model.device") -> str:
@@ -50,7 +51,7 @@ def load_text_to_image(path: str, dtype: str = "float32", device: str = "cpu", v
         from factory.synth.tiny import ensure_tiny_sdxl
 
         path = str(ensure_tiny_sdxl())
-    kwargs = {"dtype": torch_dtype(dtype)}
+    kwargs = {"dtype": torch_dtype(dtype, "model.dtype")}
     if variant:
         kwargs["variant"] = variant
     pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
@@ -62,7 +63,7 @@ def load_refiner(path: str, base, dtype: str, device: str, variant: str | None =
     """SDXL's refiner, sharing the base's second text encoder and VAE as the reference recipe does."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    kwargs = {"dtype": torch_dtype(dtype), "text_encoder_2": base.text_encoder_2, "vae": base.vae}
+    kwargs = {"dtype": torch_dtype(dtype, "model.dtype"), "text_encoder_2": base.text_encoder_2, "vae": base.vae}
     if variant:
         kwargs["variant"] = variant
     refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(path, **kwargs)
