@@ -33,10 +33,17 @@ FINGERPRINT_KEYS = [("model",), ("scorer",), ("synth", "seed"), ("synth", "steps
 NOT_FINGERPRINTED = {("model", "compile"), ("model", "compile_mode"), ("model", "channels_last"), ("model", "fuse_qkv"),
                      ("model", "batch_size"), ("model", "device"), ("model", "attention_backend"), ("model", "inductor_tuning"),
                      ("scorer", "device"), ("scorer", "compile"), ("scorer", "compile_mode"), ("scorer", "chunk_size")}
+NOT_FINGERPRINTED_NAMES = {".".join(k) for k in NOT_FINGERPRINTED}  # an older manifest may still hold them
 
 
 class RunError(Exception):
     """A run that must not start (or go on): one line for the user."""
+
+
+# Fingerprinted keys added after the first release, with the value a run made before them had in
+# effect: an older output whose manifest lacks such a key still resumes at that value. A key added
+# without an entry here makes every older output refuse to resume, so add one with each new key.
+IMPLIED_BEFORE = {"model.vae_tiling": False}
 
 
 def fingerprint(cfg: dict) -> dict:
@@ -49,6 +56,29 @@ def fingerprint(cfg: dict) -> dict:
             v = {k: x for k, x in v.items() if (key[0], k) not in NOT_FINGERPRINTED}
         out[".".join(key)] = v
     return out
+
+
+def leaves(fp: dict) -> dict:
+    """A fingerprint as one value per key (model.steps, not model): older manifests stored groups whole."""
+    flat = {}
+    for name, v in fp.items():
+        if isinstance(v, dict):
+            flat.update({f"{name}.{k}": x for k, x in v.items()})
+        else:
+            flat[name] = v
+    return flat
+
+
+def changed_settings(mine: dict, theirs: dict) -> list[str]:
+    """The fingerprinted keys whose values differ; a key the older run lacks counts at its implied value."""
+    mine, theirs = leaves(mine), leaves(theirs)
+    missing = object()
+    changed = []
+    for key in sorted(set(mine) | set(theirs)):
+        old = theirs.get(key, IMPLIED_BEFORE.get(key, missing))
+        if key not in NOT_FINGERPRINTED_NAMES and mine.get(key, missing) != old:
+            changed.append(key)
+    return changed
 
 
 def run_dirs(output: str) -> dict:
@@ -66,8 +96,7 @@ def check_resume(cfg: dict, dirs: dict) -> dict | None:
     import json
 
     old = json.loads(files.read_bytes(dirs["manifest"]))
-    mine, theirs = fingerprint(cfg), old.get("fingerprint", {})
-    changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    changed = changed_settings(fingerprint(cfg), old.get("fingerprint", {}))
     if changed and not cfg["resume"].get("allow_config_change", False):
         raise RunError(
             f"{cfg['output']} was made with other settings ({', '.join(changed)}); resuming would mix two runs. "

@@ -133,7 +133,7 @@ def test_resumed_dataset_equals_an_uninterrupted_run(killed_and_resumed, workdir
         assert pc.max(pc.abs(pc.subtract(a.column(col), b.column(col)))).as_py() <= 1e-6, col
 
 
-@pytest.mark.parametrize("change, named", [("synth.seed=1", "synth.seed"), ("model.guidance=3.0", "model")])
+@pytest.mark.parametrize("change, named", [("synth.seed=1", "synth.seed"), ("model.guidance=3.0", "model.guidance")])
 def test_resuming_with_other_settings_is_refused_in_one_line(killed_and_resumed, workdir, change, named):
     out, _, _ = killed_and_resumed
     before = sorted(p.name for p in (out / "candidates").iterdir())
