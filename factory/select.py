@@ -6,6 +6,7 @@ Image bytes never enter here, so memory grows with the number of rows, not with 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
@@ -86,7 +87,8 @@ def resolve_k(n: int, k: int | None, fraction: float | None) -> int:
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise ValueError(f"select.fraction must be in (0, 1], got {fraction}")
-        return min(n, math.ceil(fraction * n))
+        # Exact: ceil(0.07 * 100) is 8 in floating point; the fraction the user wrote times n is 7.
+        return min(n, math.ceil(Fraction(str(fraction)) * n))
     if k is None or k < 0:
         raise ValueError(f"select.k must be ≥ 0, got {k}")
     return min(n, k)

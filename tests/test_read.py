@@ -114,3 +114,16 @@ def test_the_generation_pass_stops_on_a_file_it_can_no_longer_read(tmp_path, mon
     # The pre-pass reports it as one row instead (and the driver stops on it before generating).
     (row,) = list(pipeline._read_files(batch))
     assert row.column(S.REASON).to_pylist() == [S.R_UNREADABLE]
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"])
+def test_a_jsonl_line_is_split_only_at_newlines(tmp_path, sep):
+    """JSON allows these raw inside a string; str.splitlines would cut the row in two."""
+    caption = f"A red car{sep}parked by a quiet street at dusk."
+    lines = [json.dumps({"id": 1, "caption": caption}, ensure_ascii=False), json.dumps({"id": 2, "caption": "A cat on a mat."})]
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(("\r\n".join(lines) + "\r\n").encode())  # Windows line ends too
+    out = rows(read_caption_file(str(p), 0))
+    assert [(r[S.ID], r[S.CAPTION], r[S.REASON]) for r in out] == [("1", json.loads(lines[0])["caption"], None),
+                                                                     ("2", "A cat on a mat.", None)]
+    assert out[1][S.SOURCE].endswith("c.jsonl:2")

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from decimal import ROUND_CEILING, Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -46,12 +47,23 @@ def test_cli_composes_the_recipe():
     assert cfg["model"]["steps"] == 60 and cfg["select"]["fraction"] == 0.1 and cfg["select"]["k"] is None
 
 
-@pytest.mark.parametrize("n,fraction", [(1000, 0.1), (7, 0.1), (3, 0.5), (10, 1.0), (0, 0.3), (9, 0.3333)])
+def exact_ceiling(n: int, fraction: float) -> int:
+    """⌈fraction · n⌉ in decimal arithmetic, on the fraction as written (0.07, not 0.0700000000000000067…)."""
+    return int((Decimal(str(fraction)) * n).to_integral_value(rounding=ROUND_CEILING))
+
+
+@pytest.mark.parametrize("n,fraction", [(1000, 0.1), (7, 0.1), (3, 0.5), (10, 1.0), (0, 0.3), (9, 0.3333),
+                                        (100, 0.07), (100, 0.55), (1_000_000, 0.14), (300, 0.81)])
 def test_fraction_is_the_ceiling_of_its_share(n, fraction):
-    assert resolve_k(n, None, fraction) == math.ceil(fraction * n)
-    assert resolve_k(n, 5, fraction) == math.ceil(fraction * n)  # fraction wins over k
+    assert resolve_k(n, None, fraction) == exact_ceiling(n, fraction)
+    assert resolve_k(n, 5, fraction) == exact_ceiling(n, fraction)  # fraction wins over k
     with pytest.raises(ValueError, match="select.fraction must be in"):
         resolve_k(n, None, 1.5)
+
+
+def test_a_float_product_would_keep_one_pair_too_many():
+    assert math.ceil(0.07 * 100) == 8  # why resolve_k does not multiply floats
+    assert resolve_k(100, None, 0.07) == 7
 
 
 def test_selection_by_fraction_matches_a_sort():
@@ -61,5 +73,5 @@ def test_selection_by_fraction_matches_a_sort():
                        "score": rng.random(2 * n), "clip_score": rng.random(2 * n), "ssim": rng.random(2 * n)})
     chosen, _, competing = select_top_k(scores, None, 0.1)
     best = scores.group_by("id").aggregate([("score", "max")]).sort_by([("score_max", "descending"), ("id", "ascending")])
-    assert competing == n and chosen.num_rows == math.ceil(0.1 * n)
+    assert competing == n and chosen.num_rows == exact_ceiling(n, 0.1)
     assert chosen.column("id").to_pylist() == best.column("id").to_pylist()[: chosen.num_rows]

@@ -70,7 +70,7 @@ def test_fraction():
     t = candidates()
     n = len(set(t.column(S.ID).to_pylist()))
     chosen, _, _ = select_top_k(t, fraction=0.1)
-    assert chosen.num_rows == resolve_k(n, None, 0.1) == int(np.ceil(0.1 * n))
+    assert chosen.num_rows == resolve_k(n, None, 0.1) == -(-n // 10)  # ⌈n / 10⌉ in integers
     with pytest.raises(ValueError, match="fraction"):
         resolve_k(10, None, 1.5)
 

@@ -99,6 +99,12 @@ class _Rows:
         return pa.Table.from_pydict(self.cols, schema=S.CAPTION_ROW)
 
 
+def lines(text: str) -> list[str]:
+    """Lines split at \\n (and \\r\\n) only: str.splitlines also splits at U+2028, U+0085 and others,
+    which JSON allows raw inside a string."""
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+
+
 def read_caption_file(path: str, file_index: int) -> pa.Table:
     """Parse one input file into caption rows (schema.CAPTION_ROW). Raises InputError if unreadable."""
     fmt = input_format(path)
@@ -131,7 +137,7 @@ def read_caption_file(path: str, file_index: int) -> pa.Table:
         for i, rec in enumerate(records):
             out.add_record(i, rec)
     elif fmt == "jsonl":
-        for i, line in enumerate(text.splitlines()):
+        for i, line in enumerate(lines(text)):
             if not line.strip():
                 continue
             try:
@@ -148,7 +154,7 @@ def read_caption_file(path: str, file_index: int) -> pa.Table:
                 continue
             out.add_record(i + 1, {k: v for k, v in rec.items() if v is not None}, raw=None)
     elif fmt == "txt":
-        for i, line in enumerate(text.splitlines()):
+        for i, line in enumerate(lines(text)):
             if not line.strip():
                 continue  # blank lines separate nothing in a caption list
             out.add_record(i, {S.CAPTION: line.strip()}, raw=line)
