@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from factory import schema as S
-from factory.synth.diffusion import DiffusionSynth, load_text_to_image, resolve_device
+from factory.synth.diffusion import INDUCTOR_TUNING, DiffusionSynth, load_text_to_image, resolve_device
 
 
 def _batch(n):
@@ -37,10 +37,22 @@ def test_compiled_synthesis_with_kernel_choices_matches_eager():
 
     opts = dict(steps=2, guidance=5.0)
     eager = DiffusionSynth(path="tiny", device="cpu", **opts)
-    compiled = DiffusionSynth(path="tiny", device="cpu", compile=True, batch_size=2, attention_backend="math",
-                              inductor_tuning=True, **opts)
-    assert compiled.warmup_s is not None and compiled.pad_to == 2
-    a, b = eager(_batch(2)), compiled(_batch(2))
+    import torch._inductor.compile_fx as compile_fx_module
+
+    tuning_at_compile = []
+    compile_fx = compile_fx_module.compile_fx
+
+    def spy(*args, **kwargs):  # dynamo's inductor backend imports compile_fx at each compilation
+        tuning_at_compile.append({k: getattr(inductor_config, k) for k in INDUCTOR_TUNING})
+        return compile_fx(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compile_fx_module, "compile_fx", spy)
+        compiled = DiffusionSynth(path="tiny", device="cpu", compile=True, batch_size=2, attention_backend="math",
+                                  inductor_tuning=True, **opts)
+        assert compiled.warmup_s is not None and compiled.pad_to == 2
+        a, b = eager(_batch(2)), compiled(_batch(2))
+    assert tuning_at_compile and all(t == INDUCTOR_TUNING for t in tuning_at_compile)
     assert np.abs(a[S.IMAGE].astype(int) - b[S.IMAGE].astype(int)).max() <= 2
     assert inductor_config.epilogue_fusion is True and inductor_config.coordinate_descent_tuning is False
 
@@ -57,3 +69,26 @@ def test_device_error_names_the_config_key(monkeypatch):
     with pytest.raises(RuntimeError, match=r"^scorer\.device=cuda"):
         resolve_device("cuda", key="scorer.device")
     assert resolve_device("auto") == "cpu"
+
+
+@pytest.mark.parametrize("backend, flags", [("auto", None), ("math", (False, False, True)), ("flash", (True, False, False))])
+def test_every_attention_runs_under_the_chosen_kernel_and_tuning(monkeypatch, backend, flags):
+    """What torch's SDPA sees at each call (backends enabled, inductor's settings), through diffusers' processors."""
+    import torch._inductor.config as inductor_config
+
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+                      torch.backends.cuda.math_sdp_enabled()), inductor_config.coordinate_descent_tuning))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    synth = DiffusionSynth(path="tiny", device="cpu", steps=1, guidance=5.0, attention_backend=backend, inductor_tuning=True)
+    before = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+              torch.backends.cuda.math_sdp_enabled())
+    synth(_batch(1))
+    assert seen, "no attention went through torch's SDPA"
+    assert {s for s, _ in seen} == {flags or before}
+    assert {t for _, t in seen} == {False}  # inductor's tuning applies only with compile (checked above)

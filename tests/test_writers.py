@@ -2,6 +2,7 @@
 does not see that folder (no shared storage) fails with one line instead of keeping rows on its disk."""
 from __future__ import annotations
 
+import io
 import shutil
 import socket
 
@@ -89,3 +90,47 @@ def test_write_selected_tasks_fail_when_their_folder_is_missing(tmp_path):
     assert not (tmp_path / "gone").exists()
     files.write_parquet_atomic(str(tmp_path / "made" / "part-0.parquet"), pa.table({"x": [1]}))  # the default makes it
     assert pq.read_table(tmp_path / "made" / "part-0.parquet").column("x").to_pylist() == [1]
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_a_retried_batch_rewrites_its_own_file_and_another_batch_gets_another(tmp_path, name):
+    """Files are named by their rows' keys: a task Ray retries overwrites, never duplicates."""
+    make, rows = WRITERS[name]
+    directory = tmp_path / name
+    make(str(directory))(rows())
+    make(str(directory))(rows())  # the same batch again, from a new actor
+    assert len(files.list_files(str(directory), ".parquet")) == 1
+    other = rows()
+    if isinstance(other, dict):
+        other[S.ID] = np.array([f"other{i}" for i in range(len(other[S.ID]))], dtype=object)
+    else:
+        other = other.set_column(other.schema.get_field_index(S.SOURCE), S.SOURCE, pa.array(["in.jsonl:7", "in.jsonl:8"]))
+    make(str(directory))(other)
+    assert len(files.list_files(str(directory), ".parquet")) == 2
+    total = sum(pq.read_table(f).num_rows for f in files.list_files(str(directory), ".parquet"))
+    assert total == 2 * {"candidates": 3, "rejects": 1, "llm_judge": 1}[name]
+
+
+@pytest.mark.parametrize("fmt, magic", [("png", b"\x89PNG\r\n\x1a\n"), ("webp", b"RIFF"), ("jpeg", b"\xff\xd8\xff")])
+def test_candidates_store_images_in_the_configured_format(tmp_path, fmt, magic):
+    from PIL import Image
+
+    batch = scored_batch()
+    batch[S.IMAGE] = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    sizes = {}
+    for quality in (95, 30):
+        directory = tmp_path / f"{fmt}-{quality}"
+        CandidateWriter(str(directory), fmt, quality)(batch)
+        images = pq.read_table(files.list_files(str(directory), ".parquet")[0]).column(S.IMAGE).to_pylist()
+        assert all(im.startswith(magic) for im in images)
+        assert Image.open(io.BytesIO(images[0])).format == {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}[fmt]
+        decoded = np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB"))
+        if fmt == "png":  # lossless
+            np.testing.assert_array_equal(decoded, batch[S.IMAGE][0])
+        sizes[quality] = sum(len(im) for im in images)
+    if fmt == "png":
+        assert sizes[95] == sizes[30]  # quality means nothing to PNG
+    else:
+        assert sizes[30] < sizes[95]
+    with pytest.raises(ValueError, match="image.format='gif'"):
+        CandidateWriter(str(tmp_path / "gif"), "gif")
