@@ -253,6 +253,20 @@ def check_settings(cfg: dict) -> None:
                        "(rows with a repeated id are rejected as duplicate_id); to keep such rows, drop the id column "
                        "(a missing id becomes a hash of the caption) or give them new ids")
     check_exports(cfg.get("export", {}))
+    from factory.io.write import IMAGE_FORMATS
+
+    for key, value in (("synth.repeat", cfg["synth"].get("repeat")), ("synth.steps", cfg["synth"].get("steps"))):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RunError(f"{key} must be a whole number ≥ 1, got {value!r}")
+    image = cfg.get("image", {})
+    if image.get("format", "png") not in IMAGE_FORMATS:
+        raise RunError(f"image.format={image.get('format')!r}: expected one of {sorted(IMAGE_FORMATS)}")
+    quality = image.get("quality", 95)
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise RunError(f"image.quality must be a whole number in [1, 100], got {quality!r}")
+    backend = cfg["curate"].get("llm", {}).get("backend", "hf")
+    if backend not in ("hf", "vllm"):
+        raise RunError(f"curate.llm.backend={backend!r}: expected hf or vllm")
 
 
 def run(cfg: dict) -> dict:

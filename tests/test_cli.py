@@ -174,3 +174,28 @@ def test_multi_node_run_refuses_paths_a_node_does_not_see(tmp_path, monkeypatch)
         check_paths_shared("s3://bucket/run", [str(captions)])
     monkeypatch.setattr(pipeline, "nodes_without", lambda paths: pytest.fail("nothing local to check"))
     assert check_paths_shared("s3://bucket/run", ["s3://bucket/captions.jsonl"]) == 0
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("synth.repeat=0", "synth.repeat must be a whole number ≥ 1, got 0"),
+    ("synth.repeat=1.5", "synth.repeat must be a whole number ≥ 1, got 1.5"),
+    ("synth.steps=0", "synth.steps must be a whole number ≥ 1"),
+    ("image.format=gif", "image.format='gif': expected one of"),
+    ("image.quality=0", "image.quality must be a whole number in [1, 100], got 0"),
+    ("curate.llm.backend=sglang", "curate.llm.backend='sglang': expected hf or vllm"),
+])
+def test_settings_that_would_fail_mid_run_are_refused_first(bad, words):
+    from factory.config import compose
+    from factory.run import RunError, check_settings
+
+    with pytest.raises(RunError) as err:
+        check_settings(compose([bad]))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("recipe", [[], ["+experiment=synthvlm"], ["+experiment=fast"], ["image.format=webp", "image.quality=80"]])
+def test_the_shipped_settings_pass_the_checks(recipe):
+    from factory.config import compose
+    from factory.run import RunError, check_settings
+
+    check_settings(compose(recipe))
