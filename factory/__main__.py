@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,14 +26,20 @@ def user_error(exc: BaseException) -> str | None:
     from factory.io.files import NotSharedError
     from factory.io.read import InputError
     from factory.jobs import OutputInUseError
-    from factory.run import RunError
+    from ray.exceptions import RayActorError
+
+    from factory.run import RunError, error_line
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         # OSError: storage the user points at (a read-only folder, a missing bucket, no credentials).
         if isinstance(exc, (InputError, RunError, NotSharedError, OutputInUseError, ValueError, OSError)) and not type(exc).__module__.startswith("ray"):
-            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return error_line(exc)
+        # A stage's constructor failed (a model path that is not there, no such device): the settings are wrong.
+        if isinstance(exc, RayActorError) and exc.actor_init_failed:
+            stage = re.search(r"MapBatches\((\w+)\)", str(exc))
+            return f"{stage.group(1) if stage else 'an actor'} could not start: {error_line(exc)}"
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -60,12 +69,32 @@ def summary_lines(m: dict) -> list[str]:
     return lines
 
 
+def stop_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 (stopping anyway)
+        pass
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     from factory.run import run
 
     try:
         manifest = run(plain_config(cfg))
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (`ray job stop`) as SystemExit(15)
+        signal_number = 2 if isinstance(exc, KeyboardInterrupt) else exc.code if isinstance(exc.code, int) else 15
+        stop_ray()
+        print(f"stopped by signal {signal_number}: manifest.json says so; the same command resumes", file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The manifest is saved and Ray is down; after a SIGTERM, Ray's native handler makes the
+        # interpreter's own teardown abort (exit 134), so the process ends here, with the usual code.
+        os._exit(128 + signal_number)
     except Exception as exc:  # one clear line for what the user can fix; a traceback for the rest
         msg = user_error(exc)
         if msg is None:

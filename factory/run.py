@@ -5,8 +5,10 @@ import collections
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 from importlib import metadata
 from pathlib import Path
 
@@ -38,6 +40,21 @@ NOT_FINGERPRINTED_NAMES = {".".join(k) for k in NOT_FINGERPRINTED}  # an older m
 
 class RunError(Exception):
     """A run that must not start (or go on): one line for the user."""
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): ")
+
+
+def error_line(exc: BaseException) -> str:
+    """One plain line for an error. Ray's wrappers carry the remote traceback as coloured text:
+    its last `SomeError: message` line is the error raised in the task or actor constructor."""
+    text = ANSI.sub("", str(exc)).strip()
+    if type(exc).__module__.startswith("ray"):
+        raised = [ln.strip() for ln in text.splitlines() if EXCEPTION_LINE.match(ln.strip())]
+        if raised:
+            return raised[-1]
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # Fingerprinted keys added after the first release, with the value a run made before them had in
@@ -95,8 +112,16 @@ def check_resume(cfg: dict, dirs: dict) -> dict | None:
         return None
     import json
 
-    old = json.loads(files.read_bytes(dirs["manifest"]))
-    changed = changed_settings(fingerprint(cfg), old.get("fingerprint", {}))
+    try:
+        old = json.loads(files.read_bytes(dirs["manifest"]))
+    except ValueError as e:
+        raise RunError(f"{dirs['manifest']} is not valid JSON ({e}); move it away to start this output afresh") from None
+    if not isinstance(old, dict):
+        raise RunError(f"{dirs['manifest']} is not a manifest of this factory (a JSON {type(old).__name__}); move it away")
+    # Only samples on disk can mix: a run that stopped before its first candidate (a bad model path,
+    # a refused setting) binds its output to nothing.
+    made = files.list_files(dirs["candidates"], ".parquet")
+    changed = changed_settings(fingerprint(cfg), old.get("fingerprint", {})) if made else []
     if changed and not cfg["resume"].get("allow_config_change", False):
         raise RunError(
             f"{cfg['output']} was made with other settings ({', '.join(changed)}); resuming would mix two runs. "
@@ -296,42 +321,50 @@ def run(cfg: dict) -> dict:
         for d in ("candidates", "rejects"):
             files.remove_stale_temp(dirs[d])
         remove_stale_staging(output)  # a run killed while writing dataset/
-        # Rejects are re-derived from the whole input on every run, so the old ones go first.
-        files.delete_dir(dirs["rejects"])
-        files.delete_dir(dirs["llm_judge"])  # the judge's verdicts, re-derived with the rejects
         manifest = Manifest(dirs["manifest"], cfg, previous, guard=lambda: lock.check(fresh=True))
         manifest.data["nodes_sharing_paths"] = nodes_checked
-        manifest.save()
+        started = False
         try:
-            return generate_and_select(cfg, paths, dirs, manifest, t_start, lock.check)
+            # The pre-pass and the resume checks change nothing in output=: a run refused here leaves a
+            # finished run's manifest, rejects/ and dataset/ as they were.
+            scan = scan_input(cfg, paths, dirs, manifest)
+            # Rejects are re-derived from the whole input on every run, so the old ones go first.
+            files.delete_dir(dirs["rejects"])
+            files.delete_dir(dirs["llm_judge"])  # the judge's verdicts, re-derived with the rejects
+            started = True
+            manifest.save()
+            return generate_and_select(cfg, scan, dirs, manifest, t_start, lock.check)
         except OutputInUseError:
             raise  # manifest.json is the other run's now
         except BaseException as exc:  # manifest.json says the run stopped and why; candidates/ stays for a resume
-            # Ctrl-C, or SIGTERM (`ray job stop`), which ray.init turns into SystemExit(15).
-            stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            what = {KeyboardInterrupt: "interrupted (Ctrl-C)", SystemExit: f"stopped by signal {exc}"}.get(type(exc), f"{type(exc).__name__}: {exc}")
-            manifest.data.update(status="stopped" if stopped else "failed", error=what)
-            try:
-                manifest.save()
-            except OutputInUseError:
-                pass  # taken over meanwhile: manifest.json is the other run's now
+            if started or previous is None:
+                # Ctrl-C, or SIGTERM (`ray job stop`), which ray.init turns into SystemExit(15).
+                stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
+                what = {KeyboardInterrupt: "interrupted (Ctrl-C)", SystemExit: f"stopped by signal {exc}"}.get(
+                    type(exc), f"{type(exc).__name__}: {error_line(exc)}")
+                manifest.data.update(status="stopped" if stopped else "failed", error=what)
+                try:
+                    manifest.save()
+                except OutputInUseError:
+                    pass  # taken over meanwhile: manifest.json is the other run's now
             raise
     finally:
         lock.release()
 
 
-def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest, t_start: float,
-                        still_ours: Callable[[], None] = lambda: None) -> dict:
-    """Pre-pass, streaming generation, selection, exports and report, recorded in `manifest`.
-    `still_ours` raises once another run has taken the output over; it is called for each batch
-    generated and before the dataset is replaced (and `manifest` checks it before each write)."""
-    from factory import pipeline
+class Scan(NamedTuple):
+    """What the pre-pass found: what generation reads, skips and resumes."""
+    paths: list[str]
+    rejected: pa.Table  # (pos, reason, detail) of rows that lose a duplicate group
+    n_read: int
+    kept_ids: pa.Array  # ids of the rows that pass the rules and deduplication, before model stages
+    done: np.ndarray  # sample keys already in candidates/
+    rows_on_disk: int  # candidate rows before this run
 
-    output = cfg["output"]
-    wall = manifest.data["wall_seconds"]
-    counts = manifest.data["counts"]
-    cpu = cfg["resources"]["cpu_task_cpus"]
 
+def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> Scan:
+    """The pre-pass over the input and the resume checks on candidates/; writes nothing."""
+    wall, counts = manifest.data["wall_seconds"], manifest.data["counts"]
     t = time.perf_counter()
     rejected, n_read, kept = find_rejected_duplicates(paths, cfg)
     kept_ids = kept.column(S.ID).combine_chunks()
@@ -358,6 +391,22 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
     if len(done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(done), dirs["candidates"],
                  counts["resumed"])
+    return Scan(paths, rejected, n_read, kept_ids, done, done_table.num_rows)
+
+
+def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t_start: float,
+                        still_ours: Callable[[], None] = lambda: None) -> dict:
+    """Streaming generation, selection, exports and report, recorded in `manifest`.
+    `still_ours` raises once another run has taken the output over; it is called for each batch
+    generated and before the dataset is replaced (and `manifest` checks it before each write)."""
+    from factory import pipeline
+
+    output = cfg["output"]
+    wall = manifest.data["wall_seconds"]
+    counts = manifest.data["counts"]
+    cpu = cfg["resources"]["cpu_task_cpus"]
+    paths, rejected, n_read, kept_ids, done = scan.paths, scan.rejected, scan.n_read, scan.kept_ids, scan.done
+    repeat = int(cfg["synth"]["repeat"])
 
     t = time.perf_counter()
     unusable = 0
@@ -377,8 +426,14 @@ def generate_and_select(cfg: dict, paths: list[str], dirs: dict, manifest: Manif
                 manifest.data["progress"] = progress.figures()
                 manifest.save()
                 last_save = time.perf_counter()
-    finally:  # also when the run stops here: the manifest it leaves counts what was made
-        counts["generated"] = progress.done
+    except BaseException:  # the manifest a stopped run leaves counts what was made, also what the driver
+        # had not heard of yet (written by the pool, its summary still in flight)
+        try:
+            counts["generated"] = max(progress.done, count_candidates(dirs["candidates"])["rows"] - scan.rows_on_disk)
+        except Exception:  # noqa: BLE001 (the storage may be what failed): the driver's count stands
+            counts["generated"] = progress.done
+        raise
+    counts["generated"] = progress.done
     wall["generate"] = round(time.perf_counter() - t, 3)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("generation stats:\n%s", gen.stats())

@@ -123,3 +123,13 @@ def kill_pids(pids: list[int], grace: float = 5) -> list[int]:
         if not left:
             return []
     return left
+
+
+class StageThatCannotLoad:
+    """A stage whose constructor fails, as one given a model path that is not there."""
+
+    def __init__(self, path: str):
+        raise ValueError(f"no model at {path}")
+
+    def __call__(self, batch):
+        return batch

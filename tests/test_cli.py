@@ -199,3 +199,20 @@ def test_the_shipped_settings_pass_the_checks(recipe):
     from factory.run import RunError, check_settings
 
     check_settings(compose(recipe))
+
+
+def test_a_stage_that_cannot_start_in_ray_is_one_line_naming_it(ray_local):
+    """Ray Data wraps a constructor's error in ActorDiedError with the remote traceback as coloured text."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from factory.__main__ import user_error
+    from factory.run import error_line
+    from tests.crash_helpers import StageThatCannotLoad  # importable by Ray's workers
+
+    ds = ray.data.range(4).map_batches(StageThatCannotLoad, compute=ActorPoolStrategy(size=1),
+                                       fn_constructor_kwargs={"path": "/no/such/model"})
+    with pytest.raises(Exception) as err:
+        ds.materialize()
+    assert user_error(err.value) == "StageThatCannotLoad could not start: ValueError: no model at /no/such/model"
+    assert "\x1b" not in error_line(err.value) and "\n" not in error_line(err.value)

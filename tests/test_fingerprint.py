@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from factory import schema as S
 from factory.config import compose
 from factory.run import RunError, check_resume, fingerprint, run_dirs
 
 
-def write_manifest(output, fp: dict) -> dict:
+def write_manifest(output, fp: dict, samples: bool = True) -> dict:
+    """A run's manifest, and with `samples` one candidates file (what makes its settings binding)."""
     dirs = run_dirs(str(output))
     output.mkdir(parents=True, exist_ok=True)
     (output / "manifest.json").write_text(json.dumps({"status": "complete", "fingerprint": fp}))
+    if samples:
+        (output / "candidates").mkdir(exist_ok=True)
+        pq.write_table(pa.table({S.ID: ["a"], S.SAMPLE: pa.array([0], pa.int32())}), output / "candidates" / "part-0.parquet")
     return dirs
 
 
@@ -69,3 +76,23 @@ def test_every_fingerprinted_key_added_since_the_first_release_has_an_implied_va
     name = group.split("=")[0]
     keys = {k for k in leaves(fingerprint(compose([group]))) if k.startswith(name + ".")}
     assert keys - FIRST_RELEASE - set(IMPLIED_BEFORE) == set(), "add the new key to NOT_FINGERPRINTED or IMPLIED_BEFORE"
+
+
+def test_a_run_that_stopped_before_its_first_sample_binds_its_output_to_nothing(tmp_path):
+    """A bad model path fails the run before any candidate: the corrected command must go on."""
+    cfg = compose([f"output={tmp_path / 'out'}"])
+    other = json.loads(json.dumps(fingerprint(compose(["model.path=/no/such/model"]))))
+    dirs = write_manifest(tmp_path / "out", other, samples=False)
+    assert check_resume(cfg, dirs)["status"] == "complete"
+    dirs = write_manifest(tmp_path / "out", other, samples=True)
+    with pytest.raises(RunError, match=r"other settings \(model\.path\)"):
+        check_resume(cfg, dirs)
+
+
+@pytest.mark.parametrize("text, words", [("{broken", "is not valid JSON"), ("[]", "is not a manifest of this factory")])
+def test_a_broken_manifest_is_one_line_naming_it(tmp_path, text, words):
+    cfg = compose([f"output={tmp_path}"])
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(RunError) as err:
+        check_resume(cfg, run_dirs(str(tmp_path)))
+    assert words in str(err.value) and str(tmp_path / "manifest.json") in str(err.value)

@@ -169,11 +169,14 @@ def test_sigterm_marks_the_run_stopped_and_frees_the_output(tmp_path, captions_f
         assert time.monotonic() < deadline, "the run never started writing candidates"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) != 0
+    assert proc.wait(timeout=120) == 128 + 15  # the shell's code for SIGTERM, not an abort (134)
+    last = [ln for ln in (tmp_path / "run.log").read_text().splitlines() if ln.strip()][-1]
+    assert last == "stopped by signal 15: manifest.json says so; the same command resumes"
     m = manifest(out)
     assert m["status"] == "stopped" and m["error"] == "stopped by signal 15", m.get("error")
-    # Counted when it stopped (the first 30 s save had not come yet): what the driver had seen, all on disk.
-    assert 0 <= m["counts"]["generated"] <= parquet_rows(out / "candidates")
+    # Counted from candidates/ when it stopped (the first 30 s save had not come yet, and the driver
+    # may not have heard of batches the pool wrote); a batch in flight may still land after the count.
+    assert 2 <= m["counts"]["generated"] <= parquet_rows(out / "candidates")
     assert not (out / LOCK_NAME).exists()
     from factory.status import status_lines
 

@@ -195,14 +195,18 @@ def test_a_caption_changed_under_its_id_is_refused_on_resume(killed_and_resumed,
     changed.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "resumed"
     shutil.copytree(workdir / "clean", out)
-    before = sorted(p.name for p in (out / "candidates").iterdir())
+    def files_of(run: Path) -> dict:
+        return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
+
+    before = files_of(out)
+    assert manifest(out)["status"] == "complete" and any(k.startswith("rejects/") for k in before)
     r = run_cli(*overrides(workdir, out, f"input={changed}"))
     assert r.returncode == 2
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]  # Ray logs its start on stderr too
     assert "Traceback" not in r.stderr
     assert len(errors) == 1 and errors[0].startswith("error: 1 caption(s) of the input differ") and repr(target) in errors[0], r.stderr
-    assert sorted(p.name for p in (out / "candidates").iterdir()) == before
-    assert manifest(out)["status"] == "failed"
+    # Refused before the run changed anything: the finished run's manifest, rejects/ and dataset/ stand as they were.
+    assert files_of(out) == before
 
 
 def test_changed_captions_ignores_case_and_white_space():
