@@ -143,6 +143,9 @@ def estimate(cfg: dict) -> dict:
     from factory.run import SAMPLE_INPUT
     from factory.select import resolve_k
 
+    from factory.run import check_settings
+
+    check_settings(cfg)  # what a run would refuse, the estimate refuses too
     est = cfg.get("estimate", {})
     gpus = est.get("gpus", 1)
     if not isinstance(gpus, (int, float)) or gpus <= 0:
@@ -163,7 +166,10 @@ def estimate(cfg: dict) -> dict:
 
     fmt = cfg["image"]["format"]
     if est.get("seconds_per_image") is not None:
-        spi = float(est["seconds_per_image"])
+        try:
+            spi = float(est["seconds_per_image"])
+        except (TypeError, ValueError):
+            raise ValueError(f"estimate.seconds_per_image must be a number > 0, got {est['seconds_per_image']!r}") from None
         if spi <= 0:
             raise ValueError(f"estimate.seconds_per_image must be > 0, got {spi}")
         cal = {"seconds_per_image": spi, "device": "given (estimate.seconds_per_image)"}

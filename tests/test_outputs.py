@@ -420,3 +420,15 @@ def test_a_webdataset_shard_size_that_is_no_number_is_refused_before_the_run():
         with pytest.raises(ValueError, match="export.shard_size must be a whole number"):
             check_exports({"webdataset": True, "shard_size": bad})
     check_exports({"webdataset": True, "shard_size": 3})
+
+
+@pytest.mark.parametrize("bad, words", [("synth.repeat=-2", "synth.repeat must be a whole number ≥ 1, got -2"),
+                                        ("image.format=gif", "image.format='gif'"),
+                                        ("estimate.seconds_per_image=abc", "estimate.seconds_per_image must be a number > 0, got 'abc'")])
+def test_estimate_refuses_what_a_run_would(captions_path, bad, words):
+    from factory.config import compose
+    from factory.estimate import estimate
+    from factory.run import RunError
+
+    with pytest.raises((ValueError, RunError), match=re.escape(words)):
+        estimate(compose([f"input={captions_path}", "estimate.seconds_per_image=1", bad]))

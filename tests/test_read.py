@@ -127,3 +127,24 @@ def test_a_jsonl_line_is_split_only_at_newlines(tmp_path, sep):
     assert [(r[S.ID], r[S.CAPTION], r[S.REASON]) for r in out] == [("1", json.loads(lines[0])["caption"], None),
                                                                      ("2", "A cat on a mat.", None)]
     assert out[1][S.SOURCE].endswith("c.jsonl:2")
+
+
+@pytest.mark.parametrize("name", ["c.csv", "c.parquet", "c.jsonl", "c.json"])
+def test_a_file_without_a_caption_field_is_one_error_not_a_file_of_rejects(tmp_path, name):
+    rows_ = [{"id": "1", "text": "A red car on a quiet street."}, {"id": "2", "text": "A cat on a mat."}]
+    p = tmp_path / name
+    if name.endswith(".csv"):
+        p.write_text("id,text\n" + "".join(f"{r['id']},{r['text']}\n" for r in rows_))
+    elif name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(rows_), p)
+    elif name.endswith(".jsonl"):
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows_))
+    else:
+        p.write_text(json.dumps(rows_))
+    with pytest.raises(InputError) as err:
+        read_caption_file(str(p), 0)
+    assert str(err.value) == f"{p} has no 'caption' field in any row (the first has id, text); expected 'caption' and optionally 'id'"
+    # one row with a caption among them: the others are rows without one, kept as rejects
+    if name.endswith(".jsonl"):
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows_ + [{"id": "3", "caption": "A dog in the snow."}]))
+        assert [r[S.REASON] for r in rows(read_caption_file(str(p), 0))] == [S.R_NO_CAPTION, S.R_NO_CAPTION, None]

@@ -68,6 +68,8 @@ class _Rows:
     def __init__(self, path: str, file_index: int):
         self.path, self.file_index = path, file_index
         self.cols: dict[str, list] = {f.name: [] for f in S.CAPTION_ROW}
+        self.first_keys: list[str] | None = None  # of the first object read
+        self.with_caption = 0  # objects that have a caption key at all
 
     def add(self, row: int, raw: str, id_=None, caption=None, reason=None, detail=None) -> None:
         c = self.cols
@@ -85,6 +87,9 @@ class _Rows:
             raw = json.dumps(record, ensure_ascii=False, default=str)
         if not isinstance(record, dict):
             return self.add(row, raw, reason=S.R_MALFORMED, detail=f"expected an object, got {type(record).__name__}")
+        if self.first_keys is None:
+            self.first_keys = [str(k) for k in record]
+        self.with_caption += S.CAPTION in record
         id_ = _id_text(record.get(S.ID))
         cap = record.get(S.CAPTION)
         if cap is None or (isinstance(cap, float) and math.isnan(cap)):
@@ -96,6 +101,10 @@ class _Rows:
         self.add(row, raw, id_ if id_ is not None else caption_id(cap), cap)
 
     def table(self) -> pa.Table:
+        if self.first_keys is not None and not self.with_caption:
+            # A whole file without the column is a mistake (a `text` column, a wrong file), not bad rows.
+            raise InputError(f"{self.path} has no '{S.CAPTION}' field in any row (the first has {', '.join(self.first_keys) or 'none'}); "
+                             f"expected '{S.CAPTION}' and optionally '{S.ID}'")
         return pa.Table.from_pydict(self.cols, schema=S.CAPTION_ROW)
 
 
