@@ -53,6 +53,18 @@ def candidate_scores(candidate_paths: list[str]) -> pa.Table:
     return t.filter(pc.and_(pc.is_null(t.column(S.REASON)), pc.is_finite(t.column(S.SCORE))))
 
 
+def competing(cands: pa.Table, curated_ids_path: str, m: dict) -> pa.Table:
+    """The candidates that competed in the run's selection: samples below its synth.repeat of the
+    captions it curated (curated_ids.parquet; an output without it: all its candidates)."""
+    from factory.select import is_current
+
+    if not cands.num_rows or not files.exists(curated_ids_path):
+        return cands
+    ids = _read(curated_ids_path, [S.ID]).column(S.ID).combine_chunks()
+    repeat = int(m.get("config", {}).get("synth", {}).get("repeat", 1))
+    return cands.filter(is_current(cands, ids, repeat))
+
+
 def dataset_scores(dataset_dir: str) -> pa.Table:
     from factory.export import dataset_files
 
@@ -226,7 +238,7 @@ def index_html(m: dict, n_cands: int, n_chosen: int) -> str:
         ("<details><summary>Ray Data operators</summary>" + _table(["operator", "rows in", "rows out", "span s", "task s"], ops) + "</details>") if ops else "",
         "<h2>Selection</h2>" + _table(["", ""], sel_rows),
         ("<h2>Exports</h2>" + _table(["export", "written"], exports)) if exports else "",
-        f"<h2>Scores: {n_cands} usable candidates vs {n_chosen} selected</h2><img src='histograms.png' alt='score histograms'>",
+        f"<h2>Scores: {n_cands} competing candidates vs {n_chosen} selected</h2><img src='histograms.png' alt='score histograms'>",
         "<h2>Best and worst pairs</h2><p class=note>Blue frames: pairs in the dataset, with their rank.</p><img src='contact_sheet.png' alt='contact sheet'>",
         "<h2>Wall seconds</h2>" + _table(["part", "seconds"], [[k, v] for k, v in m.get("wall_seconds", {}).items()]),
         f"<details><summary>Configuration</summary><pre>{esc(json.dumps(cfg, indent=2, default=str))}</pre></details>",
@@ -246,7 +258,7 @@ def build_report(output: str) -> str:
         raise ReportError(f"no manifest.json in {output}: not a run of this factory")
     m = json.loads(files.read_bytes(dirs["manifest"]))
     candidate_paths = files.list_files(dirs["candidates"], ".parquet")  # one listing for scores and images
-    cands = candidate_scores(candidate_paths)
+    cands = competing(candidate_scores(candidate_paths), dirs["curated_ids"], m)
     chosen = dataset_scores(dirs["dataset"])
     ranks = {(i, s): r for i, s, r in zip(*(chosen.column(c).to_pylist() for c in (S.ID, S.SAMPLE, S.RANK)))} if chosen.num_rows else {}
     top, bottom = sheet_rows(cands) if cands.num_rows else (cands, cands)

@@ -100,7 +100,8 @@ def changed_settings(mine: dict, theirs: dict) -> list[str]:
 
 def run_dirs(output: str) -> dict:
     return {name: files.join(output, name) for name in ("candidates", "dataset", "rejects", "report", "llm_judge")} | {
-        "manifest": files.join(output, "manifest.json")
+        "manifest": files.join(output, "manifest.json"),
+        "curated_ids": files.join(output, "curated_ids.parquet"),
     }
 
 
@@ -465,6 +466,8 @@ def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t
     sizes = files.file_sizes(dirs["candidates"], ".parquet")
     candidate_paths = list(sizes)
     scores, counts["not_competing"] = current_samples(read_scores(candidate_paths), curated, repeat)
+    # What competes, for the report: candidates of other captions stay on disk (and come back if they do).
+    files.write_parquet_atomic(dirs["curated_ids"], pa.table({S.ID: curated}))
     if counts["not_competing"]:
         log.warning("%d candidates in %s do not compete: their caption is no longer curated (the input or the curation "
                     "changed since they were made) or their sample index is beyond synth.repeat", counts["not_competing"], dirs["candidates"])

@@ -40,7 +40,8 @@ def stage_summary(manifest: dict, operators: list[dict] | None = None, unusable_
         _stage("synthesize", max(0, c.get("curated", 0) * repeat - c.get("resumed", 0)), c.get("generated"), span("DiffusionSynth"),
                busy.get("synthesize")),
         _stage("score", c.get("generated"), c.get("generated", 0) - unusable_this_run, span("ClipSsimScorer"), busy.get("score")),
-        _stage("select", c.get("scored"), c.get("selected"), wall.get("select"), note="top-k, dataset/ written"),
+        _stage("select", None if c.get("scored") is None else c["scored"] - c.get("not_competing", 0), c.get("selected"),
+               wall.get("select"), note="top-k, dataset/ written"),
     ]
     if "export" in wall:
         stages.append(_stage("export", c.get("selected"), c.get("selected"), wall["export"]))

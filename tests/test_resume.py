@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -182,6 +183,11 @@ def test_a_resume_after_the_input_and_repeat_changed_selects_as_a_fresh_run(kill
     assert not set(a.column(S.ID).to_pylist()) & gone
     assert pc.max(pc.abs(pc.subtract(a.column(S.SCORE), b.column(S.SCORE)))).as_py() <= 1e-6
     assert m["selection"]["competing_captions"] == manifest(tmp_path / "fresh")["selection"]["competing_captions"]
+    # The report and the per-stage summary show what competed, as the fresh run's do: not all of candidates/.
+    select_in = {p: next(s for s in manifest(p)["stages"] if s["stage"] == "select")["rows_in"] for p in runs}
+    assert select_in[resumed] == select_in[tmp_path / "fresh"] == len(old - gone) + 1
+    heading = {p: re.search(r"Scores: (\d+) competing candidates", (p / "report" / "index.html").read_text()).group(1) for p in runs}
+    assert heading[resumed] == heading[tmp_path / "fresh"] == str(len(old - gone) + 1)
 
 
 def test_a_caption_changed_under_its_id_is_refused_on_resume(killed_and_resumed, workdir, tmp_path):
