@@ -255,6 +255,10 @@ def main(overrides: list[str]) -> int:
     from factory.__main__ import user_error
     from factory.config import compose
 
+    if overrides in (["-h"], ["--help"]):
+        print("usage: python -m factory estimate [key=value ...]: the run's own overrides (input=, model=, synth.repeat=, "
+              "select.k=, ...) and estimate.gpus, estimate.seconds_per_image, estimate.sample_rows; see docs/outputs.md")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = compose(overrides)

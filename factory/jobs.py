@@ -58,7 +58,7 @@ class OutputInUseError(Exception):
     """Another run is working on this output (one line for the user)."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -117,7 +117,7 @@ class OutputLock:
         import time
 
         if lock["host"] == self.mine["host"]:
-            return _pid_alive(int(lock["pid"])) and not heartbeat_overdue(lock, time.time())
+            return pid_alive(int(lock["pid"])) and not heartbeat_overdue(lock, time.time())
         patience = self.PATIENCE * float(lock.get("beat_s", 15.0))
         log.info("%s is locked by a run on %s (pid %s): watching its heartbeat for %.0f s", self.path, lock["host"], lock["pid"], patience)
         deadline = time.monotonic() + patience

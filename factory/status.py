@@ -10,7 +10,7 @@ import sys
 import time
 
 from factory.io import files
-from factory.jobs import OutputLock, heartbeat_overdue
+from factory.jobs import OutputLock, pid_alive, heartbeat_overdue
 from factory.progress import duration
 
 
@@ -23,17 +23,25 @@ def status_lines(output: str) -> list[str]:
     manifest_path = files.join(output, "manifest.json")
     if not files.exists(manifest_path):
         raise FileNotFoundError(f"{manifest_path} not found: no run of this factory has started on {output}")
-    m = json.loads(files.read_bytes(manifest_path))
+    try:
+        m = json.loads(files.read_bytes(manifest_path))
+    except ValueError as e:
+        raise ValueError(f"{manifest_path} is not valid JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"{manifest_path} is not a manifest of this factory (a JSON {type(m).__name__})")
     c = m.get("counts", {})
     rows = [("output", output), ("status", f"{m.get('status')} (run {m.get('runs', 1)}, started {_ago(m['started_at']) if m.get('started_at') else m.get('started', '?')})")]
     if m.get("error"):
         rows.append(("error", m["error"]))
     if m.get("status") in ("stopped", "failed"):
         rows.append(("resume", "the same command goes on from the samples in candidates/"))
-    lock = OutputLock(output).holder()
+    watcher = OutputLock(output)
+    lock = watcher.holder()
     if lock:
+        # On the run's own host a dead pid settles it at once; elsewhere only the heartbeat can tell.
+        gone = heartbeat_overdue(lock, time.time()) or (lock["host"] == watcher.mine["host"] and not pid_alive(int(lock["pid"])))
         rows.append(("held by", f"{lock['host']} (pid {lock['pid']}), heartbeat {_ago(lock['heartbeat'])} by this machine's clock"
-                     + ("; it looks gone: the same command resumes it" if heartbeat_overdue(lock, time.time()) else "")))
+                     + ("; it looks gone: the same command resumes it" if gone else "")))
     else:
         rows.append(("held by", "no run" + ("; it was killed: the same command resumes it" if m.get("status") == "running" else "")))
     if "read" in c:
@@ -61,10 +69,16 @@ def status_lines(output: str) -> list[str]:
     return [f"{k:<{width}}  {v}" for k, v in rows]
 
 
+USAGE = "usage: python -m factory status OUTPUT   (the output= folder or URI of a run)"
+
+
 def main(argv: list[str]) -> int:
     args = [a[len("output="):] if a.startswith("output=") else a for a in argv]
+    if args in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if len(args) != 1:
-        print("usage: python -m factory status OUTPUT   (the output= folder or URI of a run)", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     try:
         lines = status_lines(args[0])

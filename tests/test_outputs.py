@@ -380,6 +380,26 @@ def test_status_of_a_running_and_of_a_killed_run(run_out, tmp_path):
     lock["heartbeat"] -= 600
     (out / LOCK_NAME).write_text(json.dumps(lock))
     assert status_table(str(out))[1]["held by"].endswith("it looks gone: the same command resumes it")
+    # SIGKILLed a moment ago on this host: its heartbeat is fresh but its pid is gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.update(pid=dead.pid, heartbeat=time.time())
+    (out / LOCK_NAME).write_text(json.dumps(lock))
+    assert status_table(str(out))[1]["held by"].endswith("it looks gone: the same command resumes it")
+
+
+@pytest.mark.parametrize("text, words", [("{broken", "is not valid JSON"), ("[]", "is not a manifest of this factory")])
+def test_status_of_a_broken_manifest_names_it(tmp_path, text, words):
+    (tmp_path / "manifest.json").write_text(text)
+    rc, rows, err = status_table(str(tmp_path))
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {tmp_path / 'manifest.json'} ") and words in err
+
+
+@pytest.mark.parametrize("command", ["status", "estimate"])
+def test_help_prints_usage(command):
+    proc = cli("factory", command, "--help", timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: python -m factory {command}"), proc.stderr[-2000:]
 
 
 def test_status_of_no_run(tmp_path):
