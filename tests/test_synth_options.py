@@ -92,3 +92,30 @@ def test_every_attention_runs_under_the_chosen_kernel_and_tuning(monkeypatch, ba
     assert seen, "no attention went through torch's SDPA"
     assert {s for s, _ in seen} == {flags or before}
     assert {t for _, t in seen} == {False}  # inductor's tuning applies only with compile (checked above)
+
+
+@pytest.mark.parametrize("frac, base_steps, refiner_steps", [(0.5, 2, 2), (0.75, 3, 1)])
+def test_the_refiner_takes_over_at_high_noise_frac(frac, base_steps, refiner_steps):
+    """SDXL's ensemble of experts: the base denoises the first share of the schedule and hands its
+    latents to the refiner (diffusers' denoising_end / denoising_start), sharing encoder 2 and the VAE."""
+    synth = DiffusionSynth(path="tiny", refiner_path="tiny", device="cpu", steps=4, guidance=5.0, high_noise_frac=frac)
+    assert synth.refiner.text_encoder_2 is synth.pipe.text_encoder_2 and synth.refiner.vae is synth.pipe.vae
+    calls = {"base": 0, "refiner": 0}
+    synth.pipe.unet.register_forward_hook(lambda *_: calls.__setitem__("base", calls["base"] + 1))
+    synth.refiner.unet.register_forward_hook(lambda *_: calls.__setitem__("refiner", calls["refiner"] + 1))
+    refined = synth(_batch(2))
+    assert calls == {"base": base_steps, "refiner": refiner_steps}  # one UNet call per step: both CFG branches batched
+    assert refined[S.IMAGE].shape == (2, 64, 64, 3) and list(refined[S.REASON]) == ["", ""]
+    base_only = DiffusionSynth(path="tiny", device="cpu", steps=4, guidance=5.0)(_batch(2))
+    assert not np.array_equal(refined[S.IMAGE], base_only[S.IMAGE])  # the refiner's steps are the base's no more
+
+
+def test_the_negative_prompt_reaches_the_pipeline():
+    pipe = load_text_to_image("tiny", "float32", "cpu")
+    plain = DiffusionSynth.from_pipeline(pipe, device="cpu", steps=2, guidance=5.0)(_batch(1))
+    negative = DiffusionSynth.from_pipeline(pipe, device="cpu", steps=2, guidance=5.0, negative_prompt="blurry, dark")(_batch(1))
+    assert np.abs(plain[S.IMAGE].astype(int) - negative[S.IMAGE].astype(int)).mean() > 1
+    # without guidance there is no negative branch: the setting changes nothing
+    a = DiffusionSynth.from_pipeline(pipe, device="cpu", steps=2, guidance=1.0)(_batch(1))
+    b = DiffusionSynth.from_pipeline(pipe, device="cpu", steps=2, guidance=1.0, negative_prompt="blurry, dark")(_batch(1))
+    np.testing.assert_array_equal(a[S.IMAGE], b[S.IMAGE])

@@ -63,6 +63,10 @@ def load_refiner(path: str, base, dtype: str, device: str, variant: str | None =
     """SDXL's refiner, sharing the base's second text encoder and VAE as the reference recipe does."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
+    if path == "tiny":
+        from factory.synth.tiny import ensure_tiny_refiner
+
+        path = str(ensure_tiny_refiner())
     kwargs = {"dtype": torch_dtype(dtype, "model.dtype"), "text_encoder_2": base.text_encoder_2, "vae": base.vae}
     if variant:
         kwargs["variant"] = variant

@@ -127,6 +127,39 @@ def build_tiny_sdxl(seed: int = TINY_SEED, sample_size: int = 32):
     )
 
 
+def build_tiny_refiner(base=None, seed: int = TINY_SEED):
+    """A StableDiffusionXLImg2ImgPipeline with the SDXL refiner's structure at toy width: its own
+    UNet, conditioned on the second text encoder only and on an aesthetic score (5 time ids), and
+    the base's second text encoder and VAE, as SDXL's refiner shares them."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    base = base or build_tiny_sdxl(seed)
+    hidden = base.text_encoder_2.config.hidden_size
+    torch.manual_seed(seed + 2)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=base.unet.config.sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=5 * 8 + base.text_encoder_2.config.projection_dim,  # 5 time ids + pooled text
+        cross_attention_dim=hidden,  # the second encoder's hidden states alone
+        norm_num_groups=32,
+    )
+    scheduler = EulerDiscreteScheduler.from_config(base.scheduler.config)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None, tokenizer_2=base.tokenizer_2,
+        unet=unet, scheduler=scheduler, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+
+
 def _save_once(folder: Path, save) -> Path:
     """Save into `folder` unless a complete copy is there; concurrent callers never see half a copy."""
     done = folder / ".complete"
@@ -153,6 +186,12 @@ def ensure_tiny_sdxl(folder: str | Path | None = None, seed: int = TINY_SEED) ->
     """Build the tiny pipeline and `save_pretrained` it (once per node), returning the folder."""
     folder = Path(folder) if folder else tiny_cache_dir() / f"tiny-sdxl-s{seed}"
     return _save_once(folder, lambda p: build_tiny_sdxl(seed).save_pretrained(p))
+
+
+def ensure_tiny_refiner(folder: str | Path | None = None, seed: int = TINY_SEED) -> Path:
+    """Build the tiny refiner and `save_pretrained` it (once per node), returning the folder."""
+    folder = Path(folder) if folder else tiny_cache_dir() / f"tiny-sdxl-refiner-s{seed}"
+    return _save_once(folder, lambda p: build_tiny_refiner(seed=seed).save_pretrained(p))
 
 
 # ---- tiny open_clip model -------------------------------------------------------------
