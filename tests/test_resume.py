@@ -225,3 +225,27 @@ def test_changed_captions_ignores_case_and_white_space():
     on_disk = table([("a", "A red car."), ("b", "A blue   boat"), ("c", "A green tree")])
     now = table([("a", "a RED car."), ("b", "A blue boat "), ("c", "A green bush"), ("d", "new")])
     assert changed_captions(now, on_disk).column(S.ID).to_pylist() == ["c"]
+
+
+def test_best_by_clip_score_reaches_selection_through_the_cli(killed_and_resumed, workdir, tmp_path):
+    """Reselecting a finished run with select.best_by=clip_score generates nothing and keeps, per
+    caption, the sample with the highest clip_score (pyarrow's own group-by as the reference)."""
+    out = tmp_path / "reselected"
+    shutil.copytree(workdir / "clean", out)
+    r = run_cli(*overrides(workdir, out, "select.best_by=clip_score", "select.k=1000"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert manifest(out)["counts"]["generated"] == 0
+    cands = read_dir(out / "candidates", [S.ID, S.SAMPLE, S.CLIP_SCORE, S.SCORE, S.REASON])
+    cands = cands.filter(pc.is_null(cands.column(S.REASON)))
+    best = cands.group_by(S.ID).aggregate([(S.CLIP_SCORE, "max")])
+    want = {}
+    for row in cands.join(best, S.ID).to_pylist():
+        if row[S.CLIP_SCORE] == row[f"{S.CLIP_SCORE}_max"]:
+            want[row[S.ID]] = min(want.get(row[S.ID], row[S.SAMPLE]), row[S.SAMPLE])
+    got = pads.dataset(out / "dataset", format="parquet").to_table(columns=[S.ID, S.SAMPLE, S.SCORE, S.RANK]).sort_by(S.RANK)
+    assert dict(zip(got.column(S.ID).to_pylist(), got.column(S.SAMPLE).to_pylist())) == want
+    by_score = dict(zip(read_dir(workdir / "clean" / "dataset", [S.ID, S.SAMPLE]).column(S.ID).to_pylist(),
+                        read_dir(workdir / "clean" / "dataset", [S.ID, S.SAMPLE]).column(S.SAMPLE).to_pylist()))
+    assert any(want[i] != by_score[i] for i in by_score if i in want)  # the column made a difference here
+    scores = got.column(S.SCORE).to_pylist()
+    assert scores == sorted(scores, reverse=True)  # ranked by score, whichever column picked the sample
