@@ -148,3 +148,48 @@ def test_a_file_without_a_caption_field_is_one_error_not_a_file_of_rejects(tmp_p
     if name.endswith(".jsonl"):
         p.write_text("".join(json.dumps(r) + "\n" for r in rows_ + [{"id": "3", "caption": "A dog in the snow."}]))
         assert [r[S.REASON] for r in rows(read_caption_file(str(p), 0))] == [S.R_NO_CAPTION, S.R_NO_CAPTION, None]
+
+
+@pytest.mark.parametrize("name, opener", [("c.jsonl.gz", "gzip"), ("c.csv.bz2", "bz2"), ("c.json.zst", "zstd")])
+def test_compressed_inputs_read_as_their_plain_files(tmp_path, name, opener):
+    """Decompressed by pyarrow; the reference files are written by Python's own gzip/bz2 and pyarrow's zstd."""
+    import bz2
+    import gzip
+
+    records = [{"id": "1", "caption": "A red car on a quiet street."}, {"id": "2", "caption": "A cat on a mat."}]
+    plain_name = name.rsplit(".", 1)[0]
+    plain = tmp_path / plain_name
+    if plain_name.endswith(".jsonl"):
+        plain.write_text("".join(json.dumps(r) + "\n" for r in records))
+    elif plain_name.endswith(".csv"):
+        plain.write_text("id,caption\n" + "".join(f"{r['id']},{r['caption']}\n" for r in records))
+    else:
+        plain.write_text(json.dumps(records))
+    raw = plain.read_bytes()
+    if opener == "zstd":  # no zstd in Python's standard library: a zstd frame from pyarrow's stream writer
+        sink = pa.BufferOutputStream()
+        with pa.CompressedOutputStream(sink, "zstd") as out:
+            out.write(raw)
+        packed = sink.getvalue().to_pybytes()
+        assert packed[:4] == b"\x28\xb5\x2f\xfd"  # a standard zstd frame (RFC 8878's magic number)
+    else:
+        packed = {"gzip": gzip.compress, "bz2": bz2.compress}[opener](raw)
+    (tmp_path / name).write_bytes(packed)
+    got = rows(read_caption_file(str(tmp_path / name), 0))
+    want = rows(read_caption_file(str(plain), 0))
+    assert [(r[S.ID], r[S.CAPTION], r[S.REASON]) for r in got] == [(r[S.ID], r[S.CAPTION], r[S.REASON]) for r in want]
+    assert got[1][S.SOURCE] == f"{tmp_path / name}:{want[1][S.SOURCE].rsplit(':', 1)[1]}"
+    assert list_inputs(str(tmp_path)) == sorted([str(plain), str(tmp_path / name)])
+
+
+def test_broken_inputs_are_one_error_or_a_reject_each(tmp_path):
+    (tmp_path / "t.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00truncated")
+    with pytest.raises(InputError, match=r"cannot decompress .*t\.jsonl\.gz as gzip"):
+        read_caption_file(str(tmp_path / "t.jsonl.gz"), 0)
+    (tmp_path / "latin1.txt").write_bytes("Un café au lait sur une terrasse.\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.txt is not UTF-8 text"):
+        read_caption_file(str(tmp_path / "latin1.txt"), 0)
+    (tmp_path / "extra.csv").write_text("id,caption\n1,A red car on a quiet street.\n2,A cat,on a mat\n")
+    out = rows(read_caption_file(str(tmp_path / "extra.csv"), 0))
+    assert [(r[S.ID], r[S.REASON], r[S.DETAIL]) for r in out] == [("1", None, None), (None, S.R_MALFORMED, "more fields than the header")]
+    assert out[1][S.SOURCE].endswith("extra.csv:3")  # the header is line 1

@@ -134,7 +134,7 @@ def glob_match(path: str, pattern: str) -> bool:
 
 def read_bytes(path: str) -> bytes:
     fs, p = resolve(path)
-    with fs.open_input_stream(p) as f:
+    with fs.open_input_stream(p, compression=None) as f:  # the bytes as stored: no guessing by extension
         return f.read()
 
 

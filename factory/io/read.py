@@ -24,16 +24,24 @@ class InputError(Exception):
     """A problem with the input as a whole: the run stops with this one line."""
 
 
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2"}  # pyarrow's codec names
+
+
+def compression(path: str) -> str | None:
+    lower = path.lower()
+    return next((codec for ext, codec in COMPRESSIONS.items() if lower.endswith(ext)), None)
+
+
 def input_format(path: str) -> str:
     lower = path.lower()
-    for comp in (".gz", ".zst"):
-        if lower.endswith(comp):
-            raise InputError(f"compressed input is not supported, decompress it first: {path}")
+    if codec := compression(path):
+        lower = lower[: lower.rindex(".")]  # captions.jsonl.gz: JSON Lines
     for ext, fmt in FORMATS.items():
         if lower.endswith(ext):
             return fmt
     known = ", ".join(sorted(FORMATS))
-    raise InputError(f"unknown input format {path!r}: expected one of {known}")
+    raise InputError(f"unknown input format {path!r}: expected one of {known}"
+                     + (f", optionally compressed ({', '.join(COMPRESSIONS)})" if not codec else ""))
 
 
 def list_inputs(pattern: str | None) -> list[str]:
@@ -122,6 +130,11 @@ def read_caption_file(path: str, file_index: int) -> pa.Table:
         data = files.read_bytes(path)
     except Exception as e:  # permissions, vanished file, network
         raise InputError(f"cannot read {path}: {e}") from None
+    if codec := compression(path):
+        try:
+            data = pa.input_stream(pa.py_buffer(data), compression=codec).read()
+        except Exception as e:  # noqa: BLE001 (a truncated or mislabelled file)
+            raise InputError(f"cannot decompress {path} as {codec}: {e}") from None
     if fmt == "parquet":
         try:
             table = pq.read_table(io.BytesIO(data))
