@@ -38,6 +38,6 @@ def test_minhash_rides_along_in_the_same_scan(tmp_path, ray_local):
     expected = signature_column([f"a red car number {i} on a street" for i in range(30)], 32, 1)
     assert local.sort_by(S.POS).column(MINHASH).to_pylist() == expected.to_pylist()
     empty = tmp_path / "e.jsonl"
-    empty.write_text('{"id": 1}\n')
+    empty.write_text('{"id": 1, "caption": "   "}\n')  # its one row is a reject: no keys
     keys, n = pipeline.scan_keys([str(empty)], 0.25, local_max_mb=16, minhash=(32, 1))
     assert n == 1 and keys.num_rows == 0 and MINHASH in keys.column_names
