@@ -114,4 +114,11 @@ if __name__ == "__main__":
         from factory.status import main as status_main
 
         sys.exit(status_main(sys.argv[2:]))
+    overrides = sys.argv[1:]
+    if not any(a.startswith("-") for a in overrides):  # not --cfg, --help, -m: Hydra's own flags
+        from factory.config import check_overrides
+
+        if error := check_overrides(overrides):
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
     main()

@@ -253,7 +253,7 @@ def table_lines(e: dict) -> list[str]:
 
 def main(overrides: list[str]) -> int:
     from factory.__main__ import user_error
-    from factory.config import compose
+    from factory.config import compose, override_error
 
     if overrides in (["-h"], ["--help"]):
         print("usage: python -m factory estimate [key=value ...]: the run's own overrides (input=, model=, synth.repeat=, "
@@ -264,9 +264,7 @@ def main(overrides: list[str]) -> int:
         cfg = compose(overrides)
         figures = estimate(cfg)
     except Exception as exc:
-        msg = user_error(exc)
-        if msg is None and type(exc).__module__.startswith(("hydra", "omegaconf")):
-            msg = str(exc).strip().splitlines()[0]
+        msg = override_error(exc) or user_error(exc)
         if msg is None:
             raise
         print(f"error: {msg}", file=sys.stderr)

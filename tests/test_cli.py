@@ -216,3 +216,15 @@ def test_a_stage_that_cannot_start_in_ray_is_one_line_naming_it(ray_local):
         ds.materialize()
     assert user_error(err.value) == "StageThatCannotLoad could not start: ValueError: no model at /no/such/model"
     assert "\x1b" not in error_line(err.value) and "\n" not in error_line(err.value)
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("select.kk=3", "Could not override 'select.kk'. Key 'kk' is not in struct"),
+    ("model=nope", "Could not find 'model/nope' Available options in 'model': sdxl tiny"),
+])
+def test_a_bad_override_is_one_line_from_hydra_itself(tmp_path, bad, words):
+    proc = run_cli(bad, f"output={tmp_path}/o")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {error_lines(proc)[0][len('error: '):]}"]
+    assert words in proc.stderr and not (tmp_path / "o").exists()
+    proc = run_cli(bad, "--cfg", "job")  # Hydra's own flags go to Hydra as they are
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
