@@ -281,7 +281,14 @@ def check_settings(cfg: dict) -> None:
     check_exports(cfg.get("export", {}))
     from factory.io.write import IMAGE_FORMATS
 
-    for key, value in (("synth.repeat", cfg["synth"].get("repeat")), ("synth.steps", cfg["synth"].get("steps"))):
+    counts = [(f"{group}.{key}", cfg.get(group, {}).get(key)) for group, key in (
+        ("synth", "repeat"), ("synth", "steps"), ("synth", "batch_size"), ("score", "batch_size"))]
+    for stage, pool in cfg.get("resources", {}).items():
+        if isinstance(pool, dict) and "actors" in pool:
+            counts.append((f"resources.{stage}.actors", pool["actors"]))
+            if pool.get("max_actors") is not None:
+                counts.append((f"resources.{stage}.max_actors", pool["max_actors"]))
+    for key, value in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise RunError(f"{key} must be a whole number ≥ 1, got {value!r}")
     image = cfg.get("image", {})

@@ -180,6 +180,10 @@ def test_multi_node_run_refuses_paths_a_node_does_not_see(tmp_path, monkeypatch)
     ("synth.repeat=0", "synth.repeat must be a whole number ≥ 1, got 0"),
     ("synth.repeat=1.5", "synth.repeat must be a whole number ≥ 1, got 1.5"),
     ("synth.steps=0", "synth.steps must be a whole number ≥ 1"),
+    ("score.batch_size=0", "score.batch_size must be a whole number ≥ 1, got 0"),
+    ("model.batch_size=0", "synth.batch_size must be a whole number ≥ 1, got 0"),
+    ("resources.synth.actors=0", "resources.synth.actors must be a whole number ≥ 1, got 0"),
+    ("resources.judge.max_actors=two", "resources.judge.max_actors must be a whole number ≥ 1, got 'two'"),
     ("image.format=gif", "image.format='gif': expected one of"),
     ("image.quality=0", "image.quality must be a whole number in [1, 100], got 0"),
     ("curate.llm.backend=sglang", "curate.llm.backend='sglang': expected hf or vllm"),
@@ -193,7 +197,8 @@ def test_settings_that_would_fail_mid_run_are_refused_first(bad, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("recipe", [[], ["+experiment=synthvlm"], ["+experiment=fast"], ["image.format=webp", "image.quality=80"]])
+@pytest.mark.parametrize("recipe", [[], ["+experiment=synthvlm"], ["+experiment=fast"], ["image.format=webp", "image.quality=80"],
+                                    ["cluster=gpu", "model=sdxl", "scorer=clip_l14_336"], ["resources.synth.max_actors=4"]])
 def test_the_shipped_settings_pass_the_checks(recipe):
     from factory.config import compose
     from factory.run import RunError, check_settings
