@@ -33,6 +33,7 @@ class ProgressLog:
         self.t0 = self.last_t = clock()
         self.last_done = 0
         self.rate: float | None = None  # samples/s over the last interval, once one has passed
+        self.interval_s: float | None = None  # that interval: at least every_s, longer when batches are slow
 
     def add(self, n: int) -> str | None:
         """Count `n` more samples; returns (and logs) a line when one is due."""
@@ -40,12 +41,13 @@ class ProgressLog:
         now = self.clock()
         if self.every_s <= 0 or now - self.last_t < self.every_s:
             return None
-        rate = self.rate = (self.done - self.last_done) / max(now - self.last_t, 1e-9)
+        interval = self.interval_s = now - self.last_t
+        rate = self.rate = (self.done - self.last_done) / max(interval, 1e-9)
         self.last_t, self.last_done = now, self.done
         line = f"progress: {self.done:,} of at most {self.at_most:,} samples"
         if self.at_most:
             line += f" ({100 * min(self.done / self.at_most, 1):.1f}%)"
-        line += f", {rate:.3g}/s over the last {duration(self.every_s)}, {duration(now - self.t0)} so far"
+        line += f", {rate:.3g}/s over the last {duration(interval)}, {duration(now - self.t0)} so far"
         if rate > 0 and self.at_most > self.done:
             line += f", at most about {duration((self.at_most - self.done) / rate)} left"
         log.info(line)
@@ -55,4 +57,5 @@ class ProgressLog:
         """For manifest.json: the last interval's rate and the time left at that rate (an upper bound)."""
         left = (self.at_most - self.done) / self.rate if self.rate and self.at_most > self.done else None
         return {"rate_per_s": None if self.rate is None else round(self.rate, 4),
+                "interval_s": None if self.interval_s is None else round(self.interval_s, 1),
                 "left_s_at_most": None if left is None else round(left, 1)}

@@ -367,7 +367,7 @@ class Scan(NamedTuple):
     n_read: int
     kept_ids: pa.Array  # ids of the rows that pass the rules and deduplication, before model stages
     done: np.ndarray  # sample keys already in candidates/
-    rows_on_disk: int  # candidate rows before this run
+    on_disk: pa.Table  # (id, sample) of every candidate row before this run
 
 
 def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> Scan:
@@ -399,7 +399,7 @@ def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> S
     if len(done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(done), dirs["candidates"],
                  counts["resumed"])
-    return Scan(paths, rejected, n_read, kept_ids, done, done_table.num_rows)
+    return Scan(paths, rejected, n_read, kept_ids, done, done_table)
 
 
 def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t_start: float,
@@ -437,11 +437,12 @@ def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t
     except BaseException:  # the manifest a stopped run leaves counts what was made, also what the driver
         # had not heard of yet (written by the pool, its summary still in flight)
         try:
-            counts["generated"] = max(progress.done, count_candidates(dirs["candidates"])["rows"] - scan.rows_on_disk)
+            counts["generated"] = max(progress.done, count_candidates(dirs["candidates"])["rows"] - scan.on_disk.num_rows)
         except Exception:  # noqa: BLE001 (the storage may be what failed): the driver's count stands
             counts["generated"] = progress.done
         raise
     counts["generated"] = progress.done
+    manifest.data["progress"] = progress.figures()
     wall["generate"] = round(time.perf_counter() - t, 3)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("generation stats:\n%s", gen.stats())
@@ -470,6 +471,11 @@ def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t
     # synth.repeat changed are kept on disk but not selected, so a resumed run selects what a fresh
     # run with today's settings would.
     curated = pc.filter(kept_ids, pc.invert(pc.is_in(kept_ids, value_set=model_stage_rejected_ids(dirs["rejects"]))))
+    if len(curated) < len(kept_ids) and scan.on_disk.num_rows:  # the judge or perplexity filter rejected some
+        from factory.select import is_current
+
+        on_disk = scan.on_disk.filter(is_current(scan.on_disk, curated, repeat))
+        counts["resumed"] = len(np.unique(sample_keys(on_disk)))  # what still counts toward this run
     sizes = files.file_sizes(dirs["candidates"], ".parquet")
     candidate_paths = list(sizes)
     scores, counts["not_competing"] = current_samples(read_scores(candidate_paths), curated, repeat)

@@ -54,7 +54,7 @@ def status_lines(output: str) -> list[str]:
                      + ("" if m.get("status") != "running" else f"; counted {_ago(m.get('updated_at'))}")))
         p = m.get("progress") or {}
         if m.get("status") == "running" and p.get("rate_per_s"):
-            rows.append(("rate", f"{p['rate_per_s']:.3g} samples/s over the last {duration(m['config'].get('progress_every_s', 60))}"
+            rows.append(("rate", f"{p['rate_per_s']:.3g} samples/s over the last {duration(p.get('interval_s') or m['config'].get('progress_every_s', 60))}"
                          + (f", at most about {duration(p['left_s_at_most'])} left" if p.get("left_s_at_most") else "")))
     if c.get("rejected_by_reason"):
         rows.append(("rejected by", ", ".join(f"{k} {v:,}" for k, v in c["rejected_by_reason"].items())))

@@ -82,3 +82,21 @@ def test_cli_with_all_curation_stages(tmp_path):
     assert dataset.num_rows == sel["k"]
     candidates = pq.read_table(out / "candidates", columns=["id", "score"]).sort_by([("score", "descending"), ("id", "ascending")])
     assert sorted(dataset.column("id").to_pylist()) == sorted(candidates.column("id").to_pylist()[: sel["k"]])
+
+    # A resume that turns the model stages on: samples of captions they now reject stay on disk but
+    # no longer count as resumed (nor compete); nothing is generated.
+    out2 = tmp_path / "run2"
+    plain = [o for o in overrides if not o.startswith(("curate.rules.perplexity", "curate.llm"))]
+    plain = [o.replace(f"output={out}", f"output={out2}") for o in plain]
+    first = subprocess.run([sys.executable, "-m", "factory", *plain], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    on_disk = json.loads((out2 / "manifest.json").read_text())["counts"]["synthesized"]
+    again = [o.replace(f"output={out}", f"output={out2}") for o in overrides]
+    resumed = subprocess.run([sys.executable, "-m", "factory", *again], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    c2 = json.loads((out2 / "manifest.json").read_text())["counts"]
+    assert c2["rejected_by_reason"] == c["rejected_by_reason"] and c2["generated"] == 0
+    assert c2["resumed"] == c2["curated"] == c["curated"] < on_disk
+    assert c2["not_competing"] == on_disk - c2["curated"]
+    stages = {s["stage"]: s for s in json.loads((out2 / "manifest.json").read_text())["stages"]}
+    assert stages["synthesize"]["rows_in"] == 0

@@ -134,6 +134,16 @@ def test_webdataset_shards_hold_every_pair_once(run_out, dataset):
         assert np.array_equal(np.asarray(s["png"].convert("RGB")), np.asarray(Image.open(io.BytesIO(row[S.IMAGE])).convert("RGB")))
 
 
+def test_the_readme_recipes_read_the_dataset_beside_its_exports(run_out, tmp_path):
+    import datasets
+
+    out = str(run_out[0])
+    assert (run_out[0] / "dataset" / "llava.json").exists()  # exports sit beside the Parquet files
+    table = pads.dataset(glob.glob(out + "/dataset/*.parquet"), format="parquet").to_table()
+    hf = datasets.load_dataset("parquet", data_files=out + "/dataset/*.parquet", split="train", cache_dir=str(tmp_path / "hf"))
+    assert table.num_rows == hf.num_rows == K and sorted(hf[S.RANK]) == sorted(table.column(S.RANK).to_pylist())
+
+
 def test_hf_folder_loads_with_load_dataset(run_out, dataset, tmp_path):
     import datasets
 
@@ -363,14 +373,14 @@ def test_status_of_a_running_and_of_a_killed_run(run_out, tmp_path):
     m = json.loads((run_out[0] / "manifest.json").read_text())
     m.update(status="running", selection=None)
     m["counts"] = {"read": 100, "samples_at_most": 80, "resumed": 20, "generated": 15}
-    m["progress"] = {"rate_per_s": 0.5, "left_s_at_most": 90.0}
+    m["progress"] = {"rate_per_s": 0.5, "interval_s": 125.0, "left_s_at_most": 90.0}
     m["config"]["progress_every_s"] = 60
     (out / "manifest.json").write_text(json.dumps(m))
     rc, rows, _ = status_table(f"output={out}")
     assert rc == 0
     assert rows["held by"] == "no run; it was killed: the same command resumes it"
     assert rows["samples"].startswith("15 generated of at most 60 (25.0%); 20 resumed; counted ")
-    assert rows["rate"] == "0.5 samples/s over the last 1 min, at most about 1 min left"
+    assert rows["rate"] == "0.5 samples/s over the last 2 min, at most about 1 min left"
     assert "selected" not in rows
 
     lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "beat_s": 15.0, "heartbeat": time.time()}
