@@ -274,6 +274,31 @@ def stage_gpus(res: dict, devices: dict[str, str], cluster_gpus: float) -> dict[
     return shares
 
 
+def check_cpus(res: dict, stages, cluster_cpus: float, local: bool) -> float:
+    """CPUs left beside the synthesis and scoring pools (which hold theirs for the whole stream) at
+    their smallest sizes; refuse (local Ray) or warn when under 1. Ray Data's repartition step in
+    front of them takes a whole CPU per task and offers no setting to ask for less, so without one
+    whole CPU free the stream stops and the run waits for ever."""
+    from factory.run import RunError
+
+    pools = {s: int((res.get(s) or {}).get("actors", 1)) * float((res.get(s) or {}).get("num_cpus") or 0) for s in stages}
+    free = cluster_cpus - sum(pools.values())
+    if free < 1:
+        what = (f"the actor pools take {sum(pools.values()):g} of the {cluster_cpus:g} CPUs ("
+                + ", ".join(f"{s} {v:g}" for s, v in pools.items() if v) + "), and Ray Data's repartition step needs one whole CPU")
+        if local:
+            raise RunError(f"{what}: lower resources.*.num_cpus or resources.*.actors, or raise ray.num_cpus")
+        log.warning("%s: the run waits until the autoscaler adds CPUs", what)
+    return free
+
+
+def is_local_ray(ray_cfg: dict) -> bool:
+    """Whether init_ray starts a Ray of its own (no cluster to grow)."""
+    import os
+
+    return not ray_cfg.get("address") and not os.environ.get("RAY_ADDRESS")
+
+
 def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, cfg: dict):
     """read → rules → mark duplicates → rejects/ → expand → synthesize → score → candidates/.
 

@@ -70,3 +70,17 @@ def test_staging_left_by_a_killed_selection_is_removed(tmp_path):
     (tmp_path / "candidates").mkdir()
     assert jobs.remove_stale_staging(str(tmp_path)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["candidates"]
+
+
+def test_pools_that_leave_no_whole_cpu_are_refused_on_a_local_ray_and_warned_of_on_a_cluster(caplog):
+    """Ray Data's repartition task needs 1 CPU; with less free beside the pools the stream waits for ever."""
+    from factory.pipeline import check_cpus
+    from factory.run import RunError
+
+    res = compose(["resources.score.num_cpus=1.0"])["resources"]
+    with pytest.raises(RunError, match=r"the actor pools take 1\.5 of the 2 CPUs \(synth 0\.5, score 1\).*raise ray\.num_cpus"):
+        check_cpus(res, ("synth", "score"), 2, local=True)
+    with caplog.at_level("WARNING"):
+        assert check_cpus(res, ("synth", "score"), 2, local=False) == 0.5
+    assert "waits until the autoscaler adds CPUs" in caplog.text
+    assert check_cpus(compose([])["resources"], ("synth", "score"), 2, local=True) == 1.0  # the defaults fit 2 cores
