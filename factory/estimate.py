@@ -140,10 +140,8 @@ def calibrate(cfg: dict, captions: list[str], batches: int = 1) -> dict:
 def estimate(cfg: dict) -> dict:
     """The figures of the estimate table for a resolved plain config."""
     from factory.io.read import InputError, list_inputs
-    from factory.run import SAMPLE_INPUT
+    from factory.run import SAMPLE_INPUT, check_settings
     from factory.select import resolve_k
-
-    from factory.run import check_settings
 
     check_settings(cfg)  # what a run would refuse, the estimate refuses too
     est = cfg.get("estimate", {})

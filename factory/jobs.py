@@ -58,7 +58,7 @@ class OutputInUseError(Exception):
     """Another run is working on this output (one line for the user)."""
 
 
-def pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,12 +112,18 @@ class OutputLock:
             return None
         return lock if isinstance(lock, dict) and {"host", "pid", "token", "heartbeat"} <= set(lock) else None
 
+    def looks_gone(self, lock: dict) -> bool:
+        """Without waiting: its heartbeat is overdue, or it ran on this host and its pid is dead."""
+        import time
+
+        return heartbeat_overdue(lock, time.time()) or (lock["host"] == self.mine["host"] and not _pid_alive(int(lock["pid"])))
+
     def alive(self, lock: dict) -> bool:
         """Whether the run that wrote `lock` still runs (from another host: watched, which takes time)."""
         import time
 
         if lock["host"] == self.mine["host"]:
-            return pid_alive(int(lock["pid"])) and not heartbeat_overdue(lock, time.time())
+            return not self.looks_gone(lock)
         patience = self.PATIENCE * float(lock.get("beat_s", 15.0))
         log.info("%s is locked by a run on %s (pid %s): watching its heartbeat for %.0f s", self.path, lock["host"], lock["pid"], patience)
         deadline = time.monotonic() + patience

@@ -251,12 +251,12 @@ def index_html(m: dict, n_cands: int, n_chosen: int) -> str:
 
 def build_report(output: str) -> str:
     """Write report/ for the run in `output`; returns the path of index.html."""
-    from factory.run import run_dirs
+    from factory.run import read_manifest, run_dirs
 
     dirs = run_dirs(output)
     if not files.exists(dirs["manifest"]):
         raise ReportError(f"no manifest.json in {output}: not a run of this factory")
-    m = json.loads(files.read_bytes(dirs["manifest"]))
+    m = read_manifest(dirs["manifest"])
     candidate_paths = files.list_files(dirs["candidates"], ".parquet")  # one listing for scores and images
     cands = competing(candidate_scores(candidate_paths), dirs["curated_ids"], m)
     chosen = dataset_scores(dirs["dataset"])
@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(build_report(args.output))
-    except (ReportError, OSError) as e:  # OSError: the output's storage (missing, no credentials)
+    # OSError: the output's storage (missing, no credentials); ValueError: a manifest.json that is no JSON object
+    except (ReportError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

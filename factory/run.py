@@ -105,20 +105,29 @@ def run_dirs(output: str) -> dict:
     }
 
 
+def read_manifest(path: str) -> dict:
+    """A run's manifest.json; ValueError naming the file when it is no JSON object."""
+    import json
+
+    try:
+        m = json.loads(files.read_bytes(path))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"{path} is not a manifest of this factory (a JSON {type(m).__name__})")
+    return m
+
+
 def check_resume(cfg: dict, dirs: dict) -> dict | None:
     """The previous manifest if this output holds a run of the same settings; refuse a different one."""
     if not files.exists(dirs["manifest"]):
         if files.list_files(dirs["candidates"], ".parquet"):
             raise RunError(f"{dirs['candidates']} holds candidates but no manifest.json: not a run of this factory; use a new output=")
         return None
-    import json
-
     try:
-        old = json.loads(files.read_bytes(dirs["manifest"]))
+        old = read_manifest(dirs["manifest"])
     except ValueError as e:
-        raise RunError(f"{dirs['manifest']} is not valid JSON ({e}); move it away to start this output afresh") from None
-    if not isinstance(old, dict):
-        raise RunError(f"{dirs['manifest']} is not a manifest of this factory (a JSON {type(old).__name__}); move it away")
+        raise RunError(f"{e}; move it away to start this output afresh") from None
     # Only samples on disk can mix: a run that stopped before its first candidate (a bad model path,
     # a refused setting) binds its output to nothing.
     made = files.list_files(dirs["candidates"], ".parquet")
@@ -372,6 +381,15 @@ class Scan(NamedTuple):
     kept_ids: pa.Array  # ids of the rows that pass the rules and deduplication, before model stages
     done: np.ndarray  # sample keys already in candidates/
     on_disk: pa.Table  # (id, sample) of every candidate row before this run
+    on_disk_keys: np.ndarray  # the sample key of each of those rows
+
+
+def count_current(keys: np.ndarray, on_disk: pa.Table, ids: pa.Array, repeat: int) -> int:
+    """Samples on disk (`keys` per row of `on_disk`) that count toward a run of captions `ids`
+    at `repeat`: what the manifest calls `resumed`."""
+    from factory.select import is_current
+
+    return len(np.unique(keys[is_current(on_disk, ids, repeat).to_numpy(zero_copy_only=False)]))
 
 
 def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> Scan:
@@ -394,16 +412,13 @@ def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> S
             f"were made from (first: id {changed.column(S.ID)[0].as_py()!r}): resuming would select old images for new "
             "captions; give changed captions new ids (or drop the id column), or use a new output="
         )
-    from factory.select import is_current
-
     on_disk = sample_keys(done_table)
     done = np.unique(on_disk)
-    # Samples on disk that still count toward this run (curated now, sample < synth.repeat).
-    counts["resumed"] = len(np.unique(on_disk[is_current(done_table, kept_ids, repeat).to_numpy(zero_copy_only=False)]))
+    counts["resumed"] = count_current(on_disk, done_table, kept_ids, repeat)  # before the model stages reject any
     if len(done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(done), dirs["candidates"],
                  counts["resumed"])
-    return Scan(paths, rejected, n_read, kept_ids, done, done_table)
+    return Scan(paths, rejected, n_read, kept_ids, done, done_table, on_disk)
 
 
 def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t_start: float,
@@ -475,11 +490,8 @@ def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t
     # synth.repeat changed are kept on disk but not selected, so a resumed run selects what a fresh
     # run with today's settings would.
     curated = pc.filter(kept_ids, pc.invert(pc.is_in(kept_ids, value_set=model_stage_rejected_ids(dirs["rejects"]))))
-    if len(curated) < len(kept_ids) and scan.on_disk.num_rows:  # the judge or perplexity filter rejected some
-        from factory.select import is_current
-
-        on_disk = scan.on_disk.filter(is_current(scan.on_disk, curated, repeat))
-        counts["resumed"] = len(np.unique(sample_keys(on_disk)))  # what still counts toward this run
+    if len(curated) < len(kept_ids):  # the judge or perplexity filter rejected some: their samples on disk no longer count
+        counts["resumed"] = count_current(scan.on_disk_keys, scan.on_disk, curated, repeat)
     sizes = files.file_sizes(dirs["candidates"], ".parquet")
     candidate_paths = list(sizes)
     scores, counts["not_competing"] = current_samples(read_scores(candidate_paths), curated, repeat)

@@ -5,13 +5,13 @@ run goes on, without Ray.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 from factory.io import files
-from factory.jobs import OutputLock, pid_alive, heartbeat_overdue
+from factory.jobs import OutputLock
 from factory.progress import duration
+from factory.run import read_manifest
 
 
 def _ago(epoch: float | None) -> str:
@@ -23,12 +23,7 @@ def status_lines(output: str) -> list[str]:
     manifest_path = files.join(output, "manifest.json")
     if not files.exists(manifest_path):
         raise FileNotFoundError(f"{manifest_path} not found: no run of this factory has started on {output}")
-    try:
-        m = json.loads(files.read_bytes(manifest_path))
-    except ValueError as e:
-        raise ValueError(f"{manifest_path} is not valid JSON ({e})") from None
-    if not isinstance(m, dict):
-        raise ValueError(f"{manifest_path} is not a manifest of this factory (a JSON {type(m).__name__})")
+    m = read_manifest(manifest_path)
     c = m.get("counts", {})
     rows = [("output", output), ("status", f"{m.get('status')} (run {m.get('runs', 1)}, started {_ago(m['started_at']) if m.get('started_at') else m.get('started', '?')})")]
     if m.get("error"):
@@ -39,7 +34,7 @@ def status_lines(output: str) -> list[str]:
     lock = watcher.holder()
     if lock:
         # On the run's own host a dead pid settles it at once; elsewhere only the heartbeat can tell.
-        gone = heartbeat_overdue(lock, time.time()) or (lock["host"] == watcher.mine["host"] and not pid_alive(int(lock["pid"])))
+        gone = watcher.looks_gone(lock)
         rows.append(("held by", f"{lock['host']} (pid {lock['pid']}), heartbeat {_ago(lock['heartbeat'])} by this machine's clock"
                      + ("; it looks gone: the same command resumes it" if gone else "")))
     else:

@@ -51,18 +51,12 @@ def clip_tokenizer(folder: str | Path | None = None):
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
-def build_tiny_sdxl(seed: int = TINY_SEED, sample_size: int = 32):
-    """A StableDiffusionXLPipeline with SDXL's structure at toy width (images of 2*sample_size px)."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def tiny_sdxl_unet(sample_size: int, time_ids: int, pooled_dim: int, cross_attention_dim: int):
+    """SDXL's UNet structure at toy width. `time_ids`: 6 for the base (sizes and crop), 5 for the
+    refiner (an aesthetic score instead of the target size); each is embedded in 8 dimensions."""
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=sample_size,
@@ -75,10 +69,19 @@ def build_tiny_sdxl(seed: int = TINY_SEED, sample_size: int = 32):
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,  # 6 * 8 (time ids) + 32 (pooled text)
-        cross_attention_dim=64,
+        projection_class_embeddings_input_dim=time_ids * 8 + pooled_dim,
+        cross_attention_dim=cross_attention_dim,
         norm_num_groups=32,
     )
+
+
+def build_tiny_sdxl(seed: int = TINY_SEED, sample_size: int = 32):
+    """A StableDiffusionXLPipeline with SDXL's structure at toy width (images of 2*sample_size px)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = tiny_sdxl_unet(sample_size, time_ids=6, pooled_dim=32, cross_attention_dim=64)  # both encoders' states: 32 + 32
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -131,28 +134,14 @@ def build_tiny_refiner(base=None, seed: int = TINY_SEED):
     """A StableDiffusionXLImg2ImgPipeline with the SDXL refiner's structure at toy width: its own
     UNet, conditioned on the second text encoder only and on an aesthetic score (5 time ids), and
     the base's second text encoder and VAE, as SDXL's refiner shares them."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
 
     base = base or build_tiny_sdxl(seed)
-    hidden = base.text_encoder_2.config.hidden_size
+    encoder = base.text_encoder_2.config
     torch.manual_seed(seed + 2)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=base.unet.config.sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=5 * 8 + base.text_encoder_2.config.projection_dim,  # 5 time ids + pooled text
-        cross_attention_dim=hidden,  # the second encoder's hidden states alone
-        norm_num_groups=32,
-    )
+    # conditioned on the second encoder's hidden states alone
+    unet = tiny_sdxl_unet(base.unet.config.sample_size, time_ids=5, pooled_dim=encoder.projection_dim,
+                          cross_attention_dim=encoder.hidden_size)
     scheduler = EulerDiscreteScheduler.from_config(base.scheduler.config)
     return StableDiffusionXLImg2ImgPipeline(
         vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None, tokenizer_2=base.tokenizer_2,
