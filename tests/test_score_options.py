@@ -79,3 +79,19 @@ def test_scorer_device_error_names_scorer_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"^scorer\.device=cuda:1 but this worker sees no CUDA device$"):
         ClipSsimScorer(**{**OPTS, "device": "cuda:1"})
+
+
+def test_repeated_captions_are_encoded_once_with_the_same_scores(pairs, monkeypatch):
+    """With synth.repeat = N every caption comes N times: the text tower sees each once."""
+    scorer = ClipSsimScorer(**OPTS)
+    images, captions = pairs
+    repeated = [captions[i // 2] for i in range(5)]  # 0,0,1,1,2
+    seen = []
+    encode = scorer.clip.model.encode_text
+    monkeypatch.setattr(scorer.clip.model, "encode_text", lambda t: seen.append(len(t)) or encode(t))
+    clip, _ = scorer.score(images, repeated)
+    assert seen == [3]
+    monkeypatch.undo()
+    for i, c in enumerate(repeated):  # each pair scored alone, text tower and all
+        alone, _ = scorer.score(images[i : i + 1], [c])
+        np.testing.assert_allclose(clip[i], alone[0], rtol=0, atol=1e-6)

@@ -62,8 +62,15 @@ class ClipScore:
 
     @torch.inference_mode()
     def text_features(self, captions: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer([self.prefix + c for c in captions]).to(self.device)  # truncated to 77 tokens
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        """Unit-length text embeddings, one row per caption. Each distinct caption is encoded once:
+        with synth.repeat = N a batch holds every caption N times over."""
+        unique = list(dict.fromkeys(captions))
+        tokens = self.tokenizer([self.prefix + c for c in unique]).to(self.device)  # truncated to 77 tokens
+        features = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        if len(unique) == len(captions):
+            return features
+        row = {c: i for i, c in enumerate(unique)}
+        return features[torch.tensor([row[c] for c in captions], device=features.device)]
 
     def scores(self, image_features: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """CLIPScore of each (image, caption) pair: max(cos, 0). Called once the images' device work
