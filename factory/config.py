@@ -35,8 +35,42 @@ def override_error(exc: BaseException) -> str | None:
 
 def check_overrides(overrides: list[str]) -> str | None:
     """Compose the command line's overrides once, before the run: the error line, or None."""
+    overrides = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra", "++hydra"))]
     try:
-        compose([o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))])
+        cfg = compose(overrides)
     except Exception as exc:  # noqa: BLE001 (only Hydra's and OmegaConf's are ours to word)
         return override_error(exc)
+    return unknown_added_key(overrides, cfg)
+
+
+def _is_group(key: str) -> bool:
+    return (Path(CONF_DIR) / key.replace(".", "/")).is_dir()
+
+
+def unknown_added_key(overrides: list[str], cfg: dict) -> str | None:
+    """`+key=value` (or `++`) that adds a key no code reads, e.g. `+select.kk=3`: the error line, or None.
+
+    Hydra adds any key it is given with `+`, so a typo would be silently ignored. A key may be added
+    only to an open map, one that is empty without it (`curate.llm.engine_kwargs`); `+group=option`
+    (`+experiment=fast`) is a config group, not a key.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not _is_group(o.key_or_group)]
+    if not added:
+        return None
+    without = compose([o.input_line for o in parsed if o not in added])
+    for o in added:
+        node, path = without, o.key_or_group.split(".")
+        for depth, name in enumerate(path):
+            if not isinstance(node, dict) or not node:
+                break  # a value, null or an open map: Hydra's own checks, or anything goes
+            if name not in node:
+                where = ".".join(path[:depth]) or "the top level"
+                keys = sorted(node)
+                known = ", ".join(keys[:16]) + (", …" if len(keys) > 16 else "")
+                return (f"'{o.input_line}' adds a key that nothing reads: {where} has no '{name}' "
+                        f"(its keys: {known}) (python -m factory --cfg job prints every key)")
+            node = node[name]
     return None

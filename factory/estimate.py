@@ -251,7 +251,7 @@ def table_lines(e: dict) -> list[str]:
 
 def main(overrides: list[str]) -> int:
     from factory.__main__ import user_error
-    from factory.config import compose, override_error
+    from factory.config import compose, override_error, unknown_added_key
 
     if overrides in (["-h"], ["--help"]):
         print("usage: python -m factory estimate [key=value ...]: the run's own overrides (input=, model=, synth.repeat=, "
@@ -260,6 +260,9 @@ def main(overrides: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = compose(overrides)
+        if error := unknown_added_key(overrides, cfg):
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         figures = estimate(cfg)
     except Exception as exc:
         msg = override_error(exc) or user_error(exc)

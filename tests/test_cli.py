@@ -233,3 +233,30 @@ def test_a_bad_override_is_one_line_from_hydra_itself(tmp_path, bad, words):
     assert words in proc.stderr and not (tmp_path / "o").exists()
     proc = run_cli(bad, "--cfg", "job")  # Hydra's own flags go to Hydra as they are
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override, refused", [
+    ("+select.kk=3", "select has no 'kk'"),
+    ("++synth.stepz=3", "synth has no 'stepz'"),
+    ("+model.compile_opts.mode=max", "model has no 'compile_opts'"),
+    ("+foo=1", "the top level has no 'foo'"),
+    ("+experiment=fast", None),  # a config group, not a key
+    ("++select.k=3", None),  # overrides a key that exists
+    ("+curate.llm.engine_kwargs.enable_prefix_caching=true", None),  # an open map: the engine's own arguments
+])
+def test_added_keys_must_be_keys_the_code_reads(override, refused):
+    from factory.config import check_overrides
+
+    error = check_overrides([override, "model=sdxl"])
+    if refused is None:
+        assert error is None
+    else:
+        assert refused in error and error.startswith(f"'{override}' adds a key that nothing reads")
+
+
+def test_an_added_typo_is_one_line_before_anything_runs(tmp_path):
+    proc = run_cli("+select.kk=3", f"output={tmp_path}/o")
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: '+select.kk=3' adds a key that nothing reads: select has no 'kk' (its keys: best_by, fraction, k) "
+        "(python -m factory --cfg job prints every key)"]

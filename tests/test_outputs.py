@@ -328,6 +328,14 @@ def test_estimate_cli_input_not_found(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: input not found")
 
 
+def test_estimate_cli_refuses_an_added_typo(captions_path):
+    proc = cli("factory", "estimate", f"input={captions_path}", "estimate.seconds_per_image=1", "+synth.repeats=3", timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == ["error: '+synth.repeats=3' adds a key that nothing reads: synth has no 'repeats' "
+                                                "(its keys: batch_size, guidance, negative_prompt, repeat, seed, steps) "
+                                                "(python -m factory --cfg job prints every key)"]
+
+
 def test_failed_export_leaves_no_shard_behind(tmp_path):
     from factory.export.webdataset import write_shards
 
