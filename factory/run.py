@@ -218,25 +218,53 @@ def count_rejects(rejects_dir: str) -> tuple[int, dict]:
     return t.num_rows, dict(sorted(by_reason.items(), key=lambda kv: -kv[1]))
 
 
+def settled(reasons: pa.ChunkedArray | pa.Array):
+    """Per row: whether the sample is done for good (usable, or unusable for a reason that stays)."""
+    return pc.invert(pc.fill_null(pc.is_in(reasons, value_set=pa.array(S.RETRY_ON_RESUME)), False))
+
+
+def latest_outcomes(t: pa.Table) -> pa.Table:
+    """Rows of candidates (id, sample, reason) with retried samples counted once: a sample made again
+    after an out-of-memory row counts as its newer outcome, and two such rows as one."""
+    from factory.expand import sample_keys
+
+    done = settled(t.column(S.REASON))
+    retry = t.filter(pc.invert(done))
+    if retry.num_rows == 0:
+        return t
+    keep = t.filter(done)
+    same_ids = keep.filter(pc.is_in(keep.column(S.ID), value_set=pc.unique(retry.column(S.ID))))
+    made = set(sample_keys(same_ids).tolist())
+    left, seen = [], set()
+    for i, k in enumerate(sample_keys(retry).tolist()):
+        if k not in made and k not in seen:
+            seen.add(k)
+            left.append(i)
+    return pa.concat_tables([keep, retry.take(pa.array(left, pa.int64()))])
+
+
 def count_candidates(candidates_dir: str) -> dict:
-    t = files.read_parquet_dir(candidates_dir, [S.REASON])
+    t = files.read_parquet_dir(candidates_dir, [S.ID, S.SAMPLE, S.REASON])
     if t is None:
         return {"rows": 0, "usable": 0, "unusable": {}}
+    t = latest_outcomes(t)
     bad = t.filter(pc.is_valid(t.column(S.REASON)))
     reasons = collections.Counter(bad.column(S.REASON).to_pylist())
     return {"rows": t.num_rows, "usable": t.num_rows - bad.num_rows, "unusable": dict(reasons)}
 
 
 def candidate_keys(candidates_dir: str) -> tuple[pa.Table, pa.Table]:
-    """(id, sample) of every candidate on disk, and (id, norm_hash) of the caption each id's
-    samples were made from, read a batch at a time (captions of millions of rows never sit in memory)."""
+    """(id, sample) of every candidate on disk that is done for good (a resumed run makes the rest
+    again: S.RETRY_ON_RESUME), and (id, norm_hash) of the caption each id's samples were made from,
+    read a batch at a time (captions of millions of rows never sit in memory)."""
     from factory.curate.dedup import NORM_HASH, text_hash
 
     keys, made = [], {}
     paths = files.list_files(candidates_dir, ".parquet")
     if paths:
-        for batch in files.parquet_dataset(paths).to_batches(columns=[S.ID, S.SAMPLE, S.CAPTION]):
-            keys.append(pa.table({S.ID: batch.column(S.ID), S.SAMPLE: batch.column(S.SAMPLE)}))
+        for batch in files.parquet_dataset(paths).to_batches(columns=[S.ID, S.SAMPLE, S.CAPTION, S.REASON]):
+            done = settled(batch.column(S.REASON))
+            keys.append(pa.table({S.ID: batch.column(S.ID), S.SAMPLE: batch.column(S.SAMPLE)}).filter(done))
             for i, caption in zip(batch.column(S.ID).to_pylist(), batch.column(S.CAPTION).to_pylist()):
                 if i not in made:
                     made[i] = text_hash(caption)
@@ -380,8 +408,9 @@ class Scan(NamedTuple):
     n_read: int
     kept_ids: pa.Array  # ids of the rows that pass the rules and deduplication, before model stages
     done: np.ndarray  # sample keys already in candidates/
-    on_disk: pa.Table  # (id, sample) of every candidate row before this run
+    on_disk: pa.Table  # (id, sample) of every candidate row before this run that is done for good
     on_disk_keys: np.ndarray  # the sample key of each of those rows
+    rows_before: int  # candidates before this run, as count_candidates counts them
 
 
 def count_current(keys: np.ndarray, on_disk: pa.Table, ids: pa.Array, repeat: int) -> int:
@@ -418,7 +447,8 @@ def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> S
     if len(done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(done), dirs["candidates"],
                  counts["resumed"])
-    return Scan(paths, rejected, n_read, kept_ids, done, done_table, on_disk)
+    rows_before = count_candidates(dirs["candidates"])["rows"] if len(made_from) else 0
+    return Scan(paths, rejected, n_read, kept_ids, done, done_table, on_disk, rows_before)
 
 
 def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t_start: float,
@@ -456,7 +486,7 @@ def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t
     except BaseException:  # the manifest a stopped run leaves counts what was made, also what the driver
         # had not heard of yet (written by the pool, its summary still in flight)
         try:
-            counts["generated"] = max(progress.done, count_candidates(dirs["candidates"])["rows"] - scan.on_disk.num_rows)
+            counts["generated"] = max(progress.done, count_candidates(dirs["candidates"])["rows"] - scan.rows_before)
         except Exception:  # noqa: BLE001 (the storage may be what failed): the driver's count stands
             counts["generated"] = progress.done
         raise

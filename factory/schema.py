@@ -78,5 +78,8 @@ R_BLANK = "blank_caption"
 R_DUP_ID = "duplicate_id"
 R_DUP_CAPTION = "duplicate_caption"
 R_BAD_IMAGE = "bad_image"  # NaN/Inf or a single colour
+R_BAD_SCORE = "bad_score"  # a NaN/Inf CLIPScore or SSIM (e.g. an fp16 overflow): never ranked
 R_OOM = "out_of_memory"
-R_SYNTH_ERROR = "synthesis_error"
+# Unusable for a reason that may pass: a resumed run makes these samples again (after, say, model.vae_tiling=true
+# or fewer scorers on the GPU); the old row stays on disk and the counts take the newest outcome of each sample.
+RETRY_ON_RESUME = (R_OOM,)

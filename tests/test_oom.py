@@ -1,6 +1,8 @@
 """A batch that runs out of device memory is retried in halves; a sample that fails alone gets a reason."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,21 @@ def test_ray_merges_a_failed_batch_into_the_scorers_batch_and_scoring_goes_on(ra
         assert rows[id_][S.CLIP_SCORE] == pytest.approx(alone[S.CLIP_SCORE][i], abs=1e-6)
     for id_ in ["bad0", "bad1"]:
         assert rows[id_][S.REASON] == S.R_OOM and np.isnan(rows[id_][S.SCORE])
+
+
+class OverflowScorer(ClipSsimScorer):
+    """CLIP's tower overflows (fp16) on the captions that mention it."""
+
+    def score(self, images, captions):
+        clip, ssim = super().score(images, captions)
+        clip[["overflow" in c for c in captions]] = np.nan
+        return clip, ssim
+
+
+def test_a_score_that_is_not_finite_gets_a_reason(synth_kwargs):
+    caps = [CAPS[0], "An overflow of red paint on a white floor.", CAPS[1]]
+    batch = DiffusionSynth(**synth_kwargs)(sample_batch(caps))
+    out = OverflowScorer(arch="tiny", device="cpu", ssim_size=64, ssim_low=32, torch_threads=1)(batch)
+    assert list(out[S.REASON]) == ["", S.R_BAD_SCORE, ""]
+    assert re.fullmatch(r"clip_score nan, ssim -?[0-9.e-]+", out[S.DETAIL][1])
+    assert np.isnan(out[S.SCORE][1]) and np.isfinite(out[S.SCORE][[0, 2]]).all()

@@ -249,3 +249,30 @@ def test_best_by_clip_score_reaches_selection_through_the_cli(killed_and_resumed
     assert any(want[i] != by_score[i] for i in by_score if i in want)  # the column made a difference here
     scores = got.column(S.SCORE).to_pylist()
     assert scores == sorted(scores, reverse=True)  # ranked by score, whichever column picked the sample
+
+
+def test_a_sample_that_ran_out_of_memory_is_made_again_on_resume(killed_and_resumed, workdir, tmp_path):
+    """out_of_memory may pass (tiling on, fewer scorers on the GPU): a resumed run makes the sample
+    again, counts its newest outcome and selects as the uninterrupted run did."""
+    out = tmp_path / "oom"
+    shutil.copytree(workdir / "clean", out)
+    best = read_dir(out / "dataset", [S.ID, S.SAMPLE, S.RANK]).sort_by(S.RANK).slice(0, 1).to_pylist()[0]
+    for f in (out / "candidates").glob("*.parquet"):  # the best sample, as if it had run out of memory
+        t = pq.read_table(f)
+        hit = pc.and_(pc.equal(t.column(S.ID), best[S.ID]), pc.equal(t.column(S.SAMPLE), best[S.SAMPLE]))
+        if pc.any(hit).as_py():
+            nan = pa.array([float("nan")] * t.num_rows, pa.float64())
+            for col in (S.SCORE, S.CLIP_SCORE, S.SSIM):
+                t = t.set_column(t.schema.get_field_index(col), col, pc.if_else(hit, nan, t.column(col)))
+            reason = pc.if_else(hit, pa.scalar(S.R_OOM), t.column(S.REASON))
+            pq.write_table(t.set_column(t.schema.get_field_index(S.REASON), S.REASON, reason), f)
+    r = run_cli(*overrides(workdir, out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    m, clean = manifest(out), manifest(workdir / "clean")
+    assert m["counts"]["generated"] == 1 and m["counts"]["resumed"] == clean["counts"]["synthesized"] - 1
+    assert m["counts"]["synthesized"] == clean["counts"]["synthesized"] and m["counts"]["unusable"] == {}
+    counts = key_counts(out / "candidates")
+    assert counts[(best[S.ID], best[S.SAMPLE])] == 2  # the old row stays on disk, beside the new one
+    got = read_dir(out / "dataset", [S.ID, S.SAMPLE, S.RANK]).sort_by(S.RANK)
+    want = read_dir(workdir / "clean" / "dataset", [S.ID, S.SAMPLE, S.RANK]).sort_by(S.RANK)
+    assert got.to_pylist() == want.to_pylist()

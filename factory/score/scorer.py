@@ -33,7 +33,7 @@ class ClipSsimScorer:
     """Stage: batch with image (uint8 N×H×W×3), caption, reason → + clip_score, ssim, score.
 
     Samples that synthesis marked unusable get no scores (NaN) and are never selected; their images
-    are never read. Ray may hand over blocks merged from several synthesis batches, whose image
+    are never read. A score that comes out NaN or infinite marks its sample unusable (bad_score). Ray may hand over blocks merged from several synthesis batches, whose image
     column is then an object array of per-row images: usable rows are scored in groups of one shape.
     Images reach the device `chunk_size` at a time (None: the whole batch), so the host copy of one
     chunk overlaps the device work on the one before. With `compile`, CLIP's image path and the SSIM
@@ -114,6 +114,8 @@ class ClipSsimScorer:
                     reasons[i], details[i] = S.R_OOM, "scoring ran out of device memory even alone"
                 else:
                     clip[i], ssim[i] = r
+                    if not (np.isfinite(clip[i]) and np.isfinite(ssim[i])):  # e.g. an fp16 overflow in a tower
+                        reasons[i], details[i] = S.R_BAD_SCORE, f"clip_score {clip[i]}, ssim {ssim[i]}"
         out = dict(batch)
         out[S.CLIP_SCORE] = clip
         out[S.SSIM] = ssim
