@@ -193,3 +193,15 @@ def test_broken_inputs_are_one_error_or_a_reject_each(tmp_path):
     out = rows(read_caption_file(str(tmp_path / "extra.csv"), 0))
     assert [(r[S.ID], r[S.REASON], r[S.DETAIL]) for r in out] == [("1", None, None), (None, S.R_MALFORMED, "more fields than the header")]
     assert out[1][S.SOURCE].endswith("extra.csv:3")  # the header is line 1
+
+
+def test_an_empty_id_cell_is_a_missing_id(tmp_path):
+    """A CSV whose id column is partly empty (or JSON with "id": ""): those rows get the caption's
+    hash id like rows without one, instead of all sharing the id "" (and all but one rejected)."""
+    (tmp_path / "c.csv").write_text("id,caption\n,A red car by a lake.\n7,A cat on a mat.\n ,Two dogs in the snow.\n")
+    (tmp_path / "c.jsonl").write_text('{"id": "", "caption": "A blue boat."}\n{"id": 0, "caption": "A green hill."}\n')
+    csvr = rows(read_caption_file(str(tmp_path / "c.csv"), 0))
+    assert [r[S.ID] for r in csvr] == [caption_id("A red car by a lake."), "7", caption_id("Two dogs in the snow.")]
+    jsonr = rows(read_caption_file(str(tmp_path / "c.jsonl"), 1))
+    assert [r[S.ID] for r in jsonr] == [caption_id("A blue boat."), "0"]  # 0 is an id; only blank text is none
+    assert all(r[S.REASON] is None for r in csvr + jsonr)

@@ -67,7 +67,8 @@ def _id_text(value) -> str | None:
         value = int(value)
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
-    return str(value)
+    text = str(value)
+    return text if text.strip() else None  # an empty CSV cell is no id: two would be "duplicates"
 
 
 class _Rows:
