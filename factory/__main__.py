@@ -34,7 +34,11 @@ def user_error(exc: BaseException) -> str | None:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         # OSError: storage the user points at (a read-only folder, a missing bucket, no credentials).
-        if isinstance(exc, (InputError, RunError, NotSharedError, OutputInUseError, ValueError, OSError)) and not type(exc).__module__.startswith("ray"):
+        # ValueError: a setting (ours, or a library's: a model path, a device). Not Ray's wrappers,
+        # and not pyarrow's own errors: a bad input file is an InputError before it gets that far,
+        # so an ArrowInvalid is a bug, whose traceback is what a report needs.
+        if (isinstance(exc, (InputError, RunError, NotSharedError, OutputInUseError, ValueError, OSError))
+                and not type(exc).__module__.startswith(("ray", "pyarrow"))):
             return error_line(exc)
         # A stage's constructor failed (a model path that is not there, no such device): the settings are wrong.
         if isinstance(exc, RayActorError) and exc.actor_init_failed:

@@ -260,3 +260,19 @@ def test_an_added_typo_is_one_line_before_anything_runs(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: '+select.kk=3' adds a key that nothing reads: select has no 'kk' (its keys: best_by, fraction, k) "
         "(python -m factory --cfg job prints every key)"]
+
+
+def test_pyarrow_errors_keep_their_traceback_and_settings_errors_are_one_line():
+    """A ValueError about a setting is the user's to fix; pyarrow's own ArrowInvalid (a ValueError too)
+    means a bug here, and the CLI lets its traceback through."""
+    import pyarrow as pa
+
+    from factory.__main__ import user_error
+    from factory.select import check_best_by
+
+    with pytest.raises(pa.ArrowInvalid) as arrow:
+        pa.array(["x"]).cast(pa.int64())
+    assert isinstance(arrow.value, ValueError) and user_error(arrow.value) is None
+    with pytest.raises(ValueError) as setting:
+        check_best_by("ssim")
+    assert user_error(setting.value) == "select.best_by='ssim': expected one of score, clip_score"
