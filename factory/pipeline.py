@@ -274,14 +274,24 @@ def stage_gpus(res: dict, devices: dict[str, str], cluster_gpus: float) -> dict[
     return shares
 
 
-def check_cpus(res: dict, stages, cluster_cpus: float, local: bool) -> float:
+def _pool_cpus(res: dict, stages, default: float) -> dict[str, float]:
+    return {s: int((res.get(s) or {}).get("actors", 1)) * float((res.get(s) or {}).get("num_cpus", default) or 0) for s in stages}
+
+
+def check_cpus(res: dict, stages, cluster_cpus: float, local: bool, curation: tuple = ()) -> float:
     """CPUs left beside the synthesis and scoring pools (which hold theirs for the whole stream) at
     their smallest sizes; refuse (local Ray) or warn when under 1. Ray Data's repartition step in
     front of them takes a whole CPU per task and offers no setting to ask for less, so without one
-    whole CPU free the stream stops and the run waits for ever."""
+    whole CPU free the stream stops and the run waits for ever.
+
+    `curation`: the model curation pools in use (perplexity, judge). They hold their CPUs until
+    every caption has passed them, so with them under 1 CPU is left only later: synthesis then
+    starts once curation has finished every caption (measured: nothing crossed the repartition
+    until the upstream pools were done). A warning, since the run still ends.
+    """
     from factory.run import RunError
 
-    pools = {s: int((res.get(s) or {}).get("actors", 1)) * float((res.get(s) or {}).get("num_cpus") or 0) for s in stages}
+    pools = _pool_cpus(res, stages, 0)
     free = cluster_cpus - sum(pools.values())
     if free < 1:
         what = (f"the actor pools take {sum(pools.values()):g} of the {cluster_cpus:g} CPUs ("
@@ -289,6 +299,13 @@ def check_cpus(res: dict, stages, cluster_cpus: float, local: bool) -> float:
         if local:
             raise RunError(f"{what}: lower resources.*.num_cpus or resources.*.actors, or raise ray.num_cpus")
         log.warning("%s: the run waits until the autoscaler adds CPUs", what)
+        return free
+    more = _pool_cpus(res, curation, 1)  # the stages pass num_cpus=r.get("num_cpus", 1)
+    if more and free - sum(more.values()) < 1:
+        log.warning("the %s pool(s) take %g more CPUs, leaving %g of %g beside all pools: synthesis starts only once they have "
+                    "curated every caption, as Ray Data's repartition step in front of it needs one whole CPU; lower "
+                    "resources.*.num_cpus or raise %s to stream", " and ".join(more), sum(more.values()),
+                    free - sum(more.values()), cluster_cpus, "ray.num_cpus" if local else "the cluster's CPUs")
     return free
 
 
@@ -441,6 +458,14 @@ def part_groups(chosen_rows, row_bytes: float, part_bytes: float) -> list[list[i
 
 
 # ---- curation: the model stages (docs/curation.md) ----
+
+
+def curation_pools(cfg: dict) -> tuple[str, ...]:
+    """The resources.* keys of the model curation actor pools this config runs (vllm's engine is sized apart)."""
+    curate = cfg["curate"]
+    llm = curate.get("llm") or {}
+    return (("perplexity",) if (curate["rules"].get("perplexity") or {}).get("enabled") else ()) + (
+        ("judge",) if llm.get("enabled") and llm.get("backend", "hf") == "hf" else ())
 
 
 def curation_model_stages(ds, cfg: dict, dirs: dict, gpus: dict[str, float]):

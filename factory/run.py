@@ -364,7 +364,7 @@ def run(cfg: dict) -> dict:
         import ray
 
         pipeline.check_cpus(cfg["resources"], ("synth", "score"), ray.cluster_resources().get("CPU", 0),
-                            pipeline.is_local_ray(cfg["ray"]))
+                            pipeline.is_local_ray(cfg["ray"]), curation=pipeline.curation_pools(cfg))
         nodes_checked = check_paths_shared(output, paths)
         lock.check()
         for d in ("candidates", "rejects"):

@@ -133,3 +133,33 @@ class StageThatCannotLoad:
 
     def __call__(self, batch):
         return batch
+
+
+class Stamp:
+    """Adds the time each row passed this stage (and sleeps a little per batch, like a model would)."""
+
+    def __init__(self, column: str, sleep_s: float):
+        self.column, self.sleep_s = column, sleep_s
+
+    def __call__(self, batch: dict) -> dict:
+        time.sleep(self.sleep_s)
+        batch[self.column] = [time.time()] * len(batch["id"])
+        return batch
+
+
+def first_row_behind_repartition(ray, upstream_cpus: float, rows: int) -> int:
+    """How many rows an upstream actor pool (`upstream_cpus` CPUs) had passed when the first row
+    reached the pools behind a repartition step, laid out as the factory's generation stream: the
+    curation pool, repartition, then a synthesis-like and a scoring-like pool of 0.5 CPU each."""
+    from ray.data import ActorPoolStrategy
+
+    pool = dict(compute=ActorPoolStrategy(size=1), batch_format="numpy")
+    ds = ray.data.from_items([{"id": i} for i in range(rows)], override_num_blocks=rows // 16)
+    ds = ds.map_batches(Stamp, fn_constructor_kwargs={"column": "curated", "sleep_s": 0.05}, num_cpus=upstream_cpus, batch_size=16, **pool)
+    ds = ds.repartition(target_num_rows_per_block=8, strict=True)
+    ds = ds.map_batches(Stamp, fn_constructor_kwargs={"column": "synthesized", "sleep_s": 0.0}, num_cpus=0.5, batch_size=8, **pool)
+    ds = ds.map_batches(Stamp, fn_constructor_kwargs={"column": "scored", "sleep_s": 0.0}, num_cpus=0.5, batch_size=8, **pool)
+    t = ds.to_arrow_refs()
+    table = pa.concat_tables(ray.get(t))
+    first = min(table.column("synthesized").to_pylist())
+    return sum(c <= first for c in table.column("curated").to_pylist())

@@ -84,3 +84,32 @@ def test_pools_that_leave_no_whole_cpu_are_refused_on_a_local_ray_and_warned_of_
         assert check_cpus(res, ("synth", "score"), 2, local=False) == 0.5
     assert "waits until the autoscaler adds CPUs" in caplog.text
     assert check_cpus(compose([])["resources"], ("synth", "score"), 2, local=True) == 1.0  # the defaults fit 2 cores
+
+
+def test_curation_pools_that_hold_back_synthesis_are_warned_of(caplog):
+    """The perplexity and judge pools hold their CPUs until every caption has passed them: with less
+    than one CPU left beside all pools, synthesis starts only after curation (a warning: the run ends)."""
+    from factory.pipeline import check_cpus, curation_pools
+
+    cfg = compose(["curate.llm.enabled=true", "curate.rules.perplexity.enabled=true"])
+    assert curation_pools(cfg) == ("perplexity", "judge")
+    assert curation_pools(compose(["curate.llm.enabled=true", "curate.llm.backend=vllm"])) == ()
+    with caplog.at_level("WARNING"):
+        assert check_cpus(cfg["resources"], ("synth", "score"), 2, local=True, curation=curation_pools(cfg)) == 1.0
+    assert "the perplexity and judge pool(s) take 0.5 more CPUs, leaving 0.5 of 2" in caplog.text
+    assert "raise ray.num_cpus to stream" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_cpus(cfg["resources"], ("synth", "score"), 3, local=True, curation=curation_pools(cfg))
+    assert caplog.text == ""
+
+
+def test_synthesis_waits_for_curation_pools_when_repartition_has_no_cpu(ray_local):
+    """What the warning above says, through Ray Data itself: with 0.5 CPU left beside the pools, no row
+    crosses the repartition step until the upstream pool has taken every row; with 1 it streams."""
+    import ray
+
+    from tests.crash_helpers import first_row_behind_repartition
+
+    assert first_row_behind_repartition(ray, upstream_cpus=1.0, rows=400) == 400  # 2 − 0.5 − 0.5 − 1.0 = 0 free
+    assert first_row_behind_repartition(ray, upstream_cpus=0.0, rows=400) < 400
