@@ -95,7 +95,7 @@ def resolve_k(n: int, k: int | None, fraction: float | None) -> int:
 
 
 def top_k(best: pa.Table, k: int) -> tuple[pa.Table, float | None]:
-    """The exact top k rows by score (ties → smaller id), ranked 1..k, and the k-th score."""
+    """The exact top k rows by score (ties → smaller id in string order, "10" < "9"), ranked 1..k, and the k-th score."""
     k = min(k, best.num_rows)
     if k == 0:
         return best.slice(0, 0).append_column(S.RANK, pa.array([], pa.int64())), None
