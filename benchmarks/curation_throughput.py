@@ -61,7 +61,7 @@ def per_batch(captions: list[str], rules_cfg: dict, near_cfg: dict) -> None:
     sigs = [nd.signature_column(captions[i : i + 1024], near_cfg["num_perm"], near_cfg["shingle_size"]) for i in range(0, n, 1024)]
     sig_s = time.perf_counter() - t
     print(f"stage minhash signatures (1 core): {rate(n, sig_s)}")
-    keys = pa.table({S.ID: [str(i) for i in range(n)], S.POS: pa.array(range(n), pa.int64()), nd.MINHASH: pa.chunked_array(sigs)})
+    keys = pa.table({S.ID: [str(i) for i in range(n)], S.POS: pa.array(range(n), pa.int64()), S.MINHASH: pa.chunked_array(sigs)})
     t = time.perf_counter()
     near = nd.find_near_duplicates(keys, near_cfg["threshold"], near_cfg["bands"], near_cfg["max_bucket_span"])
     lsh_s = time.perf_counter() - t

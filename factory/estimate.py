@@ -7,7 +7,6 @@ in and after curation, images to generate, GPU-hours, wall hours on N GPUs and s
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import random
 import sys

@@ -323,7 +323,7 @@ def generation_dataset(paths: list[str], rejected: pa.Table, done, dirs: dict, c
     """
     res = cfg["resources"]
     cpu = res["cpu_task_cpus"]
-    synth_cfg, model_cfg, score_cfg, scorer_cfg = cfg["synth"], cfg["model"], cfg["score"], cfg["scorer"]
+    synth_cfg, score_cfg = cfg["synth"], cfg["score"]
 
     ds = caption_rows(paths, cpu, again=True)
     ds = ds.map_batches(CaptionRules(**cfg["curate"]["rules"]), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)

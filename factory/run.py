@@ -145,8 +145,7 @@ def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int
     the number of rows read, and (id, norm_hash) of the captions left for the model stages (or
     synthesis). Only captions that pass the rules compete."""
     from factory import pipeline
-    from factory.curate.dedup import NORM_HASH
-    from factory.curate.near_dup import R_NEAR_DUP, find_all_duplicates, minhash_params, without_rejected
+    from factory.curate.near_dup import find_all_duplicates, minhash_params, without_rejected
 
     near_dup = cfg["curate"].get("near_dup")
     minhash = minhash_params(near_dup)  # checks the settings before the scan, not after it
@@ -156,18 +155,16 @@ def find_rejected_duplicates(paths: list[str], cfg: dict) -> tuple[pa.Table, int
         raise InputError(f"input is empty: no caption rows in {cfg['input']}")
     rejected = find_all_duplicates(keys, cfg["curate"]["dedup"], near_dup)
     if minhash:
-        log.info("%d near duplicates (Jaccard >= %s)", pc.sum(pc.equal(rejected.column(S.REASON), R_NEAR_DUP)).as_py() or 0,
+        log.info("%d near duplicates (Jaccard >= %s)", pc.sum(pc.equal(rejected.column(S.REASON), S.R_NEAR_DUP)).as_py() or 0,
                  near_dup["threshold"])
-    return rejected, n_read, without_rejected(keys, rejected).select([S.ID, NORM_HASH]).combine_chunks()
+    return rejected, n_read, without_rejected(keys, rejected).select([S.ID, S.NORM_HASH]).combine_chunks()
 
 
 def model_stage_rejected_ids(rejects_dir: str) -> pa.Array:
     """Ids the perplexity filter or the LLM judge rejected in this run (they passed the pre-pass,
     so each id stands for one caption, unlike the ids of duplicate rows)."""
-    from factory.curate.judge import R_LLM_JUDGE
-    from factory.curate.perplexity import R_PERPLEXITY
 
-    t = files.read_parquet_dir(rejects_dir, [S.ID], filter=pc.field(S.REASON).isin([R_PERPLEXITY, R_LLM_JUDGE]))
+    t = files.read_parquet_dir(rejects_dir, [S.ID], filter=pc.field(S.REASON).isin([S.R_PERPLEXITY, S.R_LLM_JUDGE]))
     return pa.array([], pa.string()) if t is None else t.column(S.ID).combine_chunks()
 
 
@@ -257,7 +254,7 @@ def candidate_keys(candidates_dir: str) -> tuple[pa.Table, pa.Table]:
     """(id, sample) of every candidate on disk that is done for good (a resumed run makes the rest
     again: S.RETRY_ON_RESUME), and (id, norm_hash) of the caption each id's samples were made from,
     read a batch at a time (captions of millions of rows never sit in memory)."""
-    from factory.curate.dedup import NORM_HASH, text_hash
+    from factory.curate.dedup import text_hash
 
     keys, made = [], {}
     paths = files.list_files(candidates_dir, ".parquet")
@@ -269,17 +266,15 @@ def candidate_keys(candidates_dir: str) -> tuple[pa.Table, pa.Table]:
                 if i not in made:
                     made[i] = text_hash(caption)
     empty = pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32())})
-    made_from = pa.table({S.ID: pa.array(list(made), pa.string()), NORM_HASH: pa.array(list(made.values()), pa.int64())})
+    made_from = pa.table({S.ID: pa.array(list(made), pa.string()), S.NORM_HASH: pa.array(list(made.values()), pa.int64())})
     return (pa.concat_tables(keys) if keys else empty), made_from
 
 
 def changed_captions(kept: pa.Table, made_from: pa.Table) -> pa.Table:
     """Ids whose caption in the input now differs (beyond case, Unicode form and white space)
     from the caption their samples on disk were made from: (id, norm_hash, norm_hash_on_disk)."""
-    from factory.curate.dedup import NORM_HASH
-
     both = kept.join(made_from, S.ID, join_type="inner", right_suffix="_on_disk", use_threads=False)
-    return both.filter(pc.not_equal(both.column(NORM_HASH), both.column(NORM_HASH + "_on_disk")))
+    return both.filter(pc.not_equal(both.column(S.NORM_HASH), both.column(S.NORM_HASH + "_on_disk")))
 
 
 class Manifest:

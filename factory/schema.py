@@ -80,6 +80,24 @@ R_DUP_CAPTION = "duplicate_caption"
 R_BAD_IMAGE = "bad_image"  # NaN/Inf or a single colour
 R_BAD_SCORE = "bad_score"  # a NaN/Inf CLIPScore or SSIM (e.g. an fp16 overflow): never ranked
 R_OOM = "out_of_memory"
+# Caption rules (curate/rules.py), in the order they are checked.
+R_TOO_SHORT = "too_short"
+R_TOO_LONG = "too_long"
+R_ALNUM = "alnum_ratio"
+R_SPECIAL = "special_ratio"
+R_CHAR_REP = "char_repetition"
+R_WORD_REP = "word_repetition"
+R_FLAGGED = "flagged_words"
+# Model and corpus-level curation.
+R_NEAR_DUP = "near_duplicate"
+R_PERPLEXITY = "perplexity"
+R_LLM_JUDGE = "llm_judge"
+
+# Columns of curation's own passes (never in candidates or the dataset).
+NORM_HASH = "norm_hash"  # int64: hash of the normalised caption (exact dedup, changed-caption check)
+MINHASH = "minhash"  # fixed_size_list<uint32>[num_perm]: the signature of a caption (near dedup)
+VERDICT = "llm_verdict"  # string: yes | no | unparseable; null for rows not judged (already rejected)
+ANSWER = "llm_answer"  # string: the LLM judge's raw answer
 # Unusable for a reason that may pass: a resumed run makes these samples again (after, say, model.vae_tiling=true
 # or fewer scorers on the GPU); the old row stays on disk and the counts take the newest outcome of each sample.
 RETRY_ON_RESUME = (R_OOM,)

@@ -201,7 +201,7 @@ def test_settings_that_would_fail_mid_run_are_refused_first(bad, words):
                                     ["cluster=gpu", "model=sdxl", "scorer=clip_l14_336"], ["resources.synth.max_actors=4"]])
 def test_the_shipped_settings_pass_the_checks(recipe):
     from factory.config import compose
-    from factory.run import RunError, check_settings
+    from factory.run import check_settings
 
     check_settings(compose(recipe))
 

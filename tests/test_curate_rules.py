@@ -55,7 +55,7 @@ def test_perplexity_filter_matches_transformers_loss(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from factory.curate.perplexity import R_PERPLEXITY, PerplexityFilter
+    from factory.curate.perplexity import PerplexityFilter
     from factory.curate.tiny_lm import save_tiny_causal_lm
 
     caps = ["a red dog on the street", "blue", "the cat is on a boat with the dog and the people", "a good image of a house"]
@@ -73,8 +73,8 @@ def test_perplexity_filter_matches_transformers_loss(tmp_path):
     flt = PerplexityFilter(path, max_perplexity=limit, batch_size=3)
     out = flt(rows(caps, [None, None, None, "too_short"]))
     reasons = out.column(S.REASON).to_pylist()
-    expected = [R_PERPLEXITY if p > limit else None for p in got[:3]] + ["too_short"]
-    assert reasons == expected and reasons.count(R_PERPLEXITY) >= 1
+    expected = [S.R_PERPLEXITY if p > limit else None for p in got[:3]] + ["too_short"]
+    assert reasons == expected and reasons.count(S.R_PERPLEXITY) >= 1
     with pytest.raises(ValueError, match="needs model"):
         PerplexityFilter(path, None)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -28,9 +27,9 @@ def test_parse_verdict(answer, verdict):
 
 def test_outcome_policy():
     assert J.outcome("Yes.", "reject") == ("yes", None, None)
-    assert J.outcome("No, because it is vague", "keep") == ("no", J.R_LLM_JUDGE, "no: 'No, because it is vague'")
+    assert J.outcome("No, because it is vague", "keep") == ("no", S.R_LLM_JUDGE, "no: 'No, because it is vague'")
     assert J.outcome("hmm", "keep") == ("unparseable", None, None)
-    assert J.outcome("hmm", "reject") == ("unparseable", J.R_LLM_JUDGE, "unparseable: 'hmm'")
+    assert J.outcome("hmm", "reject") == ("unparseable", S.R_LLM_JUDGE, "unparseable: 'hmm'")
     with pytest.raises(ValueError, match="on_unparseable='drop'"):
         J.check_policy("drop")
 
@@ -57,7 +56,7 @@ def test_hf_judge_gives_real_verdicts_through_generate(tmp_path, prompt):
     judge = J.HFJudge(str(path), prompt["system"], prompt["user"], on_unparseable="reject", batch_size=4)
     assert judge.chat  # the tokenizer's chat template is applied
     out = judge(caption_rows(caps, [None, None, None, "too_short", None, None]))
-    verdicts = out.column(J.VERDICT).to_pylist()
+    verdicts = out.column(S.VERDICT).to_pylist()
     assert verdicts == ["yes", "no", "unparseable", None, "no", "yes"]  # the pre-rejected row is not judged
     assert out.column(S.REASON).to_pylist() == [None, "llm_judge", "llm_judge", "too_short", "llm_judge", None]
     assert out.column(S.DETAIL).to_pylist()[2].startswith("unparseable: 'maybe")
@@ -72,9 +71,9 @@ def test_hf_judge_on_random_weights_and_the_verdict_log(tmp_path, prompt):
     judge = J.HFJudge(str(path), prompt["system"], prompt["user"], on_unparseable="reject", max_new_tokens=3)
     caps = [f"A red dog number {i} on the street" for i in range(7)]
     out = judge(caption_rows(caps, [None] * 6 + ["duplicate_id"]))
-    answers = out.column(J.ANSWER).to_pylist()
+    answers = out.column(S.ANSWER).to_pylist()
     assert all(isinstance(a, str) for a in answers[:6]) and answers[6] is None
-    verdicts = out.column(J.VERDICT).to_pylist()[:6]
+    verdicts = out.column(S.VERDICT).to_pylist()[:6]
     assert verdicts == [J.parse_verdict(a) for a in answers[:6]]
     n_rejected = sum(r == "llm_judge" for r in out.column(S.REASON).to_pylist())
     assert n_rejected == sum(v != "yes" for v in verdicts)  # under 'reject' only a Yes survives
@@ -124,7 +123,7 @@ def test_vllm_processor_is_built_from_our_config_without_vllm(ray_here, tmp_path
     req = J.VllmRequest(llm["prompt"]["system"], llm["prompt"]["user"], 4)(caption_rows(["A red car."]).to_pylist()[0])
     assert req["messages"][-1]["content"].count("A red car.") == 1 and req["sampling_params"] == {"temperature": 0.0, "max_tokens": 4}
     post = J.VllmVerdict("reject")(dict(req, generated_text=" No, it is vague", generated_tokens=[1]))
-    assert post[S.REASON] == "llm_judge" and post[J.VERDICT] == "no" and set(post) == set(S.CAPTION_ROW.names) | {J.VERDICT, J.ANSWER}
+    assert post[S.REASON] == "llm_judge" and post[S.VERDICT] == "no" and set(post) == set(S.CAPTION_ROW.names) | {S.VERDICT, S.ANSWER}
 
 
 def test_judge_needs_a_model():
@@ -140,7 +139,7 @@ def test_judged_rows_fix_the_types_row_maps_infer():
     inferred = pa.Table.from_pylist([row])  # as a row-wise map builds a block: reason and detail all null
     assert inferred.schema.field(S.REASON).type == pa.null()
     fixed = J.judged_rows(inferred)
-    assert fixed.schema == J.JUDGED_ROW and fixed.column(J.VERDICT).to_pylist() == ["yes"]
+    assert fixed.schema == J.JUDGED_ROW and fixed.column(S.VERDICT).to_pylist() == ["yes"]
 
 
 # A short prompt, so that a prompt over max_input_tokens is easy to build with the tiny word-level tokenizer.
@@ -170,7 +169,7 @@ def test_hf_judge_cuts_the_caption_never_the_instructions(tmp_path):
     batch = judge.batch_inputs([LONG_CAPTION, "A red car"])
     assert batch["input_ids"].shape == (2, limit) and batch["attention_mask"][1].tolist() == [0] * 2 + [1] * (limit - 2)
     out = judge(caption_rows([LONG_CAPTION, "A red car"]))
-    assert all(isinstance(a, str) for a in out.column(J.ANSWER).to_pylist())
+    assert all(isinstance(a, str) for a in out.column(S.ANSWER).to_pylist())
     with pytest.raises(ValueError, match=f"curate.llm.max_input_tokens={len(HEAD) + len(TAIL)} leaves no room"):
         J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=len(HEAD) + len(TAIL))
 
@@ -183,8 +182,8 @@ def test_hf_judge_sees_only_the_kept_part_of_a_cut_caption(tmp_path):
     path = str(save_keyword_judge_lm(tmp_path / "kw", extra_text=f"{SHORT_SYSTEM} {SHORT_USER} {caption}"))
     roomy = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=512)
     tight = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=len(HEAD) + 5 + len(TAIL))
-    assert roomy(caption_rows([caption])).column(J.VERDICT).to_pylist() == ["no"]
-    assert tight(caption_rows([caption, "A cat on a red car"])).column(J.VERDICT).to_pylist() == ["yes", "no"]
+    assert roomy(caption_rows([caption])).column(S.VERDICT).to_pylist() == ["no"]
+    assert tight(caption_rows([caption, "A cat on a red car"])).column(S.VERDICT).to_pylist() == ["yes", "no"]
 
 
 def test_hf_judge_device_and_dtype_settings(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ def keys_table(captions, ids=None, num_perm=128, shingle_size=1):
     return pa.table({
         S.ID: pa.array(ids, pa.string()),
         S.POS: pa.array(range(len(captions)), pa.int64()),
-        nd.MINHASH: nd.signature_column(captions, num_perm, shingle_size),
+        S.MINHASH: nd.signature_column(captions, num_perm, shingle_size),
     })
 
 
@@ -94,7 +94,7 @@ def test_smallest_id_is_kept_numbers_before_strings():
     rejected = dict(zip(out.column(S.POS).to_pylist(), out.column(S.DETAIL).to_pylist()))
     # Group {b7, 10, 9, a10}: "9" < "10" numerically (as strings "10" < "9"), numbers before "a10", "b7".
     assert rejected == {0: "near duplicate of id 9", 1: "near duplicate of id 9", 3: "near duplicate of id 9"}
-    assert set(out.column(S.REASON).to_pylist()) == {nd.R_NEAR_DUP}
+    assert set(out.column(S.REASON).to_pylist()) == {S.R_NEAR_DUP}
 
 
 @pytest.mark.parametrize("kind", NEAR_KINDS)
@@ -115,7 +115,7 @@ def test_precision_and_recall_on_planted_pool(capsys):
     ids = [str(i + 1) for i in range(len(captions))]
     base = pa.table({S.ID: ids, S.CAPTION: captions, S.POS: pa.array(range(len(captions)), pa.int64()),
                      S.REASON: pa.array([None] * len(captions), pa.string())})
-    keys = dedup_keys(base).append_column(nd.MINHASH, nd.signature_column(captions, 128, 1))
+    keys = dedup_keys(base).append_column(S.MINHASH, nd.signature_column(captions, 128, 1))
     exact = find_duplicates(keys)
     near = nd.find_near_duplicates(nd.without_rejected(keys, exact), threshold=0.8, bands=16)
     found = set(near.column(S.POS).to_pylist())

@@ -158,6 +158,20 @@ def test_hf_folder_loads_with_load_dataset(run_out, dataset, tmp_path):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["configs"][0]["data_files"][0]["path"] == "*.parquet"
     assert f"| selected | {K} |" in card
+    assert "captions were\ncurated by rules and exact deduplication, each turned into" in card
+    assert "best sample of each caption\n(by score) competed" in card
+
+
+def test_the_card_names_every_curation_step_the_run_used():
+    from factory.config import compose
+    from factory.export.hf import curation_steps
+
+    assert curation_steps(compose([])["curate"]) == "curated by rules and exact deduplication"
+    everything = compose(["curate.near_dup.enabled=true", "curate.rules.perplexity.enabled=true", "curate.rules.perplexity.model=gpt2",
+                          "curate.llm.enabled=true", "curate.llm.model=Qwen/Qwen2.5-1.5B-Instruct"])["curate"]
+    assert curation_steps(everything) == ("curated by rules, exact deduplication, near-duplicate removal (MinHash + LSH), "
+                                          "a perplexity filter (`gpt2`) and an LLM judge (`Qwen/Qwen2.5-1.5B-Instruct`)")
+    assert curation_steps(compose(["curate.rules.enabled=false", "curate.dedup.captions=false"])["curate"]) == "not curated"
 
 
 def test_stage_summary_in_manifest_and_output(run_out, manifest):

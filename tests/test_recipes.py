@@ -75,3 +75,14 @@ def test_selection_by_fraction_matches_a_sort():
     best = scores.group_by("id").aggregate([("score", "max")]).sort_by([("score_max", "descending"), ("id", "ascending")])
     assert competing == n and chosen.num_rows == exact_ceiling(n, 0.1)
     assert chosen.column("id").to_pylist() == best.column("id").to_pylist()[: chosen.num_rows]
+
+
+# The paper's caption rules (SynthVLM, appendix: Data-Juicer operators and their thresholds).
+PAPER_RULES = {"alnum_min": 0.60, "char_rep_max": 0.0937, "word_rep_max": 0.0309, "special_min": 0.165, "special_max": 0.420,
+               "flagged_max": 0.0, "rep_len": 10}
+
+
+@pytest.mark.parametrize("recipe", [[], ["+experiment=synthvlm"], ["+experiment=fast"]])
+def test_every_recipe_keeps_the_papers_rule_thresholds(recipe):
+    rules = compose(recipe)["curate"]["rules"]
+    assert rules["enabled"] and {k: rules[k] for k in PAPER_RULES} == PAPER_RULES

@@ -216,11 +216,11 @@ def test_a_caption_changed_under_its_id_is_refused_on_resume(killed_and_resumed,
 
 
 def test_changed_captions_ignores_case_and_white_space():
-    from factory.curate.dedup import NORM_HASH, text_hash
+    from factory.curate.dedup import text_hash
     from factory.run import changed_captions
 
     def table(pairs):
-        return pa.table({S.ID: [i for i, _ in pairs], NORM_HASH: pa.array([text_hash(c) for _, c in pairs], pa.int64())})
+        return pa.table({S.ID: [i for i, _ in pairs], S.NORM_HASH: pa.array([text_hash(c) for _, c in pairs], pa.int64())})
 
     on_disk = table([("a", "A red car."), ("b", "A blue   boat"), ("c", "A green tree")])
     now = table([("a", "a RED car."), ("b", "A blue boat "), ("c", "A green bush"), ("d", "new")])

@@ -28,7 +28,7 @@ def test_local_and_ray_scans_agree(tmp_path, ray_local):
 
 
 def test_minhash_rides_along_in_the_same_scan(tmp_path, ray_local):
-    from factory.curate.near_dup import MINHASH, signature_column
+    from factory.curate.near_dup import signature_column
 
     a = tmp_path / "a.jsonl"
     a.write_text("".join(json.dumps({"id": i, "caption": f"a red car number {i} on a street"}) + "\n" for i in range(30)) + '{"id": 99}\n')
@@ -36,8 +36,8 @@ def test_minhash_rides_along_in_the_same_scan(tmp_path, ray_local):
     remote, _ = pipeline.scan_keys([str(a)], 0.25, local_max_mb=0, minhash=(32, 1))
     assert local.sort_by(S.POS).to_pylist() == remote.sort_by(S.POS).to_pylist()
     expected = signature_column([f"a red car number {i} on a street" for i in range(30)], 32, 1)
-    assert local.sort_by(S.POS).column(MINHASH).to_pylist() == expected.to_pylist()
+    assert local.sort_by(S.POS).column(S.MINHASH).to_pylist() == expected.to_pylist()
     empty = tmp_path / "e.jsonl"
     empty.write_text('{"id": 1, "caption": "   "}\n')  # its one row is a reject: no keys
     keys, n = pipeline.scan_keys([str(empty)], 0.25, local_max_mb=16, minhash=(32, 1))
-    assert n == 1 and keys.num_rows == 0 and MINHASH in keys.column_names
+    assert n == 1 and keys.num_rows == 0 and S.MINHASH in keys.column_names

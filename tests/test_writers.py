@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import schema as S
-from factory.curate.judge import ANSWER, VERDICT, VERDICT_LOG, VerdictLog
+from factory.curate.judge import VERDICT_LOG, VerdictLog
 from factory.io import files
 from factory.io.write import CandidateWriter, RejectsSplit
 
@@ -39,7 +39,7 @@ def caption_rows() -> pa.Table:
         S.ID: ["a", "b"], S.CAPTION: ["a kept caption", "x"], S.SOURCE: ["in.jsonl:1", "in.jsonl:2"],
         S.RAW: ['{"id": "a"}', '{"id": "b"}'],
         S.REASON: [None, "too_short"], S.DETAIL: [None, "1 word"],
-        VERDICT: [None, "no"], ANSWER: [None, "No."],
+        S.VERDICT: [None, "no"], S.ANSWER: [None, "No."],
     })
 
 

@@ -17,7 +17,6 @@ import pyarrow.compute as pc
 from factory import schema as S
 
 _WS = re.compile(r"\s+")
-NORM_HASH = "norm_hash"
 
 
 def normalize_caption(text: str) -> str:
@@ -33,7 +32,7 @@ def dedup_keys(batch: pa.Table) -> pa.Table:
     """The few columns the duplicate search needs, for the rows still valid."""
     batch = batch.filter(pc.is_null(batch.column(S.REASON)))
     hashes = [text_hash(c) for c in batch.column(S.CAPTION).to_pylist()]
-    return pa.table({S.ID: batch.column(S.ID), S.POS: batch.column(S.POS), NORM_HASH: pa.array(hashes, pa.int64())})
+    return pa.table({S.ID: batch.column(S.ID), S.POS: batch.column(S.POS), S.NORM_HASH: pa.array(hashes, pa.int64())})
 
 
 def _losers(keys: pa.Table, key: str, reason: str) -> tuple[pa.Table, pa.Table]:
@@ -62,7 +61,7 @@ def find_duplicates(keys: pa.Table, ids: bool = True, captions: bool = True) -> 
         keys, lost = _losers(keys, S.ID, S.R_DUP_ID)
         parts.append(lost)
     if captions:
-        _, lost = _losers(keys, NORM_HASH, S.R_DUP_CAPTION)
+        _, lost = _losers(keys, S.NORM_HASH, S.R_DUP_CAPTION)
         parts.append(lost)
     if not parts:
         return pa.table({S.POS: pa.array([], pa.int64()), S.REASON: pa.array([], pa.string()), S.DETAIL: pa.array([], pa.string())})

@@ -22,9 +22,6 @@ import pyarrow.compute as pc
 
 from factory import schema as S
 
-R_LLM_JUDGE = "llm_judge"
-VERDICT = "llm_verdict"  # string: yes | no | unparseable; null for rows not judged (already rejected)
-ANSWER = "llm_answer"  # string: the model's raw answer
 YES, NO, UNPARSEABLE = "yes", "no", "unparseable"
 VERDICTS = (YES, NO, UNPARSEABLE)
 POLICIES = ("keep", "reject")
@@ -52,7 +49,7 @@ def outcome(answer: str | None, on_unparseable: str) -> tuple[str, str | None, s
     if verdict == YES or (verdict == UNPARSEABLE and on_unparseable == "keep"):
         return verdict, None, None
     shown = " ".join((answer or "").split())[:80]
-    return verdict, R_LLM_JUDGE, f"{verdict}: {shown!r}"
+    return verdict, S.R_LLM_JUDGE, f"{verdict}: {shown!r}"
 
 
 def check_policy(on_unparseable: str) -> str:
@@ -91,7 +88,7 @@ def apply_verdicts(batch: pa.Table, judged: np.ndarray, answers: list[str | None
             reasons[i], details[i] = reason, detail
     batch = batch.set_column(batch.schema.get_field_index(S.REASON), S.REASON, pa.array(reasons, pa.string()))
     batch = batch.set_column(batch.schema.get_field_index(S.DETAIL), S.DETAIL, pa.array(details, pa.string()))
-    return batch.append_column(VERDICT, pa.array(verdicts, pa.string())).append_column(ANSWER, pa.array(raw, pa.string()))
+    return batch.append_column(S.VERDICT, pa.array(verdicts, pa.string())).append_column(S.ANSWER, pa.array(raw, pa.string()))
 
 
 def resolve_dtype(dtype: str, key: str = "curate.llm.dtype"):
@@ -235,14 +232,14 @@ class VllmVerdict:
     def __call__(self, row: dict) -> dict:
         out = {c: row.get(c) for c in self.columns}
         answer = row.get("generated_text")
-        out[VERDICT], reason, detail = outcome(answer, self.on_unparseable)
-        out[ANSWER] = answer
+        out[S.VERDICT], reason, detail = outcome(answer, self.on_unparseable)
+        out[S.ANSWER] = answer
         if reason is not None:
             out[S.REASON], out[S.DETAIL] = reason, detail
         return out
 
 
-JUDGED_ROW = pa.schema(list(S.CAPTION_ROW) + [pa.field(VERDICT, pa.string()), pa.field(ANSWER, pa.string())])
+JUDGED_ROW = pa.schema(list(S.CAPTION_ROW) + [pa.field(S.VERDICT, pa.string()), pa.field(S.ANSWER, pa.string())])
 
 
 def judged_rows(batch: pa.Table) -> pa.Table:
@@ -269,7 +266,7 @@ def vllm_processor_kwargs(llm: dict) -> dict:
 
 # ---- verdict log -----------------------------------------------------------------------------
 
-VERDICT_LOG = pa.schema([pa.field(S.ID, pa.string()), pa.field(VERDICT, pa.string()), pa.field(ANSWER, pa.string()), pa.field(S.SOURCE, pa.string())])
+VERDICT_LOG = pa.schema([pa.field(S.ID, pa.string()), pa.field(S.VERDICT, pa.string()), pa.field(S.ANSWER, pa.string()), pa.field(S.SOURCE, pa.string())])
 
 
 class VerdictLog:
@@ -285,7 +282,7 @@ class VerdictLog:
         from factory.io import files
         from factory.io.write import keys_digest
 
-        judged = batch.filter(pc.is_valid(batch.column(VERDICT)))
+        judged = batch.filter(pc.is_valid(batch.column(S.VERDICT)))
         if judged.num_rows:
             table = judged.select(VERDICT_LOG.names).cast(VERDICT_LOG)
             name = f"part-{keys_digest(table.column(S.SOURCE).to_pylist())}.parquet"
@@ -298,8 +295,8 @@ def count_verdicts(directory: str) -> dict:
     from factory.io import files
 
     counts = dict.fromkeys(VERDICTS, 0)
-    t = files.read_parquet_dir(directory, [VERDICT])
+    t = files.read_parquet_dir(directory, [S.VERDICT])
     if t is not None:
-        for row in t.group_by(VERDICT).aggregate([(VERDICT, "count")]).to_pylist():
-            counts[row[VERDICT]] = row[f"{VERDICT}_count"]
+        for row in t.group_by(S.VERDICT).aggregate([(S.VERDICT, "count")]).to_pylist():
+            counts[row[S.VERDICT]] = row[f"{S.VERDICT}_count"]
     return counts

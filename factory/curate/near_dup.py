@@ -24,12 +24,9 @@ import pyarrow.compute as pc
 from factory import schema as S
 from factory.curate.dedup import dedup_keys, find_duplicates
 
-MINHASH = "minhash"  # fixed_size_list<uint32>[num_perm]: the signature of a caption
-R_NEAR_DUP = "near_duplicate"
 
 _WORD = re.compile(r"\w+")
 _SEED = 0x5EED_F00D  # the hash family is fixed: signatures from any worker or run agree
-_MASK32 = np.uint64(0xFFFFFFFF)
 
 
 def shingle_words(text: str) -> list[str]:
@@ -176,7 +173,7 @@ def find_near_duplicates(
     if n < 2:
         return empty
     keys = keys.sort_by([(S.POS, "ascending")])  # the result must not depend on the order blocks arrived in
-    col = keys.column(MINHASH).combine_chunks()
+    col = keys.column(S.MINHASH).combine_chunks()
     num_perm = col.type.list_size
     signatures = col.values.to_numpy().reshape(n, num_perm)
     pairs = candidate_pairs(band_keys(signatures, bands), max_bucket_span)
@@ -198,7 +195,7 @@ def find_near_duplicates(
     return pa.table(
         {
             S.POS: pa.array(pos[losers], pa.int64()),
-            S.REASON: pa.array([R_NEAR_DUP] * len(losers), pa.string()),
+            S.REASON: pa.array([S.R_NEAR_DUP] * len(losers), pa.string()),
             S.DETAIL: pa.array([f"near duplicate of id {ids[k]}" for k in keepers], pa.string()),
         }
     )
@@ -217,7 +214,7 @@ def search_keys(batch: pa.Table, minhash: tuple[int, int] | None = None) -> pa.T
     keys = dedup_keys(batch)
     if minhash:
         valid = batch.filter(pc.is_null(batch.column(S.REASON)))  # the rows dedup_keys kept, in order
-        keys = keys.append_column(MINHASH, signature_column(valid.column(S.CAPTION).to_pylist(), *minhash))
+        keys = keys.append_column(S.MINHASH, signature_column(valid.column(S.CAPTION).to_pylist(), *minhash))
     return keys
 
 

@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 
 from factory import schema as S
 
-R_PERPLEXITY = "perplexity"
 
 
 class PerplexityFilter:
@@ -79,6 +78,6 @@ class PerplexityFilter:
         reasons, details = batch.column(S.REASON).to_pylist(), batch.column(S.DETAIL).to_pylist()
         for i, p in zip(idx, ppl):
             if not p <= self.max_perplexity:  # NaN and inf fail too
-                reasons[i], details[i] = R_PERPLEXITY, f"{p:.1f} > {self.max_perplexity:g}"
+                reasons[i], details[i] = S.R_PERPLEXITY, f"{p:.1f} > {self.max_perplexity:g}"
         batch = batch.set_column(batch.schema.get_field_index(S.REASON), S.REASON, pa.array(reasons, pa.string()))
         return batch.set_column(batch.schema.get_field_index(S.DETAIL), S.DETAIL, pa.array(details, pa.string()))

@@ -142,26 +142,26 @@ class CaptionRules:
         """(reason, detail) of the first rule the caption fails, or None."""
         n = len(caption)
         if self.min_chars is not None and n < self.min_chars:
-            return "too_short", f"{n} < {self.min_chars} chars"
+            return S.R_TOO_SHORT, f"{n} < {self.min_chars} chars"
         if self.max_chars is not None and n > self.max_chars:
-            return "too_long", f"{n} > {self.max_chars} chars"
+            return S.R_TOO_LONG, f"{n} > {self.max_chars} chars"
         if self.alnum_min is not None and (v := alnum_ratio(caption)) < self.alnum_min:
-            return "alnum_ratio", f"{v:.4f} < {self.alnum_min}"
+            return S.R_ALNUM, f"{v:.4f} < {self.alnum_min}"
         if self.special_min is not None or self.special_max is not None:
             v = special_ratio(caption)
             if self.special_min is not None and v < self.special_min:
-                return "special_ratio", f"{v:.4f} < {self.special_min}"
+                return S.R_SPECIAL, f"{v:.4f} < {self.special_min}"
             if self.special_max is not None and v > self.special_max:
-                return "special_ratio", f"{v:.4f} > {self.special_max}"
+                return S.R_SPECIAL, f"{v:.4f} > {self.special_max}"
         if self.char_rep_max is not None and (v := char_rep_ratio(caption, self.rep_len)) > self.char_rep_max:
-            return "char_repetition", f"{v:.4f} > {self.char_rep_max}"
+            return S.R_CHAR_REP, f"{v:.4f} > {self.char_rep_max}"
         if self.word_rep_max is not None and (v := word_rep_ratio(caption, self.rep_len)) > self.word_rep_max:
-            return "word_repetition", f"{v:.4f} > {self.word_rep_max}"
+            return S.R_WORD_REP, f"{v:.4f} > {self.word_rep_max}"
         if self.flagged and self.flagged_max is not None:
             words = words_of(caption)
             hits = [w for w in words if w in self.flagged]
             if words and (v := len(hits) / len(words)) > self.flagged_max:
-                return "flagged_words", f"{v:.4f} > {self.flagged_max} ({hits[0]})"
+                return S.R_FLAGGED, f"{v:.4f} > {self.flagged_max} ({hits[0]})"
         return None
 
     def __call__(self, batch: pa.Table) -> pa.Table:

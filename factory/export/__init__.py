@@ -14,14 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from factory import schema as S
 from factory.config import CONF_DIR
 from factory.io import files
 
 DEFAULT_INSTRUCTIONS = f"{CONF_DIR}/export/llava_instructions.yaml"
-
-# The columns an export carries besides the image bytes.
-META_COLUMNS = [S.ID, S.CAPTION, S.SAMPLE, S.SEED, S.WIDTH, S.HEIGHT, S.CLIP_SCORE, S.SSIM, S.SCORE, S.RANK]
 
 
 def dataset_files(directory: str) -> list[str]:

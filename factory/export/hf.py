@@ -51,6 +51,24 @@ def front_matter(n_rows: int) -> dict:
     }
 
 
+def curation_steps(curate: dict) -> str:
+    """What curated the captions under `curate` (the run's config), in words."""
+    rules = curate.get("rules") or {}
+    steps = ["rules"] if rules.get("enabled", True) else []
+    dedup = curate.get("dedup") or {}
+    if dedup.get("captions", True):
+        steps.append("exact deduplication")
+    if (curate.get("near_dup") or {}).get("enabled"):
+        steps.append("near-duplicate removal (MinHash + LSH)")
+    if (rules.get("perplexity") or {}).get("enabled"):
+        steps.append(f"a perplexity filter (`{rules['perplexity'].get('model')}`)")
+    if (curate.get("llm") or {}).get("enabled"):
+        steps.append(f"an LLM judge (`{curate['llm'].get('model')}`)")
+    if not steps:
+        return "not curated"
+    return "curated by " + (", ".join(steps[:-1]) + " and " + steps[-1] if len(steps) > 1 else steps[0])
+
+
 def card_text(counts: dict, config: dict, scores: dict, exports: list[str]) -> str:
     n = int(counts.get("selected", 0))
     model, scorer, score, sel = config.get("model", {}), config.get("scorer", {}), config.get("score", {}), config.get("select", {})
@@ -68,11 +86,11 @@ def card_text(counts: dict, config: dict, scores: dict, exports: list[str]) -> s
 # Synthetic image–caption dataset
 
 {n} image–caption pairs made by synth-factory following SynthVLM (arXiv 2407.20756): captions were
-curated by rules and exact deduplication, each turned into {config.get('synth', {}).get('repeat', 1)} image(s) by
+{curation_steps(config.get('curate') or {{}})}, each turned into {config.get('synth', {}).get('repeat', 1)} image(s) by
 `{model.get('path')}` ({config.get('synth', {}).get('steps')} steps, guidance {config.get('synth', {}).get('guidance')}),
 scored by CLIPScore (`{scorer.get('arch')}`, weights `{scorer.get('pretrained')}`) + {score.get('lam')} × SSIM of a
 {score.get('ssim_size')}→{score.get('ssim_low')}→{score.get('ssim_size')} px round trip, and the best sample of each caption
-competed for the global top {sel.get('k') if sel.get('fraction') is None else f"{sel.get('fraction'):.0%}"} by score.
+(by {sel.get('best_by') or 'score'}) competed for the global top {sel.get('k') if sel.get('fraction') is None else f"{sel.get('fraction'):.0%}"} by score.
 
 ```python
 from datasets import load_dataset

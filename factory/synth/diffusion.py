@@ -270,7 +270,7 @@ class DiffusionSynth:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
-        results, failed = run_in_halves(run, range(n), on_oom=count_oom)
+        results, _ = run_in_halves(run, range(n), on_oom=count_oom)
         # Placeholders take the stage's real output shape even when nothing succeeded: Ray may merge
         # this block with others for the scorer, and one image shape per column keeps it an array.
         shape = next((r[0].shape for r in results if r is not None), None) or (*self.output_size(), 3)
