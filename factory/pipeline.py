@@ -309,6 +309,14 @@ def check_cpus(res: dict, stages, cluster_cpus: float, local: bool, curation: tu
     return free
 
 
+def check_pool_cpus(cfg: dict) -> float:
+    """check_cpus for this run's pools on the Ray it joined."""
+    import ray
+
+    return check_cpus(cfg["resources"], ("synth", "score"), ray.cluster_resources().get("CPU", 0), is_local_ray(cfg["ray"]),
+                      curation=curation_pools(cfg))
+
+
 def is_local_ray(ray_cfg: dict) -> bool:
     """Whether init_ray starts a Ray of its own (no cluster to grow)."""
     import os

@@ -356,10 +356,7 @@ def run(cfg: dict) -> dict:
     try:
         pipeline.init_ray(cfg["ray"])
         pipeline.configure_data_context(cfg["ray"])
-        import ray
-
-        pipeline.check_cpus(cfg["resources"], ("synth", "score"), ray.cluster_resources().get("CPU", 0),
-                            pipeline.is_local_ray(cfg["ray"]), curation=pipeline.curation_pools(cfg))
+        pipeline.check_pool_cpus(cfg)
         nodes_checked = check_paths_shared(output, paths)
         lock.check()
         for d in ("candidates", "rejects"):
