@@ -156,7 +156,8 @@ def test_hf_folder_loads_with_load_dataset(run_out, dataset, tmp_path):
     assert first[S.IMAGE].size == (first[S.WIDTH], first[S.HEIGHT])
     card = (run_out[0] / "dataset" / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["configs"][0]["data_files"][0]["path"] == "*.parquet"
+    parts = sorted(p.name for p in (run_out[0] / "dataset").glob("*.parquet"))
+    assert meta["configs"][0]["data_files"][0]["path"] == parts and len(parts) >= 1
     assert f"| selected | {K} |" in card
     assert "captions were\ncurated by rules and exact deduplication, each turned into" in card
     assert "best sample of each caption\n(by score) competed" in card
@@ -260,6 +261,26 @@ def _dataset_dir(tmp_path: Path, fmt: str, n: int = 5) -> Path:
     folder.mkdir()
     pq.write_table(table, folder / "part-0.parquet")
     return folder
+
+
+def test_two_runs_dataset_folders_load_their_own_rows_through_one_cache(tmp_path):
+    """datasets keys its cache of a card-bearing folder on the card's YAML and the folder's name:
+    every run's folder is called dataset/, so the card must tell runs apart (it names its parts)."""
+    import datasets
+
+    from factory.config import compose
+    from factory.export.hf import write_card
+
+    folders = []
+    for run, n in (("a", 5), ("b", 3)):
+        (tmp_path / run).mkdir()
+        folder = _dataset_dir(tmp_path / run, "png", n)
+        (folder / "part-0.parquet").rename(folder / f"part-{run}.parquet")  # parts are named by their rows' keys
+        write_card(str(folder), {"selected": n}, compose([]))
+        folders.append(folder)
+    cache = str(tmp_path / "hf")
+    rows = [datasets.load_dataset(str(f), split="train", cache_dir=cache).num_rows for f in folders]
+    assert rows == [5, 3]
 
 
 @pytest.mark.parametrize("fmt,ext", [("webp", "webp"), ("jpeg", "jpg")])

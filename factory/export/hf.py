@@ -2,6 +2,9 @@
 
 The card's `configs` pins the data files to the top-level Parquet parts: without it `datasets`
 would infer the format from whatever else lies in the folder (llava.json, wds/*.tar, images/).
+It names each part, not `*.parquet`: `datasets` 5 keys its cache of a card-bearing folder on the
+card's YAML and the folder's name alone, so with a pattern every run's `dataset/` would load the
+rows cached from whichever was loaded first. Part names are hashes of their rows' keys.
 Its `dataset_info.features` declares `image` an Image, so rows come back as PIL images.
 """
 from __future__ import annotations
@@ -41,9 +44,9 @@ def size_category(n: int) -> str:
     return "10M<n<100M" if n < 100_000_000 else "n>100M"
 
 
-def front_matter(n_rows: int) -> dict:
+def front_matter(n_rows: int, parts: list[str]) -> dict:
     return {
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "*.parquet"}]}],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": sorted(parts)}]}],
         "dataset_info": {"features": FEATURES},
         "task_categories": ["image-to-text", "text-to-image"],
         "tags": ["synthetic", "synthvlm", "image-captioning"],
@@ -69,7 +72,7 @@ def curation_steps(curate: dict) -> str:
     return "curated by " + (", ".join(steps[:-1]) + " and " + steps[-1] if len(steps) > 1 else steps[0])
 
 
-def card_text(counts: dict, config: dict, scores: dict, exports: list[str]) -> str:
+def card_text(counts: dict, config: dict, scores: dict, exports: list[str], parts: list[str]) -> str:
     n = int(counts.get("selected", 0))
     model, scorer, score, sel = config.get("model", {}), config.get("scorer", {}), config.get("score", {}), config.get("select", {})
     rows = "\n".join(
@@ -80,7 +83,7 @@ def card_text(counts: dict, config: dict, scores: dict, exports: list[str]) -> s
     rejects_text = ", ".join(f"{k} {v}" for k, v in rejects.items()) or "none"
     extra = "".join(f"\n- {e}" for e in exports)
     return f"""---
-{yaml.safe_dump(front_matter(n), sort_keys=False).strip()}
+{yaml.safe_dump(front_matter(n, parts), sort_keys=False).strip()}
 ---
 
 # Synthetic image–caption dataset
@@ -130,6 +133,8 @@ def write_card(dataset_dir: str, counts: dict, config: dict) -> dict:
                         ("wds", "`wds/shard-*.tar`: WebDataset shards (KEY.png|jpg|webp, KEY.txt, KEY.json)")):
         if files.exists(files.join(dataset_dir, name)):
             exports.append(label)
-    text = card_text(counts, config, score_summary(dataset_dir), exports)
+    prefix = dataset_dir.rstrip("/") + "/"
+    parts = [p[len(prefix):] for p in files.list_files(dataset_dir, ".parquet") if "/" not in p[len(prefix):]]
+    text = card_text(counts, config, score_summary(dataset_dir), exports, parts)
     files.write_bytes_atomic(files.join(dataset_dir, "README.md"), text.encode("utf-8"))
     return {"file": "README.md", "rows": int(counts.get("selected", 0))}
