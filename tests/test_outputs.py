@@ -505,3 +505,11 @@ def test_estimate_refuses_what_a_run_would(captions_path, bad, words):
 
     with pytest.raises((ValueError, RunError), match=re.escape(words)):
         estimate(compose([f"input={captions_path}", "estimate.seconds_per_image=1", bad]))
+
+
+def test_the_card_states_a_small_fraction_as_it_is():
+    from factory.config import compose
+    from factory.export.hf import card_text
+
+    text = card_text({"selected": 1}, compose(["select.k=null", "select.fraction=0.001"]), {}, [], ["part-a.parquet"])
+    assert "competed for the global top 0.1% by score" in text

@@ -93,7 +93,7 @@ def card_text(counts: dict, config: dict, scores: dict, exports: list[str], part
 `{model.get('path')}` ({config.get('synth', {}).get('steps')} steps, guidance {config.get('synth', {}).get('guidance')}),
 scored by CLIPScore (`{scorer.get('arch')}`, weights `{scorer.get('pretrained')}`) + {score.get('lam')} × SSIM of a
 {score.get('ssim_size')}→{score.get('ssim_low')}→{score.get('ssim_size')} px round trip, and the best sample of each caption
-(by {sel.get('best_by') or 'score'}) competed for the global top {sel.get('k') if sel.get('fraction') is None else f"{sel.get('fraction'):.0%}"} by score.
+(by {sel.get('best_by') or 'score'}) competed for the global top {sel.get('k') if sel.get('fraction') is None else f"{sel.get('fraction') * 100:.4g}%"} by score.
 
 ```python
 from datasets import load_dataset
