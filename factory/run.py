@@ -332,6 +332,48 @@ def check_settings(cfg: dict) -> None:
     backend = cfg["curate"].get("llm", {}).get("backend", "hf")
     if backend not in ("hf", "vllm"):
         raise RunError(f"curate.llm.backend={backend!r}: expected hf or vllm")
+    for key, whole, low, nullable in NUMBERS:
+        check_number(key, lookup(cfg, key), whole, low, nullable)
+    for stage, pool in cfg.get("resources", {}).items():
+        if isinstance(pool, dict):
+            for key, whole, low in (("num_cpus", False, 0), ("num_gpus", False, 0), ("torch_threads", True, 1)):
+                check_number(f"resources.{stage}.{key}", pool.get(key), whole, low, True)
+    rules = cfg["curate"].get("rules") or {}
+    for key in ("alnum_min", "char_rep_max", "word_rep_max", "special_min", "special_max", "flagged_max"):
+        check_number(f"curate.rules.{key}", rules.get(key), False, None, True)
+    for key in ("model.height", "model.width"):
+        if (v := lookup(cfg, key)) is not None and v % 8:
+            raise RunError(f"{key} must be a multiple of 8 (the VAE's scale), got {v}")
+    frac = cfg["model"].get("high_noise_frac")
+    if cfg["model"].get("refiner_path") and not (isinstance(frac, (int, float)) and 0 < frac < 1):
+        raise RunError(f"model.high_noise_frac must be a number between 0 and 1 with a refiner, got {frac!r}")
+
+
+# (key, whole number?, lowest value (None: any), may be null?): numbers that would otherwise fail
+# only once a stage gets its first batch, as a remote traceback.
+NUMBERS = [
+    ("synth.guidance", False, 0, False), ("synth.seed", True, None, False), ("score.lam", False, 0, False),
+    ("score.ssim_size", True, 7, False), ("score.ssim_low", True, 7, False), ("progress_every_s", False, 0, False),
+    ("model.height", True, 8, True), ("model.width", True, 8, True), ("scorer.chunk_size", True, 1, True),
+    ("resources.cpu_task_cpus", False, 0, False), ("ray.block_size_mb", False, 1, False), ("ray.num_cpus", False, 1, True),
+    ("curate.rules.min_chars", True, 0, True), ("curate.rules.max_chars", True, 0, True),
+]
+
+
+def lookup(cfg: dict, key: str):
+    node = cfg
+    for name in key.split("."):
+        node = node.get(name) if isinstance(node, dict) else None
+    return node
+
+
+def check_number(key: str, value, whole: bool, low: float | None, nullable: bool) -> None:
+    if value is None and nullable:
+        return
+    kind = "a whole number" if whole else "a number"
+    ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+    if not ok or (low is not None and value < low) or (not whole and value != value):  # value != value: NaN
+        raise RunError(f"{key} must be {kind}{f' ≥ {low:g}' if low is not None else ''}{' or null' if nullable else ''}, got {value!r}")
 
 
 def run(cfg: dict) -> dict:

@@ -187,13 +187,22 @@ def test_multi_node_run_refuses_paths_a_node_does_not_see(tmp_path, monkeypatch)
     ("image.format=gif", "image.format='gif': expected one of"),
     ("image.quality=0", "image.quality must be a whole number in [1, 100], got 0"),
     ("curate.llm.backend=sglang", "curate.llm.backend='sglang': expected hf or vllm"),
+    ("score.lam=abc", "score.lam must be a number ≥ 0, got 'abc'"),
+    ("synth.guidance=abc", "synth.guidance must be a number ≥ 0, got 'abc'"),
+    ("progress_every_s=abc", "progress_every_s must be a number ≥ 0, got 'abc'"),
+    ("synth.seed=1.5", "synth.seed must be a whole number, got 1.5"),
+    ("model.height=100", "model.height must be a multiple of 8 (the VAE's scale), got 100"),
+    ("scorer.chunk_size=0", "scorer.chunk_size must be a whole number ≥ 1 or null, got 0"),
+    ("resources.score.num_gpus=-0.25", "resources.score.num_gpus must be a number ≥ 0 or null, got -0.25"),
+    ("curate.rules.alnum_min=high", "curate.rules.alnum_min must be a number or null, got 'high'"),
+    ("model.refiner_path=tiny model.high_noise_frac=1.2", "model.high_noise_frac must be a number between 0 and 1 with a refiner, got 1.2"),
 ])
 def test_settings_that_would_fail_mid_run_are_refused_first(bad, words):
     from factory.config import compose
     from factory.run import RunError, check_settings
 
     with pytest.raises(RunError) as err:
-        check_settings(compose([bad]))
+        check_settings(compose(bad.split()))
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
@@ -252,6 +261,14 @@ def test_added_keys_must_be_keys_the_code_reads(override, refused):
         assert error is None
     else:
         assert refused in error and error.startswith(f"'{override}' adds a key that nothing reads")
+
+
+def test_a_number_that_is_no_number_is_one_line_before_ray_starts(tmp_path):
+    """score.lam=abc used to fail at the first scored batch, as a remote traceback, after the models loaded."""
+    proc = run_cli("score.lam=abc", f"output={tmp_path}/o")
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+    assert proc.stderr.strip().splitlines() == ["error: score.lam must be a number ≥ 0, got 'abc'"]
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
 
 
 def test_an_added_typo_is_one_line_before_anything_runs(tmp_path):
