@@ -149,6 +149,7 @@ class OutputLock:
                 f"was {max(0.0, time.time() - float(other['heartbeat'])):.0f} s ago: wait for it or stop it "
                 "(resume.take_over=true starts now, and the other run stops)"
             )
+        self.mine["since"] = time.time()  # when this run took the output: `status` tells a starting run by it
         self._beat()
         # Two runs that both found no lock both wrote one: the later write wins, and the run whose
         # lock was overwritten sees it here (or, if its write came later still, the other run's

@@ -18,25 +18,47 @@ def _ago(epoch: float | None) -> str:
     return f"{duration(max(0.0, time.time() - float(epoch)))} ago" if epoch else "?"
 
 
+def held_by(watcher: OutputLock, lock: dict) -> tuple[str, str]:
+    # On the run's own host a dead pid settles it at once; elsewhere only the heartbeat can tell.
+    gone = watcher.looks_gone(lock)
+    return ("held by", f"{lock['host']} (pid {lock['pid']}), heartbeat {_ago(lock['heartbeat'])} by this machine's clock"
+            + ("; it looks gone: the same command resumes it" if gone else ""))
+
+
+def starting_lines(output: str, watcher: OutputLock, lock: dict, m: dict | None) -> list[tuple[str, str]]:
+    """A run that holds the output but has not written its manifest yet: Ray's start-up and the
+    pre-pass over the input come first (hours, for a big input)."""
+    rows = [("output", output),
+            ("status", f"starting (run {(m or {}).get('runs', 0) + 1}, started {_ago(lock['since'])}): Ray start-up and the pre-pass "
+                       "over the input; counts come once it is done"),
+            held_by(watcher, lock)]
+    if m is not None:
+        rows.append(("previous run", f"{m.get('status')}, started {_ago(m.get('started_at'))}"))
+    return rows
+
+
 def status_lines(output: str) -> list[str]:
-    """The status of the run on `output`, a line per fact; raises FileNotFoundError without a manifest."""
+    """The status of the run on `output`, a line per fact; raises FileNotFoundError when no run has started."""
     manifest_path = files.join(output, "manifest.json")
-    if not files.exists(manifest_path):
+    watcher = OutputLock(output)
+    lock = watcher.holder()
+    m = read_manifest(manifest_path) if files.exists(manifest_path) else None
+    starting = bool(lock and lock.get("since") and not watcher.looks_gone(lock)
+                    and (m is None or float(m.get("started_at") or 0) < float(lock["since"])))
+    if starting:
+        rows = starting_lines(output, watcher, lock, m)
+        width = max(len(k) for k, _ in rows)
+        return [f"{k:<{width}}  {v}" for k, v in rows]
+    if m is None:
         raise FileNotFoundError(f"{manifest_path} not found: no run of this factory has started on {output}")
-    m = read_manifest(manifest_path)
     c = m.get("counts", {})
     rows = [("output", output), ("status", f"{m.get('status')} (run {m.get('runs', 1)}, started {_ago(m['started_at']) if m.get('started_at') else m.get('started', '?')})")]
     if m.get("error"):
         rows.append(("error", m["error"]))
     if m.get("status") in ("stopped", "failed"):
         rows.append(("resume", "the same command goes on from the samples in candidates/"))
-    watcher = OutputLock(output)
-    lock = watcher.holder()
     if lock:
-        # On the run's own host a dead pid settles it at once; elsewhere only the heartbeat can tell.
-        gone = watcher.looks_gone(lock)
-        rows.append(("held by", f"{lock['host']} (pid {lock['pid']}), heartbeat {_ago(lock['heartbeat'])} by this machine's clock"
-                     + ("; it looks gone: the same command resumes it" if gone else "")))
+        rows.append(held_by(watcher, lock))
     else:
         rows.append(("held by", "no run" + ("; it was killed: the same command resumes it" if m.get("status") == "running" else "")))
     if "read" in c:

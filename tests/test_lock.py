@@ -216,3 +216,30 @@ def test_a_manifest_of_a_run_that_lost_its_output_is_never_written(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["by"] == "the new run"
     held.release()
     new.release()
+
+
+def test_status_tells_a_starting_run_from_its_lock(tmp_path):
+    """Before its manifest (Ray's start-up and the pre-pass come first) a run is seen by its lock:
+    not "no run has started", and not the previous run's status as if it were this one's."""
+    from factory.status import status_lines
+
+    def rows():
+        return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in status_lines(str(tmp_path)))
+
+    with pytest.raises(FileNotFoundError, match="no run of this factory has started"):
+        status_lines(str(tmp_path))
+    lock = OutputLock(str(tmp_path), beat_s=3600)
+    lock.acquire()
+    try:
+        r = rows()
+        assert r["status"].startswith("starting (run 1, started ") and "pre-pass" in r["status"]
+        assert r["held by"].startswith(f"{socket.gethostname()} (pid {os.getpid()})") and "previous run" not in r
+        (tmp_path / "manifest.json").write_text(json.dumps({"status": "complete", "runs": 2, "started_at": time.time() - 600,
+                                                           "config": {}, "counts": {}}))
+        r = rows()
+        assert r["status"].startswith("starting (run 3, ") and r["previous run"].startswith("complete, started 10")
+        (tmp_path / "manifest.json").write_text(json.dumps({"status": "running", "runs": 3, "started_at": time.time(),
+                                                           "config": {}, "counts": {}}))
+        assert rows()["status"].startswith("running (run 3, started ")  # its own manifest now speaks
+    finally:
+        lock.release()
