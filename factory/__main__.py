@@ -50,9 +50,13 @@ def user_error(exc: BaseException) -> str | None:
 
 def summary_lines(m: dict) -> list[str]:
     c, sel = m["counts"], m.get("selection", {})
+    # candidates/ may also hold samples of captions or sample indices this run no longer has
+    # (the input, the curation or synth.repeat changed): kept on disk, not competing.
+    older = c["synthesized"] - c["resumed"] - c["generated"]
     lines = [
         f"read {c['read']}  rejected {c['rejected']}  curated {c['curated']}  "
-        f"synthesized {c['synthesized']} (resumed {c['resumed']}, generated {c['generated']})  scored {c['scored']}  selected {c['selected']}",
+        f"synthesized {c['synthesized']} (resumed {c['resumed']}, generated {c['generated']}"
+        + (f", {older} from earlier settings, not competing" if older > 0 else "") + f")  scored {c['scored']}  selected {c['selected']}",
     ]
     if c.get("rejected_by_reason"):
         lines.append("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in c["rejected_by_reason"].items()))

@@ -50,7 +50,11 @@ def candidate_scores(candidate_paths: list[str]) -> pa.Table:
     if not parts:
         return pa.table({c: pa.array([], pa.float64()) for c in SCORES})
     t = pa.concat_tables(parts)
-    return t.filter(pc.and_(pc.is_null(t.column(S.REASON)), pc.is_finite(t.column(S.SCORE))))
+    t = t.filter(pc.and_(pc.is_null(t.column(S.REASON)), pc.is_finite(t.column(S.SCORE))))
+    # A sample written twice (two runs at once, resume.take_over) is one candidate: its first row.
+    first = t.append_column("_i", pa.array(np.arange(t.num_rows, dtype=np.int64))).group_by(
+        [S.ID, S.SAMPLE], use_threads=False).aggregate([("_i", "min")]).column("_i_min")
+    return t.take(np.sort(first.to_numpy())) if len(first) < t.num_rows else t
 
 
 def competing(cands: pa.Table, curated_ids_path: str, m: dict) -> pa.Table:

@@ -220,34 +220,20 @@ def settled(reasons: pa.ChunkedArray | pa.Array):
     return pc.invert(pc.fill_null(pc.is_in(reasons, value_set=pa.array(S.RETRY_ON_RESUME)), False))
 
 
-def latest_outcomes(t: pa.Table) -> pa.Table:
-    """Rows of candidates (id, sample, reason) with retried samples counted once: a sample made again
-    after an out-of-memory row counts as its newer outcome, and two such rows as one."""
-    from factory.expand import sample_keys
-
-    done = settled(t.column(S.REASON))
-    retry = t.filter(pc.invert(done))
-    if retry.num_rows == 0:
-        return t
-    keep = t.filter(done)
-    same_ids = keep.filter(pc.is_in(keep.column(S.ID), value_set=pc.unique(retry.column(S.ID))))
-    made = set(sample_keys(same_ids).tolist())
-    left, seen = [], set()
-    for i, k in enumerate(sample_keys(retry).tolist()):
-        if k not in made and k not in seen:
-            seen.add(k)
-            left.append(i)
-    return pa.concat_tables([keep, retry.take(pa.array(left, pa.int64()))])
-
-
 def count_candidates(candidates_dir: str) -> dict:
+    """Samples in candidates/, each counted once by its best outcome: usable, else unusable for a
+    reason that stays, else one a resumed run tries again (S.RETRY_ON_RESUME). A sample can sit
+    there twice: made again after running out of memory, or by two runs at once (resume.take_over)."""
     t = files.read_parquet_dir(candidates_dir, [S.ID, S.SAMPLE, S.REASON])
     if t is None:
         return {"rows": 0, "usable": 0, "unusable": {}}
-    t = latest_outcomes(t)
-    bad = t.filter(pc.is_valid(t.column(S.REASON)))
-    reasons = collections.Counter(bad.column(S.REASON).to_pylist())
-    return {"rows": t.num_rows, "usable": t.num_rows - bad.num_rows, "unusable": dict(reasons)}
+    rank = pc.if_else(pc.is_null(t.column(S.REASON)), 0, pc.if_else(settled(t.column(S.REASON)), 1, 2))
+    t = t.append_column("_rank", rank).sort_by("_rank")
+    # "first" skips nulls: a sample's reason is that of its best unusable row, read only where it has no usable one.
+    best = t.group_by([S.ID, S.SAMPLE], use_threads=False).aggregate([("_rank", "min"), (S.REASON, "first")])
+    bad = best.filter(pc.greater(best.column("_rank_min"), 0))
+    reasons = collections.Counter(bad.column(f"{S.REASON}_first").to_pylist())
+    return {"rows": best.num_rows, "usable": best.num_rows - bad.num_rows, "unusable": dict(reasons.most_common())}
 
 
 def candidate_keys(candidates_dir: str) -> tuple[pa.Table, pa.Table]:

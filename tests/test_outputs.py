@@ -486,6 +486,32 @@ def test_the_contact_sheet_takes_each_image_from_the_file_its_scores_came_from(t
     assert [im.getpixel((0, 0))[0] for im in images] == [200, 200]
 
 
+def test_a_sample_written_twice_counts_once_in_the_manifest_and_the_report(tmp_path):
+    """Two runs at once (resume.take_over) or a sample made again after running out of memory leave
+    an (id, sample) twice in candidates/: counted once, by its best outcome (pyarrow's own distinct
+    count as the reference for the number of samples)."""
+    from factory.io import files
+    from factory.report import candidate_scores
+    from factory.run import count_candidates
+
+    rows = [("a", 0, None, 0.5), ("a", 0, None, 0.5),  # a usable sample written by two runs
+            ("b", 0, S.R_OOM, None), ("b", 0, None, 0.4),  # out of memory, then made again
+            ("c", 0, S.R_OOM, None), ("c", 0, S.R_OOM, None),  # out of memory twice
+            ("d", 1, S.R_BAD_IMAGE, None), ("d", 1, S.R_OOM, None),  # a bad image stays bad
+            ("e", 0, None, 0.3)]
+    n = len(rows)
+    t = pa.table({S.ID: [r[0] for r in rows], S.CAPTION: ["c"] * n, S.SAMPLE: pa.array([r[1] for r in rows], pa.int32()),
+                  S.SEED: pa.array([0] * n, pa.int64()), S.IMAGE: [b"x"] * n, S.WIDTH: pa.array([4] * n, pa.int32()),
+                  S.HEIGHT: pa.array([4] * n, pa.int32()), S.CLIP_SCORE: [r[3] for r in rows], S.SSIM: [r[3] for r in rows],
+                  S.SCORE: [r[3] for r in rows], S.REASON: pa.array([r[2] for r in rows], pa.string())}, schema=S.CANDIDATES)
+    files.write_parquet_atomic(str(tmp_path / "part-0.parquet"), t.slice(0, 5))
+    files.write_parquet_atomic(str(tmp_path / "part-1.parquet"), t.slice(5))
+    distinct = t.group_by([S.ID, S.SAMPLE]).aggregate([]).num_rows
+    assert count_candidates(str(tmp_path)) == {"rows": distinct, "usable": 3, "unusable": {S.R_OOM: 1, S.R_BAD_IMAGE: 1}}
+    scores = candidate_scores(files.list_files(str(tmp_path), ".parquet"))
+    assert sorted(scores.column(S.ID).to_pylist()) == ["a", "b", "e"]
+
+
 def test_a_webdataset_shard_size_that_is_no_number_is_refused_before_the_run():
     from factory.export import check_exports
 

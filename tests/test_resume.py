@@ -171,6 +171,9 @@ def test_a_resume_after_the_input_and_repeat_changed_selects_as_a_fresh_run(kill
     assert m["counts"]["resumed"] == len(old - gone)  # the samples on disk that count toward this run: sample 0 of each
     assert m["counts"]["not_competing"] == REPEAT * len(gone) + (REPEAT - 1) * len(old - gone)
     assert f"{m['counts']['not_competing']} candidates in {resumed}/candidates do not compete" in runs[resumed].stdout
+    # The summary adds up: every sample on disk is resumed, generated or left from the earlier settings.
+    assert (f"synthesized {m['counts']['synthesized']} (resumed {len(old - gone)}, generated 1, "
+            f"{m['counts']['not_competing']} from earlier settings, not competing)") in runs[resumed].stdout
     assert manifest(tmp_path / "fresh")["counts"]["not_competing"] == 0
 
     def dataset(path: Path) -> pa.Table:
