@@ -136,6 +136,26 @@ def calibrate(cfg: dict, captions: list[str], batches: int = 1) -> dict:
     }
 
 
+def native_size(path: str) -> int | None:
+    """The image side a diffusers model makes by default (its UNet's sample size times its VAE's
+    scale), read from its configs without loading it; None for a hub id (no download here)."""
+    import json
+    import os
+
+    if path == "tiny":
+        from factory.synth.tiny import TINY_SAMPLE_SIZE
+
+        return 2 * TINY_SAMPLE_SIZE
+    try:
+        with open(os.path.join(path, "unet", "config.json")) as f:
+            sample = int(json.load(f)["sample_size"])
+        with open(os.path.join(path, "vae", "config.json")) as f:
+            levels = len(json.load(f)["block_out_channels"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return sample * 2 ** (levels - 1)
+
+
 def estimate(cfg: dict) -> dict:
     """The figures of the estimate table for a resolved plain config."""
     from factory.io.read import InputError, list_inputs
@@ -178,9 +198,12 @@ def estimate(cfg: dict) -> dict:
     elif "image_bytes" in cal:
         image_bytes, bytes_from = cal["image_bytes"], "measured"
     else:
-        side_h = cfg["model"].get("height") or 1024
-        side_w = cfg["model"].get("width") or 1024
+        native = native_size(cfg["model"]["path"])
+        side_h = cfg["model"].get("height") or native or 1024
+        side_w = cfg["model"].get("width") or native or 1024
         image_bytes, bytes_from = side_h * side_w * ASSUMED_BYTES_PER_PIXEL[fmt], f"assumed {side_w}x{side_h}"
+        if not (native or (cfg["model"].get("height") and cfg["model"].get("width"))):
+            bytes_from += ", SDXL's size: the model's own is not known offline"
     caption_bytes = float(np.mean([len(c.encode()) for c in scan["sample"]])) if scan["sample"] else 100.0
     row_bytes = image_bytes + caption_bytes + ROW_OVERHEAD_BYTES
     exports = cfg.get("export", {})

@@ -357,6 +357,21 @@ def test_estimate_cli_with_given_seconds(captions_path):
     assert table["storage: dataset/"].endswith("MiB") and float(table["storage: dataset/"].split()[0]) == pytest.approx(4.0, abs=0.01)
 
 
+def test_estimate_assumes_the_models_own_image_size_when_it_measures_none(captions_path):
+    """Without calibration the image size comes from the model's configs (what the synthesis stage
+    itself makes), not SDXL's 1024² for every model."""
+    from factory.estimate import native_size
+    from factory.synth.diffusion import DiffusionSynth
+    from factory.synth.tiny import ensure_tiny_sdxl
+
+    folder = str(ensure_tiny_sdxl())
+    assert native_size(folder) == native_size("tiny") == DiffusionSynth(path=folder, device="cpu", steps=1).output_size()[0]
+    assert native_size("stabilityai/stable-diffusion-xl-base-1.0") is None  # a hub id: not read offline
+    proc = cli("factory", "estimate", f"input={captions_path}", "estimate.seconds_per_image=1", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"per png image (assumed {native_size('tiny')}x{native_size('tiny')})" in proc.stdout
+
+
 def test_estimate_cli_input_not_found(tmp_path):
     proc = cli("factory", "estimate", f"input={tmp_path}/missing.jsonl", "estimate.seconds_per_image=1", timeout=120)
     assert proc.returncode == 2

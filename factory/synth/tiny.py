@@ -75,7 +75,10 @@ def tiny_sdxl_unet(sample_size: int, time_ids: int, pooled_dim: int, cross_atten
     )
 
 
-def build_tiny_sdxl(seed: int = TINY_SEED, sample_size: int = 32):
+TINY_SAMPLE_SIZE = 32  # latent side of the tiny pipeline: its images are 2× that (a 2-level VAE)
+
+
+def build_tiny_sdxl(seed: int = TINY_SEED, sample_size: int = TINY_SAMPLE_SIZE):
     """A StableDiffusionXLPipeline with SDXL's structure at toy width (images of 2*sample_size px)."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
