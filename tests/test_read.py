@@ -80,6 +80,8 @@ def test_glob_and_folder_inputs(tmp_path):
         (tmp_path / f"part{i}.txt").write_text(f"caption number {i}\n")
     assert len(list_inputs(str(tmp_path / "part*.txt"))) == 3
     assert len(list_inputs(str(tmp_path))) == 3
+    for form in (str(tmp_path / "part*.txt"), str(tmp_path), str(tmp_path / "part1.txt")):  # file:// URIs, as output= takes them
+        assert list_inputs("file://" + form) == list_inputs(form)
 
 
 def test_the_generation_pass_stops_on_a_file_it_can_no_longer_read(tmp_path, monkeypatch):

@@ -109,7 +109,7 @@ def expand_input(pattern: str) -> list[str]:
         if info.type == pafs.FileType.Directory:
             return list_files(pattern)
         return [pattern] if info.type == pafs.FileType.File else []
-    path = os.path.expanduser(pattern)
+    path = os.path.expanduser(pattern[len("file://"):] if pattern.startswith("file://") else pattern)
     if os.path.isdir(path):
         return list_files(path)
     matches = sorted(m for m in glob.glob(path, recursive=True) if os.path.isfile(m))
