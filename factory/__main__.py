@@ -95,8 +95,10 @@ def main(cfg: DictConfig) -> None:
         manifest = run(plain_config(cfg))
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (`ray job stop`) as SystemExit(15)
         signal_number = 2 if isinstance(exc, KeyboardInterrupt) else exc.code if isinstance(exc.code, int) else 15
+        # Said before Ray stops: a signal sent to the whole process group (timeout, scancel) reaches
+        # the local Ray's own processes too, and Ray may then abort the driver while it shuts down.
+        print(f"stopped by signal {signal_number}: manifest.json says so; the same command resumes", file=sys.stderr, flush=True)
         stop_ray()
-        print(f"stopped by signal {signal_number}: manifest.json says so; the same command resumes", file=sys.stderr)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
