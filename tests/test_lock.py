@@ -159,15 +159,21 @@ def test_cli_refuses_an_output_in_use_then_takes_it_once_gone(tmp_path, captions
     assert manifest(out)["status"] == "complete" and not (out / LOCK_NAME).exists()
 
 
+def start_writing(captions_file: Path, out: Path, log: Path) -> subprocess.Popen:
+    """A run on `out`, once it has written its first candidates."""
+    proc = start_cli(*overrides(captions_file, out, "synth.repeat=4"), log=log)
+    deadline = time.monotonic() + 240
+    while parquet_rows(out / "candidates") < 2:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the run never started writing candidates"
+        time.sleep(0.05)
+    return proc
+
+
 def test_sigterm_marks_the_run_stopped_and_frees_the_output(tmp_path, captions_file):
     """What `ray job stop` sends: ray.init turns SIGTERM into SystemExit in the driver."""
     out = tmp_path / "out"
-    proc = start_cli(*overrides(captions_file, out, "synth.repeat=4"), log=tmp_path / "run.log")
-    deadline = time.monotonic() + 240
-    while parquet_rows(out / "candidates") < 2:
-        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the run never started writing candidates"
-        time.sleep(0.05)
+    proc = start_writing(captions_file, out, tmp_path / "run.log")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + 15  # the shell's code for SIGTERM, not an abort (134)
     last = [ln for ln in (tmp_path / "run.log").read_text().splitlines() if ln.strip()][-1]
@@ -190,12 +196,7 @@ def test_sigterm_to_the_whole_process_group_still_stops_the_run_cleanly(tmp_path
     """timeout and Slurm's scancel signal the process group: the local Ray's processes get SIGTERM too,
     and Ray may abort the driver while it shuts down. The run still says so and can resume."""
     out = tmp_path / "out"
-    proc = start_cli(*overrides(captions_file, out, "synth.repeat=4"), log=tmp_path / "run.log")
-    deadline = time.monotonic() + 240
-    while parquet_rows(out / "candidates") < 2:
-        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the run never started writing candidates"
-        time.sleep(0.05)
+    proc = start_writing(captions_file, out, tmp_path / "run.log")
     os.killpg(proc.pid, signal.SIGTERM)  # start_cli made the CLI its group's leader
     assert proc.wait(timeout=120) in (128 + 15, -6, 134)  # 143, or Ray's abort (documented in docs/cluster.md)
     log = (tmp_path / "run.log").read_text()
