@@ -60,7 +60,10 @@ def unknown_added_key(overrides: list[str], cfg: dict) -> str | None:
     added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not _is_group(o.key_or_group)]
     if not added:
         return None
-    without = compose([o.input_line for o in parsed if o not in added])
+    try:
+        without = compose([o.input_line for o in parsed if o not in added])
+    except Exception as exc:  # noqa: BLE001 (e.g. ++a.b=1 with a.b=2: a key set only by the additions)
+        return override_error(exc)
     for o in added:
         node, path = without, o.key_or_group.split(".")
         for depth, name in enumerate(path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import platform
 import re
@@ -357,8 +358,8 @@ def check_number(key: str, value, whole: bool, low: float | None, nullable: bool
     if value is None and nullable:
         return
     kind = "a whole number" if whole else "a number"
-    ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
-    if not ok or (low is not None and value < low) or (not whole and value != value):  # value != value: NaN
+    ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (low is not None and value < low):
         raise RunError(f"{key} must be {kind}{f' ≥ {low:g}' if low is not None else ''}{' or null' if nullable else ''}, got {value!r}")
 
 
@@ -430,7 +431,7 @@ class Scan(NamedTuple):
     done: np.ndarray  # sample keys already in candidates/
     on_disk: pa.Table  # (id, sample) of every candidate row before this run that is done for good
     on_disk_keys: np.ndarray  # the sample key of each of those rows
-    rows_before: int  # candidates before this run, as count_candidates counts them
+    files_before: frozenset  # the candidates files before this run
 
 
 def count_current(keys: np.ndarray, on_disk: pa.Table, ids: pa.Array, repeat: int) -> int:
@@ -467,8 +468,8 @@ def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> S
     if len(done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(done), dirs["candidates"],
                  counts["resumed"])
-    rows_before = count_candidates(dirs["candidates"])["rows"] if len(made_from) else 0
-    return Scan(paths, rejected, n_read, kept_ids, done, done_table, on_disk, rows_before)
+    files_before = frozenset(files.list_files(dirs["candidates"], ".parquet"))
+    return Scan(paths, rejected, n_read, kept_ids, done, done_table, on_disk, files_before)
 
 
 def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t_start: float,
@@ -506,7 +507,10 @@ def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t
     except BaseException:  # the manifest a stopped run leaves counts what was made, also what the driver
         # had not heard of yet (written by the pool, its summary still in flight)
         try:
-            counts["generated"] = max(progress.done, count_candidates(dirs["candidates"])["rows"] - scan.rows_before)
+            # From the files' footers alone: `ray job stop` leaves 3 s before SIGKILL. Files are named by
+            # their rows' keys, so a file that is new holds samples this run made.
+            new = [p for p in files.list_files(dirs["candidates"], ".parquet") if p not in scan.files_before]
+            counts["generated"] = max(progress.done, files.parquet_dataset(new).count_rows() if new else 0)
         except Exception:  # noqa: BLE001 (the storage may be what failed): the driver's count stands
             counts["generated"] = progress.done
         raise

@@ -99,5 +99,5 @@ MINHASH = "minhash"  # fixed_size_list<uint32>[num_perm]: the signature of a cap
 VERDICT = "llm_verdict"  # string: yes | no | unparseable; null for rows not judged (already rejected)
 ANSWER = "llm_answer"  # string: the LLM judge's raw answer
 # Unusable for a reason that may pass: a resumed run makes these samples again (after, say, model.vae_tiling=true
-# or fewer scorers on the GPU); the old row stays on disk and the counts take the newest outcome of each sample.
+# or fewer scorers on the GPU); the old row stays on disk and the counts take the best outcome of each sample.
 RETRY_ON_RESUME = (R_OOM,)

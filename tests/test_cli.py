@@ -293,3 +293,9 @@ def test_pyarrow_errors_keep_their_traceback_and_settings_errors_are_one_line():
     with pytest.raises(ValueError) as setting:
         check_best_by("ssim")
     assert user_error(setting.value) == "select.best_by='ssim': expected one of score, clip_score"
+    from factory.io.read import list_inputs
+
+    for uri, words in (("s3a://bucket/x.jsonl", "Unrecognized filesystem type"), ("s3://bucket/x?bogus=1", "Unexpected query parameter")):
+        with pytest.raises(ValueError) as typo:  # pyarrow's ArrowInvalid about a URI: the user's typo, one line
+            list_inputs(uri)
+        assert user_error(typo.value).startswith(f"{uri}: ") and words in user_error(typo.value)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import yaml
 
 from factory import schema as S
-from factory.export import dataset_batches
+from factory.export import dataset_batches, dataset_files
 from factory.io import files
 
 # The card's features, derived from the dataset schema; image bytes are declared as images.
@@ -82,6 +82,7 @@ def card_text(counts: dict, config: dict, scores: dict, exports: list[str], part
     rejects = counts.get("rejected_by_reason") or {}
     rejects_text = ", ".join(f"{k} {v}" for k, v in rejects.items()) or "none"
     extra = "".join(f"\n- {e}" for e in exports)
+    curated = curation_steps(config.get("curate") or {})
     return f"""---
 {yaml.safe_dump(front_matter(n, parts), sort_keys=False).strip()}
 ---
@@ -89,7 +90,7 @@ def card_text(counts: dict, config: dict, scores: dict, exports: list[str], part
 # Synthetic image–caption dataset
 
 {n} image–caption pairs made by synth-factory following SynthVLM (arXiv 2407.20756): captions were
-{curation_steps(config.get('curate') or {{}})}, each turned into {config.get('synth', {}).get('repeat', 1)} image(s) by
+{curated}, each turned into {config.get('synth', {}).get('repeat', 1)} image(s) by
 `{model.get('path')}` ({config.get('synth', {}).get('steps')} steps, guidance {config.get('synth', {}).get('guidance')}),
 scored by CLIPScore (`{scorer.get('arch')}`, weights `{scorer.get('pretrained')}`) + {score.get('lam')} × SSIM of a
 {score.get('ssim_size')}→{score.get('ssim_low')}→{score.get('ssim_size')} px round trip, and the best sample of each caption
@@ -133,8 +134,7 @@ def write_card(dataset_dir: str, counts: dict, config: dict) -> dict:
                         ("wds", "`wds/shard-*.tar`: WebDataset shards (KEY.png|jpg|webp, KEY.txt, KEY.json)")):
         if files.exists(files.join(dataset_dir, name)):
             exports.append(label)
-    prefix = dataset_dir.rstrip("/") + "/"
-    parts = [p[len(prefix):] for p in files.list_files(dataset_dir, ".parquet") if "/" not in p[len(prefix):]]
+    parts = [p.rsplit("/", 1)[-1] for p in dataset_files(dataset_dir)]  # top level only: not images/
     text = card_text(counts, config, score_summary(dataset_dir), exports, parts)
     files.write_bytes_atomic(files.join(dataset_dir, "README.md"), text.encode("utf-8"))
     return {"file": "README.md", "rows": int(counts.get("selected", 0))}

@@ -20,7 +20,10 @@ def has_scheme(path: str) -> bool:
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI."""
     if has_scheme(path):
-        return pafs.FileSystem.from_uri(path)
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except pa.ArrowInvalid as exc:  # a scheme or query pyarrow does not know: the user's to fix, not a bug
+            raise ValueError(f"{path}: {exc}") from None
     if path.startswith("file://"):
         path = path[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
