@@ -484,14 +484,14 @@ def curation_model_stages(ds, cfg: dict, dirs: dict, gpus: dict[str, float]):
     """
     from factory.curate.judge import HFJudge, VerdictLog
 
-    res, cpu, curate = cfg["resources"], cfg["resources"]["cpu_task_cpus"], cfg["curate"]
-    ppl = curate["rules"].get("perplexity") or {}
-    llm = curate.get("llm") or {}
+    res, cpu = cfg["resources"], cfg["resources"]["cpu_task_cpus"]
+    llm = cfg["curate"].get("llm") or {}
+    pools = curation_pools(cfg)  # the same choice check_cpus counted
 
     def drop_rejected(ds):
         return ds.map_batches(RejectsSplit(dirs["rejects"], pass_columns=None), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
 
-    if ppl.get("enabled"):
+    if "perplexity" in pools:
         from factory.curate.perplexity import PerplexityFilter
 
         r = res.get("perplexity") or {}
@@ -504,7 +504,7 @@ def curation_model_stages(ds, cfg: dict, dirs: dict, gpus: dict[str, float]):
         ds = drop_rejected(ds)
         if llm.get("backend", "hf") == "vllm":
             ds = vllm_judge(ds, llm)
-        elif llm.get("backend", "hf") == "hf":
+        elif "judge" in pools:  # the hf backend's actor pool
             r = res.get("judge") or {}
             kwargs = judge_kwargs(cfg)
             ds = ds.map_batches(

@@ -237,14 +237,13 @@ def count_candidates(candidates_dir: str) -> dict:
     return {"rows": best.num_rows, "usable": best.num_rows - bad.num_rows, "unusable": dict(reasons.most_common())}
 
 
-def candidate_keys(candidates_dir: str) -> tuple[pa.Table, pa.Table]:
-    """(id, sample) of every candidate on disk that is done for good (a resumed run makes the rest
-    again: S.RETRY_ON_RESUME), and (id, norm_hash) of the caption each id's samples were made from,
-    read a batch at a time (captions of millions of rows never sit in memory)."""
+def candidate_keys(paths: list[str]) -> tuple[pa.Table, pa.Table]:
+    """(id, sample) of every candidate in the files `paths` that is done for good (a resumed run
+    makes the rest again: S.RETRY_ON_RESUME), and (id, norm_hash) of the caption each id's samples
+    were made from, read a batch at a time (captions of millions of rows never sit in memory)."""
     from factory.curate.dedup import text_hash
 
     keys, made = [], {}
-    paths = files.list_files(candidates_dir, ".parquet")
     if paths:
         for batch in files.parquet_dataset(paths).to_batches(columns=[S.ID, S.SAMPLE, S.CAPTION, S.REASON]):
             done = settled(batch.column(S.REASON))
@@ -300,16 +299,6 @@ def check_settings(cfg: dict) -> None:
     check_exports(cfg.get("export", {}))
     from factory.io.write import IMAGE_FORMATS
 
-    counts = [(f"{group}.{key}", cfg.get(group, {}).get(key)) for group, key in (
-        ("synth", "repeat"), ("synth", "steps"), ("synth", "batch_size"), ("score", "batch_size"))]
-    for stage, pool in cfg.get("resources", {}).items():
-        if isinstance(pool, dict) and "actors" in pool:
-            counts.append((f"resources.{stage}.actors", pool["actors"]))
-            if pool.get("max_actors") is not None:
-                counts.append((f"resources.{stage}.max_actors", pool["max_actors"]))
-    for key, value in counts:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RunError(f"{key} must be a whole number ≥ 1, got {value!r}")
     image = cfg.get("image", {})
     if image.get("format", "png") not in IMAGE_FORMATS:
         raise RunError(f"image.format={image.get('format')!r}: expected one of {sorted(IMAGE_FORMATS)}")
@@ -322,9 +311,14 @@ def check_settings(cfg: dict) -> None:
     for key, whole, low, nullable in NUMBERS:
         check_number(key, lookup(cfg, key), whole, low, nullable)
     for stage, pool in cfg.get("resources", {}).items():
-        if isinstance(pool, dict):
-            for key, whole, low in (("num_cpus", False, 0), ("num_gpus", False, 0), ("torch_threads", True, 1)):
-                check_number(f"resources.{stage}.{key}", pool.get(key), whole, low, True)
+        if not isinstance(pool, dict):
+            continue
+        if "actors" in pool:
+            check_number(f"resources.{stage}.actors", pool["actors"], True, 1, False)
+            if pool.get("max_actors") is not None:  # null: a fixed pool
+                check_number(f"resources.{stage}.max_actors", pool["max_actors"], True, 1, False)
+        for key, whole, low in (("num_cpus", False, 0), ("num_gpus", False, 0), ("torch_threads", True, 1)):
+            check_number(f"resources.{stage}.{key}", pool.get(key), whole, low, True)
     rules = cfg["curate"].get("rules") or {}
     for key in ("alnum_min", "char_rep_max", "word_rep_max", "special_min", "special_max", "flagged_max"):
         check_number(f"curate.rules.{key}", rules.get(key), False, None, True)
@@ -339,7 +333,8 @@ def check_settings(cfg: dict) -> None:
 # (key, whole number?, lowest value (None: any), may be null?): numbers that would otherwise fail
 # only once a stage gets its first batch, as a remote traceback.
 NUMBERS = [
-    ("synth.guidance", False, 0, False), ("synth.seed", True, None, False), ("score.lam", False, 0, False),
+    ("synth.repeat", True, 1, False), ("synth.steps", True, 1, False), ("synth.batch_size", True, 1, False),
+    ("score.batch_size", True, 1, False), ("synth.guidance", False, 0, False), ("synth.seed", True, None, False), ("score.lam", False, 0, False),
     ("score.ssim_size", True, 7, False), ("score.ssim_low", True, 7, False), ("progress_every_s", False, 0, False),
     ("model.height", True, 8, True), ("model.width", True, 8, True), ("scorer.chunk_size", True, 1, True),
     ("resources.cpu_task_cpus", False, 0, False), ("ray.block_size_mb", False, 1, False), ("ray.num_cpus", False, 1, True),
@@ -454,7 +449,8 @@ def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> S
     counts["samples_at_most"] = len(kept_ids) * repeat  # before perplexity and the judge
     log.info("read %d caption rows from %d file(s); %d duplicates", n_read, len(paths), rejected.num_rows)
 
-    done_table, made_from = candidate_keys(dirs["candidates"])
+    files_before = files.list_files(dirs["candidates"], ".parquet")
+    done_table, made_from = candidate_keys(files_before)
     changed = changed_captions(kept, made_from)
     if changed.num_rows:
         raise RunError(
@@ -468,8 +464,7 @@ def scan_input(cfg: dict, paths: list[str], dirs: dict, manifest: Manifest) -> S
     if len(done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(done), dirs["candidates"],
                  counts["resumed"])
-    files_before = frozenset(files.list_files(dirs["candidates"], ".parquet"))
-    return Scan(paths, rejected, n_read, kept_ids, done, done_table, on_disk, files_before)
+    return Scan(paths, rejected, n_read, kept_ids, done, done_table, on_disk, frozenset(files_before))
 
 
 def generate_and_select(cfg: dict, scan: Scan, dirs: dict, manifest: Manifest, t_start: float,

@@ -18,6 +18,12 @@ def _ago(epoch: float | None) -> str:
     return f"{duration(max(0.0, time.time() - float(epoch)))} ago" if epoch else "?"
 
 
+def aligned(rows: list[tuple[str, str]]) -> list[str]:
+    """`key  value` lines, the values in one column."""
+    width = max(len(k) for k, _ in rows)
+    return [f"{k:<{width}}  {v}" for k, v in rows]
+
+
 def held_by(watcher: OutputLock, lock: dict) -> tuple[str, str]:
     # On the run's own host a dead pid settles it at once; elsewhere only the heartbeat can tell.
     gone = watcher.looks_gone(lock)
@@ -47,8 +53,7 @@ def status_lines(output: str) -> list[str]:
                     and (m is None or float(m.get("started_at") or 0) < float(lock["since"])))
     if starting:
         rows = starting_lines(output, watcher, lock, m)
-        width = max(len(k) for k, _ in rows)
-        return [f"{k:<{width}}  {v}" for k, v in rows]
+        return aligned(rows)
     if m is None:
         raise FileNotFoundError(f"{manifest_path} not found: no run of this factory has started on {output}")
     c = m.get("counts", {})
@@ -82,8 +87,7 @@ def status_lines(output: str) -> list[str]:
                      f"{fmt(sel.get('mean_clip_score'))}, ssim {fmt(sel.get('mean_ssim'))}, score {fmt(sel.get('mean_score'))}"))
         if m.get("report", {}).get("index"):
             rows.append(("report", m["report"]["index"]))
-    width = max(len(k) for k, _ in rows)
-    return [f"{k:<{width}}  {v}" for k, v in rows]
+    return aligned(rows)
 
 
 USAGE = "usage: python -m factory status OUTPUT   (the output= folder or URI of a run)"

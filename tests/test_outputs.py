@@ -476,6 +476,15 @@ def test_status_of_no_run(tmp_path):
     assert err.strip().startswith("error: ") and "no run of this factory" in err and len(err.strip().splitlines()) == 1
 
 
+def candidates_table(ids: list[str], samples: list[int], reasons: list, scores: list, image: bytes = b"x") -> pa.Table:
+    """Rows of candidates/ as a run writes them (4×4 images, the one score in every score column)."""
+    n = len(ids)
+    return pa.table({S.ID: ids, S.CAPTION: ids, S.SAMPLE: pa.array(samples, pa.int32()), S.SEED: pa.array([0] * n, pa.int64()),
+                     S.IMAGE: [image] * n, S.WIDTH: pa.array([4] * n, pa.int32()), S.HEIGHT: pa.array([4] * n, pa.int32()),
+                     S.CLIP_SCORE: scores, S.SSIM: scores, S.SCORE: scores, S.REASON: pa.array(reasons, pa.string())},
+                    schema=S.CANDIDATES)
+
+
 def test_the_contact_sheet_takes_each_image_from_the_file_its_scores_came_from(tmp_path):
     """A run still writing adds candidates files between reading the scores and the images: both
     must use one listing, or an image lands beside another pair's caption and scores."""
@@ -486,11 +495,7 @@ def test_the_contact_sheet_takes_each_image_from_the_file_its_scores_came_from(t
         buf = io.BytesIO()
         Image.new("RGB", (4, 4), (colour, 0, 0)).save(buf, format="PNG")
         n = len(ids)
-        t = pa.table({S.ID: ids, S.CAPTION: ids, S.SAMPLE: pa.array([0] * n, pa.int32()), S.SEED: pa.array([0] * n, pa.int64()),
-                      S.IMAGE: [buf.getvalue()] * n, S.WIDTH: pa.array([4] * n, pa.int32()), S.HEIGHT: pa.array([4] * n, pa.int32()),
-                      S.CLIP_SCORE: [0.3] * n, S.SSIM: [0.5] * n, S.SCORE: [0.55] * n, S.REASON: pa.array([None] * n, pa.string())},
-                     schema=S.CANDIDATES)
-        files.write_parquet_atomic(str(tmp_path / name), t)
+        files.write_parquet_atomic(str(tmp_path / name), candidates_table(ids, [0] * n, [None] * n, [0.55] * n, buf.getvalue()))
 
     part("part-b.parquet", 200, ["b1", "b2"])
     paths = files.list_files(str(tmp_path), ".parquet")
@@ -514,11 +519,7 @@ def test_a_sample_written_twice_counts_once_in_the_manifest_and_the_report(tmp_p
             ("c", 0, S.R_OOM, None), ("c", 0, S.R_OOM, None),  # out of memory twice
             ("d", 1, S.R_BAD_IMAGE, None), ("d", 1, S.R_OOM, None),  # a bad image stays bad
             ("e", 0, None, 0.3)]
-    n = len(rows)
-    t = pa.table({S.ID: [r[0] for r in rows], S.CAPTION: ["c"] * n, S.SAMPLE: pa.array([r[1] for r in rows], pa.int32()),
-                  S.SEED: pa.array([0] * n, pa.int64()), S.IMAGE: [b"x"] * n, S.WIDTH: pa.array([4] * n, pa.int32()),
-                  S.HEIGHT: pa.array([4] * n, pa.int32()), S.CLIP_SCORE: [r[3] for r in rows], S.SSIM: [r[3] for r in rows],
-                  S.SCORE: [r[3] for r in rows], S.REASON: pa.array([r[2] for r in rows], pa.string())}, schema=S.CANDIDATES)
+    t = candidates_table(*(list(column) for column in zip(*rows)))
     files.write_parquet_atomic(str(tmp_path / "part-0.parquet"), t.slice(0, 5))
     files.write_parquet_atomic(str(tmp_path / "part-1.parquet"), t.slice(5))
     distinct = t.group_by([S.ID, S.SAMPLE]).aggregate([]).num_rows

@@ -24,9 +24,12 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
             return pafs.FileSystem.from_uri(path)
         except pa.ArrowInvalid as exc:  # a scheme or query pyarrow does not know: the user's to fix, not a bug
             raise ValueError(f"{path}: {exc}") from None
-    if path.startswith("file://"):
-        path = path[len("file://") :]
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return pafs.LocalFileSystem(), os.path.abspath(local_path(path))
+
+
+def local_path(path: str) -> str:
+    """A local path as the file system takes it: without file://, with ~ expanded."""
+    return os.path.expanduser(path[len("file://") :] if path.startswith("file://") else path)
 
 
 def join(base: str, *parts: str) -> str:
@@ -112,7 +115,7 @@ def expand_input(pattern: str) -> list[str]:
         if info.type == pafs.FileType.Directory:
             return list_files(pattern)
         return [pattern] if info.type == pafs.FileType.File else []
-    path = os.path.expanduser(pattern[len("file://"):] if pattern.startswith("file://") else pattern)
+    path = local_path(pattern)
     if os.path.isdir(path):
         return list_files(path)
     matches = sorted(m for m in glob.glob(path, recursive=True) if os.path.isfile(m))

@@ -33,8 +33,9 @@ class ClipSsimScorer:
     """Stage: batch with image (uint8 N×H×W×3), caption, reason → + clip_score, ssim, score.
 
     Samples that synthesis marked unusable get no scores (NaN) and are never selected; their images
-    are never read. A score that comes out NaN or infinite marks its sample unusable (bad_score). Ray may hand over blocks merged from several synthesis batches, whose image
-    column is then an object array of per-row images: usable rows are scored in groups of one shape.
+    are never read. A score that comes out NaN or infinite marks its sample unusable (bad_score).
+    Ray may hand over blocks merged from several synthesis batches, whose image column is then an
+    object array of per-row images: usable rows are scored in groups of one shape.
     Images reach the device `chunk_size` at a time (None: the whole batch), so the host copy of one
     chunk overlaps the device work on the one before. With `compile`, CLIP's image path and the SSIM
     round trip run as torch.compile graphs at one fixed shape: chunks are padded to `chunk_size`.
