@@ -3,6 +3,8 @@ and KubeRay's RayCluster-to-autoscaler conversion (which validates its result to
 from __future__ import annotations
 
 import copy
+import re
+import shlex
 import socket
 from pathlib import Path
 
@@ -25,6 +27,28 @@ def no_network(monkeypatch):
 
 def load(name: str) -> dict:
     return yaml.safe_load((ROOT / "cluster" / name).read_text())
+
+
+ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*")
+FIREWALL_TAG = "synth-factory-ray"
+
+
+def split_env(command: str) -> tuple[dict, list[str]]:
+    """`A=1 B=2 ray start ...` -> ({A: 1, B: 2}, [ray, start, ...]), as the shell reads it."""
+    words = shlex.split(command)
+    env = {}
+    while words and ASSIGNMENT.fullmatch(words[0]):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    return env, words
+
+
+def ray_starts(config: dict) -> dict:
+    """The `ray start` command of the head and of the workers."""
+    starts = {}
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (starts[key],) = [c for c in config[key] if "ray start" in c]
+    return starts
 
 
 @pytest.mark.parametrize("name", LAUNCHER)
@@ -98,3 +122,58 @@ def test_kuberay_conversion_catches_a_broken_spec():
     del cr["spec"]["workerGroupSpecs"][0]["maxReplicas"]
     with pytest.raises(KeyError):
         _derive_autoscaling_config_from_ray_cr(cr)
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_launcher_starts_every_node_with_token_auth(name):
+    """RAY_AUTH_MODE=token on each `ray start`, and the token shipped to Ray's default path on every node."""
+    from ray._private.authentication.authentication_token_setup import AUTH_MODE_ENV_VAR, _get_default_token_path
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(load(name))
+    validate_config(prepared)
+    for key, command in ray_starts(prepared).items():
+        env, words = split_env(command)
+        assert env == {AUTH_MODE_ENV_VAR: "token"}, f"{name}: {key}"
+        assert words[:2] == ["ray", "start"] and not any("0.0.0.0" in w for w in words)
+    token = "~/" + str(_get_default_token_path().relative_to(Path.home()))  # ~/.ray/auth_token
+    assert prepared["file_mounts"][token] == token  # from where `ray up` runs (cluster/auth-token.sh)
+    assert f"chmod 600 {token}" in prepared["setup_commands"]
+    assert "auth_token" in (ROOT / "cluster" / "auth-token.sh").read_text()
+
+
+def test_aws_nodes_share_one_explicit_security_group():
+    """Ray makes its own group (SSH open to 0.0.0.0/0) for any node type without SecurityGroupIds."""
+    from ray.autoscaler._private.util import prepare_config
+
+    prepared = prepare_config(load("aws.yaml"))
+    groups = [spec["node_config"].get("SecurityGroupIds") for spec in prepared["available_node_types"].values()]
+    assert all(groups) and len(groups[0]) == 1 and all(g == groups[0] for g in groups)
+    assert "security_group" not in prepared["provider"]  # a name there would let Ray make the group
+
+
+def test_gcp_nodes_carry_the_tag_the_firewall_rules_name():
+    from ray.autoscaler._private.util import prepare_config
+
+    prepared = prepare_config(load("gcp.yaml"))
+    tags = [spec["node_config"].get("tags", {}).get("items") for spec in prepared["available_node_types"].values()]
+    assert tags == [[FIREWALL_TAG]] * len(tags)
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    assert docs.count(f"--target-tags={FIREWALL_TAG}") == 3  # internal, SSH, deny-the-rest
+
+
+def test_kuberay_rayjob_takes_the_token_from_a_secret():
+    spec = load("kuberay-rayjob.yaml")["spec"]["rayClusterSpec"]
+    assert spec["authOptions"]["mode"] == "token"  # the operator's own containers (autoscaler, submitter)
+    secret = spec["authOptions"]["secretName"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert "value" not in env["RAY_AUTH_TOKEN"]  # never a literal token
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "auth_token"}
+
+
+def test_no_token_is_committed():
+    for path in (ROOT / "cluster").iterdir():
+        assert not re.search(r"[0-9a-fA-F]{32,}", path.read_text()), path
