@@ -28,7 +28,7 @@ import pyarrow as pa  # noqa: E402
 from factory import schema as S  # noqa: E402
 from factory.config import compose  # noqa: E402
 from factory.curate import near_dup as nd  # noqa: E402
-from factory.curate.planted import planted_pool  # noqa: E402
+from tests.fixtures.planted import planted_pool  # noqa: E402
 
 JUNK = ["!!!", "$$$ BUY NOW $$$ !!! $$$", "img_2041.jpg", "click here click here click here click here click here click here "
         "click here click here click here click here click here click here", "ok", "😀😀😀😀😀😀😀😀😀😀", "1234567890 1234567890"]

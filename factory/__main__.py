@@ -1,51 +1,32 @@
-"""`python -m factory [key=value ...]`: compose conf/ with Hydra and run the factory."""
+"""`python -m factory [key=value ...]` and its subcommands; `python -m factory --help` lists them."""
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from factory.config import CONF_DIR
+from factory import estimate, report, status
+from factory.config import check_overrides, compose, override_error
+from factory.engine.ray_setup import stop_ray
+from factory.errors import user_error
+from factory.job import load_job
+from factory.run import run
+from factory.stages import stage_lines
 
 log = logging.getLogger("factory")
 
+HELP = """usage: python -m factory [key=value ...]          run the factory (resumes an output it finds)
+       python -m factory estimate [key=value ...] what a run will cost, before it runs
+       python -m factory status OUTPUT            where a run stands (files only, no Ray)
+       python -m factory report OUTPUT            rebuild OUTPUT/report/
+       python -m factory --cfg job [key=value ...] every key with its value, and the stages that will run
 
-def plain_config(cfg: DictConfig) -> dict:
-    """Resolved plain containers: picklable to actors, free of ${hydra:...} interpolations."""
-    cfg = OmegaConf.to_container(cfg, resolve=True)
-    cfg.pop("hydra", None)
-    return cfg
-
-
-def user_error(exc: BaseException) -> str | None:
-    """The one-line message of an error the user can fix, looking through Ray's wrappers."""
-    from factory.io.files import NotSharedError
-    from factory.io.read import InputError
-    from factory.jobs import OutputInUseError
-    from ray.exceptions import RayActorError
-
-    from factory.run import RunError, error_line
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        # OSError: storage the user points at (a read-only folder, a missing bucket, no credentials).
-        # ValueError: a setting (ours, or a library's: a model path, a device). Not Ray's wrappers,
-        # and not pyarrow's own errors: a bad input file is an InputError before it gets that far,
-        # so an ArrowInvalid is a bug, whose traceback is what a report needs.
-        if (isinstance(exc, (InputError, RunError, NotSharedError, OutputInUseError, ValueError, OSError))
-                and not type(exc).__module__.startswith(("ray", "pyarrow"))):
-            return error_line(exc)
-        # A stage's constructor failed (a model path that is not there, no such device): the settings are wrong.
-        if isinstance(exc, RayActorError) and exc.actor_init_failed:
-            stage = re.search(r"MapBatches\((\w+)\)", str(exc))
-            return f"{stage.group(1) if stage else 'an actor'} could not start: {error_line(exc)}"
-        exc = exc.__cause__ or exc.__context__
-    return None
+Keys are Hydra overrides of conf/config.yaml (input=, output=, model=sdxl, scorer=clip_l14_336,
+synth.repeat=, select.k=, curate.near_dup.enabled=true, ...). The README (README.md in the
+repository) lists them; docs/ explains curation, outputs, GPUs, clusters and the architecture."""
+SUBCOMMANDS = {"estimate": estimate.main, "status": status.main, "report": report.main}
 
 
 def summary_lines(m: dict) -> list[str]:
@@ -67,68 +48,83 @@ def summary_lines(m: dict) -> list[str]:
             f"selected mean clip_score {sel['mean_clip_score']:.4f}  ssim {sel['mean_ssim']:.4f}  score {sel['mean_score']:.4f}  threshold {sel['threshold']:.4f}"
         )
     lines.append("wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["wall_seconds"].items()))
-    if m.get("stages"):
-        from factory.stages import stage_lines
-
-        lines.extend(stage_lines(m["stages"]))
+    lines.extend(stage_lines(m.get("stages") or []))
     if m.get("report"):
         lines.append(f"report: {m['report'].get('index') or 'FAILED: ' + str(m['report'].get('error'))}")
     lines.append(f"output: {m['config']['output']}")
     return lines
 
 
-def stop_ray() -> None:
+def show_config(overrides: list[str]) -> int:
+    """`--cfg job`: the composed config (every key, resolved) and the stages that will run."""
+    if error := check_overrides(overrides):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
-        import ray
+        cfg = compose(overrides)
+        stages = load_job(cfg).pipeline.describe()
+    except Exception as exc:
+        if (msg := user_error(exc)) is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+    print("# stages, in order:")
+    for line in stages:
+        print(f"#   {line}")
+    return 0
 
-        if ray.is_initialized():
-            ray.shutdown()
-    except Exception:  # noqa: BLE001 (stopping anyway)
-        pass
+
+def stopped(exc: BaseException) -> None:
+    """Ctrl-C, or SIGTERM (`ray job stop`) as SystemExit(15): one line, Ray stopped, the usual exit code."""
+    signal_number = 2 if isinstance(exc, KeyboardInterrupt) else exc.code if isinstance(exc.code, int) else 15
+    # Said before Ray stops: a signal sent to the whole process group (timeout, scancel) reaches
+    # the local Ray's own processes too, and Ray may then abort the driver while it shuts down.
+    print(f"stopped by signal {signal_number}: manifest.json says so; the same command resumes", file=sys.stderr, flush=True)
+    stop_ray()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The manifest is saved and Ray is down; after a SIGTERM, Ray's native handler makes the
+    # interpreter's own teardown abort (exit 134), so the process ends here, with the usual code.
+    os._exit(128 + signal_number)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    from factory.run import run
-
+def run_command(overrides: list[str]) -> int:
+    """Compose, check and run; one `error:` line (exit 2) for what the user can fix."""
+    if error := check_overrides(overrides):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
-        manifest = run(plain_config(cfg))
-    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (`ray job stop`) as SystemExit(15)
-        signal_number = 2 if isinstance(exc, KeyboardInterrupt) else exc.code if isinstance(exc.code, int) else 15
-        # Said before Ray stops: a signal sent to the whole process group (timeout, scancel) reaches
-        # the local Ray's own processes too, and Ray may then abort the driver while it shuts down.
-        print(f"stopped by signal {signal_number}: manifest.json says so; the same command resumes", file=sys.stderr, flush=True)
-        stop_ray()
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # The manifest is saved and Ray is down; after a SIGTERM, Ray's native handler makes the
-        # interpreter's own teardown abort (exit 134), so the process ends here, with the usual code.
-        os._exit(128 + signal_number)
-    except Exception as exc:  # one clear line for what the user can fix; a traceback for the rest
-        msg = user_error(exc)
+        manifest = run(load_job(compose(overrides)))
+    except (KeyboardInterrupt, SystemExit) as exc:
+        stopped(exc)
+    except Exception as exc:
+        msg = override_error(exc) or user_error(exc)
         if msg is None:
             raise
         print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     for line in summary_lines(manifest):
         print(line)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(HELP)
+        return 0
+    if "--cfg" in argv:  # --cfg job, wherever it stands
+        at = argv.index("--cfg")
+        return show_config(argv[:at] + argv[at + 2:])
+    if bad := [a for a in argv if a.startswith("-")]:
+        print(f"error: unknown option {bad[0]}\n{HELP}", file=sys.stderr)
+        return 2
+    return run_command(argv)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "estimate":  # `python -m factory estimate ...`: before Hydra sees argv
-        from factory.estimate import main as estimate_main
-
-        sys.exit(estimate_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "status":  # `python -m factory status OUTPUT`: files only, no Hydra, no Ray
-        from factory.status import main as status_main
-
-        sys.exit(status_main(sys.argv[2:]))
-    overrides = sys.argv[1:]
-    if not any(a.startswith("-") for a in overrides):  # not --cfg, --help, -m: Hydra's own flags
-        from factory.config import check_overrides
-
-        if error := check_overrides(overrides):
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -1,25 +1,51 @@
-"""Compose conf/ outside the CLI (tests, benchmarks, the estimate command) into a plain dict."""
+"""Compose conf/ with Hydra into a typed config, and word what Hydra or OmegaConf refuse in one line.
+
+The CLI, `estimate`, the tests and the benchmarks all compose through `compose`: the schemas of
+the fixed keys (factory/settings.py) and of every built-in stage (factory/registry.py) are in
+Hydra's ConfigStore first, so a wrong type or an unknown key fails here, before anything runs.
+"""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
-
-def compose(overrides: list[str] | None = None, config_name: str = "config") -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
-    out = OmegaConf.to_container(cfg, resolve=True)
-    out.pop("hydra", None)
-    return out
-
+from factory.paths import CONF_DIR
+from factory.registry import register_schemas
+from factory.settings import Config, Pool
 
 NOISE = ("full_key:", "object_type=", "reference_type=", "Config search path", "provider=", "To append to your config",
          "Set the environment variable")
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    store.store(group="schema", name="pool", node=Pool)
+    register_schemas()
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """conf/config.yaml with `overrides`, typed (not yet resolved: interpolations stay live)."""
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    with_hydra = "hydra" in cfg
+    if with_hydra:
+        OmegaConf.set_struct(cfg, False)
+        cfg.pop("hydra")
+        OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain containers: what the manifest records."""
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def override_error(exc: BaseException) -> str | None:
@@ -33,9 +59,23 @@ def override_error(exc: BaseException) -> str | None:
     return " ".join(lines) + " (python -m factory --cfg job prints every key)"
 
 
+# Keys spelt otherwise before the stage contract: the old spelling gets one line naming the new.
+RENAMED = {"curate.rules.perplexity": "curate.perplexity"}
+
+
+def renamed_key(overrides: list[str]) -> str | None:
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        for old, new in RENAMED.items():
+            if key == old or key.startswith(old + "."):
+                return f"{key} is now {new + key[len(old):]} (the perplexity filter is a stage of its own)"
+    return None
+
+
 def check_overrides(overrides: list[str]) -> str | None:
     """Compose the command line's overrides once, before the run: the error line, or None."""
-    overrides = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra", "++hydra"))]
+    if error := renamed_key(overrides):
+        return error
     try:
         cfg = compose(overrides)
     except Exception as exc:  # noqa: BLE001 (only Hydra's and OmegaConf's are ours to word)
@@ -43,37 +83,27 @@ def check_overrides(overrides: list[str]) -> str | None:
     return unknown_added_key(overrides, cfg)
 
 
-def _is_group(key: str) -> bool:
-    return (Path(CONF_DIR) / key.replace(".", "/")).is_dir()
-
-
-def unknown_added_key(overrides: list[str], cfg: dict) -> str | None:
+def unknown_added_key(overrides: list[str], cfg: DictConfig) -> str | None:
     """`+key=value` (or `++`) that adds a key no code reads, e.g. `+select.kk=3`: the error line, or None.
 
-    Hydra adds any key it is given with `+`, so a typo would be silently ignored. A key may be added
-    only to an open map, one that is empty without it (`curate.llm.engine_kwargs`); `+group=option`
-    (`+experiment=fast`) is a config group, not a key.
+    Hydra adds a key it is given with `+` even to a typed node, where nothing would read it. Keys
+    may be added to the open maps (`curate`, `resources`, `curate.llm.engine_kwargs`), and
+    `+group=option` (`+experiment=fast`) is a config group, not a key.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(overrides)
-    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not _is_group(o.key_or_group)]
-    if not added:
-        return None
-    try:
-        without = compose([o.input_line for o in parsed if o not in added])
-    except Exception as exc:  # noqa: BLE001 (e.g. ++a.b=1 with a.b=2: a key set only by the additions)
-        return override_error(exc)
-    for o in added:
-        node, path = without, o.key_or_group.split(".")
+    for o in parsed:
+        if not (o.is_add() or o.is_force_add()) or (Path(CONF_DIR) / o.key_or_group.replace(".", "/")).is_dir():
+            continue
+        node, path = cfg, o.key_or_group.split(".")
         for depth, name in enumerate(path):
-            if not isinstance(node, dict) or not node:
-                break  # a value, null or an open map: Hydra's own checks, or anything goes
-            if name not in node:
+            typed = OmegaConf.get_type(node)
+            if dataclasses.is_dataclass(typed) and name not in {f.name for f in dataclasses.fields(typed)}:
                 where = ".".join(path[:depth]) or "the top level"
-                keys = sorted(node)
+                keys = sorted(f.name for f in dataclasses.fields(typed))
                 known = ", ".join(keys[:16]) + (", …" if len(keys) > 16 else "")
                 return (f"'{o.input_line}' adds a key that nothing reads: {where} has no '{name}' "
                         f"(its keys: {known}) (python -m factory --cfg job prints every key)")
-            node = node[name]
+            node = node.get(name) if isinstance(node, DictConfig) else None
+            if not isinstance(node, DictConfig):
+                break
     return None

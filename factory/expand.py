@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from factory import schema as S
 from factory.seeds import sample_seed
+from factory.checks import number
+from factory.stage import Stage
 
 
 def sample_key(caption_id: str, sample: int) -> int:
@@ -23,16 +27,23 @@ def sample_keys(table: pa.Table) -> np.ndarray:
     return np.array([sample_key(i, s) for i, s in zip(ids, samples)], dtype=np.int64)
 
 
-class ExpandSamples:
+@dataclass
+class ExpandSamples(Stage):
     """Stage: (id, caption) → `repeat` sample rows with their seeds, minus those already done."""
 
-    def __init__(self, repeat: int, seed: int, done: np.ndarray | None = None):
-        if repeat < 1:
-            raise ValueError(f"synth.repeat must be ≥ 1, got {repeat}")
-        self.repeat, self.seed = repeat, seed
-        self.done = done if done is not None else np.empty(0, np.int64)
+    name: ClassVar[str] = "expand"
+    # How many samples a caption gets and which are on disk already never change what a sample is.
+    speed_only: ClassVar[frozenset[str]] = frozenset({"repeat", "done"})
 
-    def __call__(self, batch: pa.Table) -> dict:
+    repeat: int = 1
+    seed: int = 0
+    done: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # sorted sample keys already made
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        number("synth.repeat", self.repeat, whole=True, low=1)
+
+    def process(self, batch: pa.Table) -> dict:
         ids, caps, samples, seeds = [], [], [], []
         for cid, cap in zip(batch.column(S.ID).to_pylist(), batch.column(S.CAPTION).to_pylist()):
             for s in range(self.repeat):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
+from factory.errors import OutputInUseError
 from factory.io import files
 
 log = logging.getLogger("factory")
@@ -52,10 +53,6 @@ def remove_stale_staging(output: str) -> int:
 
 
 LOCK_NAME = ".factory-run.json"  # hidden: no reader takes it for data
-
-
-class OutputInUseError(Exception):
-    """Another run is working on this output (one line for the user)."""
 
 
 def _pid_alive(pid: int) -> bool:

@@ -70,7 +70,7 @@ def competing(cands: pa.Table, curated_ids_path: str, m: dict) -> pa.Table:
 
 
 def dataset_scores(dataset_dir: str) -> pa.Table:
-    from factory.export import dataset_files
+    from factory.export.common import dataset_files
 
     parts = [_read(p, [S.ID, S.SAMPLE, *SCORES, S.RANK]) for p in dataset_files(dataset_dir)]
     return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.float64()) for c in SCORES + [S.RANK]})
@@ -255,7 +255,7 @@ def index_html(m: dict, n_cands: int, n_chosen: int) -> str:
 
 def build_report(output: str) -> str:
     """Write report/ for the run in `output`; returns the path of index.html."""
-    from factory.run import read_manifest, run_dirs
+    from factory.layout import read_manifest, run_dirs
 
     dirs = run_dirs(output)
     if not files.exists(dirs["manifest"]):

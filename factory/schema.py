@@ -65,6 +65,9 @@ DATASET = pa.schema(list(CANDIDATES) + [pa.field(RANK, pa.int64())])
 
 # The columns selection reads: never the image bytes.
 SELECT_COLUMNS = [ID, SAMPLE, SCORE, CLIP_SCORE, SSIM, REASON]
+# Prefix of the per-row seconds a stage with a pool spent on a batch (added in flight by the engine,
+# summed into the candidates writer's summary rows): the run's busy seconds per stage.
+BUSY = "_busy_"
 # int32, in selection only: which candidates file a score row came from, so that the dataset
 # takes exactly that row, even where candidates/ holds an (id, sample) twice.
 FILE = "file"

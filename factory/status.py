@@ -11,7 +11,7 @@ import time
 from factory.io import files
 from factory.jobs import OutputLock
 from factory.progress import duration
-from factory.run import read_manifest
+from factory.layout import read_manifest
 
 
 def _ago(epoch: float | None) -> str:

@@ -26,7 +26,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
                  runtime_env={"env_vars": {"FACTORY_CACHE": os.environ["FACTORY_CACHE"], "PYTHONPATH": str(ROOT)}})
     yield ray
     ray.shutdown()

@@ -124,7 +124,8 @@ def test_bad_settings_and_unusable_output_are_one_line_before_anything_runs(tmp_
     """Settings that would only fail after generation, and an output folder that cannot be made."""
     write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "caption": CAPTIONS[0]}])
     for bad, words in (("select.fraction=10", "select.fraction must be in (0, 1]"), ("select.k=-1", "select.k must be ≥ 0"),
-                       ("select.k=many", "select.k must be a whole number"), ("curate.dedup.ids=false", "ids must be unique")):
+                       ("select.k=many", "select.k=many Value 'many' of type 'str' could not be converted to Integer"),
+                       ("curate.dedup.ids=false", "ids must be unique")):
         proc = run_cli(f"input={tmp_path}/c.jsonl", f"output={tmp_path}/o", bad)
         assert proc.returncode == 2 and len(error_lines(proc)) == 1 and words in error_lines(proc)[0], proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()  # refused before the output was touched
@@ -150,8 +151,9 @@ def test_unknown_format_and_broken_file(tmp_path):
 
 def test_multi_node_run_refuses_paths_a_node_does_not_see(tmp_path, monkeypatch):
     """The check runs before output= changes; it names the folder and the nodes, and leaves no probe file."""
-    from factory import pipeline
-    from factory.run import RunError, check_paths_shared
+    from factory.engine import ray_setup
+    from factory.errors import RunError
+    from factory.run import check_paths_shared
 
     seen = {}
 
@@ -160,7 +162,7 @@ def test_multi_node_run_refuses_paths_a_node_does_not_see(tmp_path, monkeypatch)
         assert all(os.path.exists(p) for p in paths)  # the probe file is there while nodes look
         return 2, {paths[-1]: ["10.0.0.7"]}
 
-    monkeypatch.setattr(pipeline, "nodes_without", two_nodes_one_blind)
+    monkeypatch.setattr(ray_setup, "nodes_without", two_nodes_one_blind)
     captions = tmp_path / "c.jsonl"
     captions.write_text('{"id": 1, "caption": "a red car on a street"}\n')
     out = tmp_path / "out"
@@ -169,50 +171,65 @@ def test_multi_node_run_refuses_paths_a_node_does_not_see(tmp_path, monkeypatch)
         check_paths_shared(str(out), [str(captions)])
     assert seen["paths"][0] == str(captions) and list(out.iterdir()) == []
 
-    monkeypatch.setattr(pipeline, "nodes_without", lambda paths: (3, {paths[0]: ["10.0.0.8"]}))
+    monkeypatch.setattr(ray_setup, "nodes_without", lambda paths: (3, {paths[0]: ["10.0.0.8"]}))
     with pytest.raises(RunError, match=r"input .*c\.jsonl is a local file that 1 of 3 Ray nodes"):
         check_paths_shared("s3://bucket/run", [str(captions)])
-    monkeypatch.setattr(pipeline, "nodes_without", lambda paths: pytest.fail("nothing local to check"))
+    monkeypatch.setattr(ray_setup, "nodes_without", lambda paths: pytest.fail("nothing local to check"))
     assert check_paths_shared("s3://bucket/run", ["s3://bucket/captions.jsonl"]) == 0
 
 
 @pytest.mark.parametrize("bad, words", [
     ("synth.repeat=0", "synth.repeat must be a whole number ≥ 1, got 0"),
-    ("synth.repeat=1.5", "synth.repeat must be a whole number ≥ 1, got 1.5"),
     ("synth.steps=0", "synth.steps must be a whole number ≥ 1"),
     ("score.batch_size=0", "score.batch_size must be a whole number ≥ 1, got 0"),
     ("model.batch_size=0", "synth.batch_size must be a whole number ≥ 1, got 0"),
     ("resources.synth.actors=0", "resources.synth.actors must be a whole number ≥ 1, got 0"),
-    ("resources.judge.max_actors=two", "resources.judge.max_actors must be a whole number ≥ 1, got 'two'"),
     ("image.format=gif", "image.format='gif': expected one of"),
     ("image.quality=0", "image.quality must be a whole number in [1, 100], got 0"),
     ("curate.llm.backend=sglang", "curate.llm.backend='sglang': expected hf or vllm"),
-    ("score.lam=abc", "score.lam must be a number ≥ 0, got 'abc'"),
-    ("synth.guidance=abc", "synth.guidance must be a number ≥ 0, got 'abc'"),
-    ("progress_every_s=abc", "progress_every_s must be a number ≥ 0, got 'abc'"),
-    ("synth.seed=1.5", "synth.seed must be a whole number, got 1.5"),
+    ("score.lam=-1", "score.lam must be a number ≥ 0, got -1"),
+    ("score.lam=inf", "score.lam must be a number ≥ 0, got inf"),
     ("model.height=100", "model.height must be a multiple of 8 (the VAE's scale), got 100"),
     ("scorer.chunk_size=0", "scorer.chunk_size must be a whole number ≥ 1 or null, got 0"),
     ("resources.score.num_gpus=-0.25", "resources.score.num_gpus must be a number ≥ 0 or null, got -0.25"),
-    ("curate.rules.alnum_min=high", "curate.rules.alnum_min must be a number or null, got 'high'"),
-    ("model.refiner_path=tiny model.high_noise_frac=1.2", "model.high_noise_frac must be a number between 0 and 1 with a refiner, got 1.2"),
+    ("model.tiny_refiner=true model.high_noise_frac=1.2", "model.high_noise_frac must be a number between 0 and 1 with a refiner, got 1.2"),
+    ("+resources.synht.actors=2", "resources.synht: no stage of this config has an actor pool of that name"),
+    ("curate.near_dup.bands=5", "curate.near_dup.bands=5 must divide curate.near_dup.num_perm=128"),
 ])
 def test_settings_that_would_fail_mid_run_are_refused_first(bad, words):
+    """Ranges: the settings' and the stages' own checks, when the job is loaded (before Ray starts)."""
     from factory.config import compose
-    from factory.run import RunError, check_settings
+    from factory.job import load_job
 
-    with pytest.raises(RunError) as err:
-        check_settings(compose(bad.split()))
+    with pytest.raises(ValueError) as err:
+        load_job(compose(bad.split()))
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("synth.repeat=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+    ("resources.judge.max_actors=two", "Value 'two' of type 'str' could not be converted to Integer"),
+    ("score.lam=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("synth.guidance=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("progress_every_s=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("synth.seed=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+    ("curate.rules.alnum_min=high", "Value 'high' of type 'str' could not be converted to Float"),
+    ("model.stepz=3", "Key 'stepz' not in 'TinySDXLConfig'"),
+])
+def test_a_wrong_type_or_key_is_refused_when_composing_in_omegaconfs_words(bad, words):
+    from factory.config import check_overrides
+
+    error = check_overrides(bad.split())
+    assert error is not None and words in error and bad.split("=")[0] in error and "\n" not in error
 
 
 @pytest.mark.parametrize("recipe", [[], ["+experiment=synthvlm"], ["+experiment=fast"], ["image.format=webp", "image.quality=80"],
                                     ["cluster=gpu", "model=sdxl", "scorer=clip_l14_336"], ["resources.synth.max_actors=4"]])
 def test_the_shipped_settings_pass_the_checks(recipe):
     from factory.config import compose
-    from factory.run import check_settings
+    from factory.job import load_job
 
-    check_settings(compose(recipe))
+    load_job(compose(recipe))
 
 
 def test_a_stage_that_cannot_start_in_ray_is_one_line_naming_it(ray_local):
@@ -220,8 +237,7 @@ def test_a_stage_that_cannot_start_in_ray_is_one_line_naming_it(ray_local):
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from factory.__main__ import user_error
-    from factory.run import error_line
+    from factory.errors import error_line, user_error
     from tests.crash_helpers import StageThatCannotLoad  # importable by Ray's workers
 
     ds = ray.data.range(4).map_batches(StageThatCannotLoad, compute=ActorPoolStrategy(size=1),
@@ -233,15 +249,15 @@ def test_a_stage_that_cannot_start_in_ray_is_one_line_naming_it(ray_local):
 
 
 @pytest.mark.parametrize("bad, words", [
-    ("select.kk=3", "Could not override 'select.kk'. Key 'kk' is not in struct"),
+    ("select.kk=3", "Could not override 'select.kk'. Key 'kk' not in 'SelectSettings'"),
     ("model=nope", "Could not find 'model/nope' Available options in 'model': sdxl tiny"),
 ])
 def test_a_bad_override_is_one_line_from_hydra_itself(tmp_path, bad, words):
     proc = run_cli(bad, f"output={tmp_path}/o")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {error_lines(proc)[0][len('error: '):]}"]
     assert words in proc.stderr and not (tmp_path / "o").exists()
-    proc = run_cli(bad, "--cfg", "job")  # Hydra's own flags go to Hydra as they are
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    proc = run_cli("--cfg", "job", bad)  # the config printout refuses it alike
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("override, refused", [
@@ -267,7 +283,8 @@ def test_a_number_that_is_no_number_is_one_line_before_ray_starts(tmp_path):
     """score.lam=abc used to fail at the first scored batch, as a remote traceback, after the models loaded."""
     proc = run_cli("score.lam=abc", f"output={tmp_path}/o")
     assert proc.returncode == 2 and not (tmp_path / "o").exists()
-    assert proc.stderr.strip().splitlines() == ["error: score.lam must be a number ≥ 0, got 'abc'"]
+    assert proc.stderr.strip().splitlines() == ["error: Error merging override score.lam=abc Value 'abc' of type 'str' could not "
+                                                "be converted to Float (python -m factory --cfg job prints every key)"]
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
 
 
@@ -284,7 +301,7 @@ def test_pyarrow_errors_keep_their_traceback_and_settings_errors_are_one_line():
     means a bug here, and the CLI lets its traceback through."""
     import pyarrow as pa
 
-    from factory.__main__ import user_error
+    from factory.errors import user_error
     from factory.select import check_best_by
 
     with pytest.raises(pa.ArrowInvalid) as arrow:

@@ -14,7 +14,7 @@ from conftest import CAPTIONS, ROOT, tiny_overrides, write_jsonl
 
 def test_cli_with_all_curation_stages(tmp_path):
     from factory.curate.perplexity import PerplexityFilter
-    from factory.curate.tiny_lm import save_keyword_judge_lm, save_tiny_causal_lm
+    from tests.fixtures.tiny_lm import save_keyword_judge_lm, save_tiny_causal_lm
 
     rows = [{"id": i + 1, "caption": c} for i, c in enumerate(CAPTIONS)]
     rows += [
@@ -27,15 +27,15 @@ def test_cli_with_all_curation_stages(tmp_path):
     ppl_lm = save_tiny_causal_lm(tmp_path / "ppl", " ".join(CAPTIONS), seed=2)
     # The perplexity limit: just below the highest perplexity among the captions that reach the filter.
     reach = {r["id"]: r["caption"] for r in rows if r["id"] not in (20, 21)}
-    ppl = dict(zip(reach, PerplexityFilter(str(ppl_lm), 1.0).perplexities(list(reach.values()))))
+    ppl = dict(zip(reach, PerplexityFilter(enabled=True, model=str(ppl_lm), max=1.0).loaded().perplexities(list(reach.values()))))
     worst = max(ppl, key=ppl.get)
     limit = (ppl[worst] + sorted(ppl.values())[-2]) / 2
 
     out = tmp_path / "run"
     overrides = tiny_overrides(out, src, "select.k=null", "select.fraction=0.5", "ray.address=local", "ray.wait_for_min_actors_s=120",
                                "curate.near_dup.enabled=true",
-                               "curate.rules.perplexity.enabled=true", f"curate.rules.perplexity.model={ppl_lm}",
-                               f"curate.rules.perplexity.max={limit}",
+                               "curate.perplexity.enabled=true", f"curate.perplexity.model={ppl_lm}",
+                               f"curate.perplexity.max={limit}",
                                "curate.llm.enabled=true", "curate.llm.backend=hf", f"curate.llm.model={judge_lm}",
                                "curate.llm.on_unparseable=reject", "curate.llm.batch_size=4")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -68,11 +68,12 @@ def test_cli_with_all_curation_stages(tmp_path):
     # and says which model stages it leaves out.
     from factory.config import compose
     from factory.estimate import estimate
+    from factory.job import load_job
 
-    e = estimate(compose([o for o in overrides if not o.startswith("ray.")] + ["estimate.seconds_per_image=1"]))
+    e = estimate(load_job(compose([o for o in overrides if not o.startswith("ray.")] + ["estimate.seconds_per_image=1"])))
     assert e["rules_failed"] == {"flagged_words": 1} and e["duplicates"] == {"near_duplicate": 1}
     assert e["curated"] == c["read"] - 2 == c["curated"] + c["rejected_by_reason"]["perplexity"] + c["rejected_by_reason"]["llm_judge"]
-    assert e["curation_not_counted"] == ["perplexity", "LLM judge"]
+    assert e["curation_not_counted"] == ["perplexity", "llm_judge"]
 
     # select.fraction: exactly ceil(0.5 * competing) pairs, the best by score.
     sel = m["selection"]
@@ -86,7 +87,7 @@ def test_cli_with_all_curation_stages(tmp_path):
     # A resume that turns the model stages on: samples of captions they now reject stay on disk but
     # no longer count as resumed (nor compete); nothing is generated.
     out2 = tmp_path / "run2"
-    plain = [o for o in overrides if not o.startswith(("curate.rules.perplexity", "curate.llm"))]
+    plain = [o for o in overrides if not o.startswith(("curate.perplexity", "curate.llm"))]
     plain = [o.replace(f"output={out}", f"output={out2}") for o in plain]
     first = subprocess.run([sys.executable, "-m", "factory", *plain], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -18,7 +18,7 @@ def rows(captions, reasons=None):
 
 
 def test_flagged_words_from_conf_reject_at_any_ratio():
-    rules_cfg = {k: v for k, v in compose()["curate"]["rules"].items() if k != "perplexity"}
+    rules_cfg = {k: v for k, v in compose()["curate"]["rules"].items() if k != "_target_"}
     assert "nsfw" in rules_cfg["flagged_words"] and rules_cfg["flagged_max"] == 0.0
     rules = R.CaptionRules(**rules_cfg)
     caps = [
@@ -56,11 +56,11 @@ def test_perplexity_filter_matches_transformers_loss(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from factory.curate.perplexity import PerplexityFilter
-    from factory.curate.tiny_lm import save_tiny_causal_lm
+    from tests.fixtures.tiny_lm import save_tiny_causal_lm
 
     caps = ["a red dog on the street", "blue", "the cat is on a boat with the dog and the people", "a good image of a house"]
     path = str(save_tiny_causal_lm(tmp_path / "lm", " ".join(caps), seed=1))
-    flt = PerplexityFilter(path, max_perplexity=1e9, batch_size=3)
+    flt = PerplexityFilter(enabled=True, model=path, max=1e9, batch_size=3).loaded()
     got = flt.perplexities(caps)
     # Reference: transformers' own causal-LM loss on each caption alone (no padding), BOS first.
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -70,25 +70,26 @@ def test_perplexity_filter_matches_transformers_loss(tmp_path):
             ref = math.exp(model(ids, labels=ids).loss.item())
         assert p == pytest.approx(ref, rel=1e-4)
     limit = sorted(got)[1]  # two at or below, two above
-    flt = PerplexityFilter(path, max_perplexity=limit, batch_size=3)
+    flt = PerplexityFilter(enabled=True, model=path, max=limit, batch_size=3)
     out = flt(rows(caps, [None, None, None, "too_short"]))
     reasons = out.column(S.REASON).to_pylist()
     expected = [S.R_PERPLEXITY if p > limit else None for p in got[:3]] + ["too_short"]
     assert reasons == expected and reasons.count(S.R_PERPLEXITY) >= 1
     with pytest.raises(ValueError, match="needs model"):
-        PerplexityFilter(path, None)
+        PerplexityFilter(enabled=True, model=path)  # no max: refused before anything loads
 
 
 def test_perplexity_filter_device_and_dtype_settings(tmp_path, monkeypatch):
     import torch
 
     from factory.curate.perplexity import PerplexityFilter
-    from factory.curate.tiny_lm import save_tiny_causal_lm
+    from tests.fixtures.tiny_lm import save_tiny_causal_lm
 
     path = str(save_tiny_causal_lm(tmp_path / "lm", "a red dog"))
-    assert next(PerplexityFilter(path, 10.0, dtype="bf16").model.parameters()).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match=r"^curate.rules.perplexity.dtype='half': expected one of"):
-        PerplexityFilter(path, 10.0, dtype="half")
+    on = dict(enabled=True, model=path, max=10.0)
+    assert next(PerplexityFilter(**on, dtype="bf16").loaded().lm.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"^curate.perplexity.dtype='half': expected one of"):
+        PerplexityFilter(**on, dtype="half")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="^curate.rules.perplexity.device=cuda but this worker sees no CUDA device$"):
-        PerplexityFilter(path, 10.0, device="cuda")
+    with pytest.raises(RuntimeError, match="^curate.perplexity.device=cuda but this worker sees no CUDA device$"):
+        PerplexityFilter(**on, device="cuda").loaded()

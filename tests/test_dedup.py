@@ -29,10 +29,11 @@ def test_a_caption_the_rules_reject_never_wins_a_duplicate_group(tmp_path):
     first row of id 5 is too short and the second is fine: the good rows must survive the pre-pass."""
     from conftest import write_jsonl
 
-    from factory import pipeline
     from factory.config import compose
     from factory.curate.near_dup import find_near_duplicates
-    from factory.run import find_rejected_duplicates
+    from factory.io.read import read_caption_file
+    from factory.job import load_job
+    from factory.prepass import ScanKeys, from_ipc, run_prepass
 
     rows = [
         {"id": 1, "caption": "A photo of a red car parked on a quiet street at night nsfw"},
@@ -42,13 +43,15 @@ def test_a_caption_the_rules_reject_never_wins_a_duplicate_group(tmp_path):
         {"id": 6, "caption": "A wooden sailboat reflected in a calm harbor at dusk."},  # a true duplicate
     ]
     path = write_jsonl(tmp_path / "c.jsonl", rows)
-    cfg = compose([f"input={path}", "curate.near_dup.enabled=true"])
-    rejected, n_read, kept = find_rejected_duplicates([str(path)], cfg)
+    p = load_job(compose([f"input={path}", "curate.near_dup.enabled=true"])).pipeline
+    pre = run_prepass([str(path)], p, 0.25, 16)
+    rejected, n_read, kept = pre.losers, pre.n_read, pre.kept
     assert n_read == 5 and sorted(kept.column(S.ID).to_pylist()) == ["2", "5"]  # ids 2 and 5 (its second row) go on to synthesis
     lost = {r[S.POS]: (r[S.REASON], r[S.DETAIL]) for r in rejected.to_pylist()}
     # Only id 6 loses, to the second row of id 5 (pos 3): the rule-rejected rows competed for nothing.
     assert set(lost) == {4} and lost[4] == (S.R_DUP_CAPTION, "duplicate of id 5")
     # Without the rules in the pre-pass every row competes, and the flagged caption knocks out its clean twin.
-    keys, _ = pipeline.scan_keys([str(path)], 0.25, 16, minhash=(128, 1))
+    block = ScanKeys(dedup=p.deduplicators())(read_caption_file(str(path), 0))
+    keys = from_ipc(block.column("ipc")[0].as_py())
     assert keys.num_rows == 5
     assert 1 in find_near_duplicates(keys, 0.8, 16).column(S.POS).to_pylist()

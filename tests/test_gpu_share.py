@@ -9,40 +9,47 @@ import subprocess
 import sys
 from pathlib import Path
 
-from factory.pipeline import stage_gpus
+from factory.config import compose
+from factory.engine.placement import gpu_shares
+from factory.job import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
-RES = {"synth": {"actors": 1, "num_gpus": None}, "score": {"actors": 1, "num_gpus": None}}
-CUDA = {"synth": "cuda", "score": "cuda"}
-ALL = {"perplexity": "cuda", "judge": "cuda", "synth": "cuda", "score": "cuda"}
+CUDA = ["model.device=cuda", "scorer.device=cuda"]
+ALL = CUDA + ["curate.perplexity.enabled=true", "curate.perplexity.model=m", "curate.perplexity.max=10", "curate.perplexity.device=cuda",
+              "curate.llm.enabled=true", "curate.llm.model=m", "curate.llm.device=cuda"]
 
 
-def pair(res, devices, gpus):
-    shares = stage_gpus(res, devices, gpus)
-    return shares["synth"], shares["score"]
+def shares(overrides: list[str], gpus: float) -> dict:
+    """GPUs per actor of each pool of this config, on a cluster of `gpus` GPUs (from the stages' declarations)."""
+    job = load_job(compose(overrides))
+    stages = job.pipeline.model_stages()
+    by_id = gpu_shares(stages, job.config["resources"], gpus)
+    return {s.pool: by_id[id(s)] for s in stages}
+
+
+def pair(overrides, gpus):
+    out = shares(overrides, gpus)
+    return out["synth"], out["score"]
 
 
 def test_defaults_share_one_gpu_and_leave_bigger_clusters_and_explicit_values_alone():
-    assert pair(RES, CUDA, 1) == (0.75, 0.25)
-    assert pair(RES, CUDA, 2) == (1.0, 0.25)  # a GPU each
-    assert pair(RES, CUDA, 0) == (1.0, 0.25)  # autoscaler: GPUs still to come
-    assert pair(RES, {"synth": "cuda", "score": "cpu"}, 1) == (1.0, 0.0)
-    assert pair(RES, {"synth": "cpu", "score": "cpu"}, 0) == (0.0, 0.0)
-    two = {"synth": {"actors": 2, "num_gpus": None}, "score": {"actors": 1, "num_gpus": None}}
-    assert pair(two, CUDA, 2) == (0.75, 0.25)
-    explicit = {"synth": {"actors": 1, "num_gpus": 1}, "score": {"actors": 1, "num_gpus": None}}
-    assert pair(explicit, CUDA, 1) == (1.0, 0.25)
+    assert pair(CUDA, 1) == (0.75, 0.25)
+    assert pair(CUDA, 2) == (1.0, 0.25)  # a GPU each
+    assert pair(CUDA, 0) == (1.0, 0.25)  # autoscaler: GPUs still to come
+    assert pair(["model.device=cuda"], 1) == (1.0, 0.0)
+    assert pair([], 0) == (0.0, 0.0)
+    two = ["resources.synth.actors=2"]
+    assert pair(CUDA + two, 2) == (0.75, 0.25)
+    assert pair(CUDA + ["resources.synth.num_gpus=1"], 1) == (1.0, 0.25)
 
 
 def test_curation_models_join_the_share():
-    res = dict(RES, perplexity={"actors": 1, "num_gpus": None}, judge={"actors": 1, "num_gpus": None})
-    assert stage_gpus(res, ALL, 4) == {"perplexity": 0.5, "judge": 1.0, "synth": 1.0, "score": 0.25}  # 2.75 fit
-    one = stage_gpus(res, ALL, 1)
+    assert shares(ALL, 4) == {"perplexity": 0.5, "judge": 1.0, "synth": 1.0, "score": 0.25}  # 2.75 fit
+    one = shares(ALL, 1)
     assert one == {"perplexity": 0.1, "judge": 0.1, "synth": 0.55, "score": 0.25} and sum(one.values()) <= 1
-    res["judge"] = {"actors": 1, "num_gpus": 0.3}  # explicit: kept, and synthesis takes what is left
-    assert stage_gpus(res, ALL, 1) == {"perplexity": 0.1, "judge": 0.3, "synth": 0.35, "score": 0.25}
-    cpu_judge = dict(ALL, judge="cpu")
-    assert stage_gpus(dict(res, judge={"actors": 1, "num_gpus": None}), cpu_judge, 1)["judge"] == 0.0
+    # explicit: kept, and synthesis takes what is left
+    assert shares(ALL + ["resources.judge.num_gpus=0.3"], 1) == {"perplexity": 0.1, "judge": 0.3, "synth": 0.35, "score": 0.25}
+    assert shares(ALL + ["curate.llm.device=cpu"], 1)["judge"] == 0.0
 
 
 SCRIPT = """
@@ -73,14 +80,10 @@ def _scheduled(gpus: int, cases: dict) -> dict:
 
 
 def test_ray_schedules_every_pool_on_one_gpu_only_with_the_shared_defaults():
-    synth, score = pair(RES, CUDA, 1)
-    two = {"synth": {"actors": 2, "num_gpus": None}, "score": {"actors": 1, "num_gpus": None}}
-    s2, c2 = pair(two, CUDA, 2)
-    res = dict(RES, perplexity={"actors": 1, "num_gpus": None}, judge={"actors": 1, "num_gpus": None})
-    everything = list(stage_gpus(res, ALL, 1).values())
+    synth, score = pair(CUDA, 1)
+    s2, c2 = pair(CUDA + ["resources.synth.actors=2"], 2)
+    everything = list(shares(ALL, 1).values())
     # cluster=gpu on 1-GPU nodes: its explicit shares must put a synthesis actor and a scorer on one GPU.
-    from factory.config import compose
-
     res_gpu = compose(["cluster=gpu", "model=sdxl", "scorer=clip_l14_336"])["resources"]
     on_node = [res_gpu["synth"]["num_gpus"], res_gpu["score"]["num_gpus"]]
     one = _scheduled(1, {"shared": [synth, score], "whole": [1.0, 0.25], "curation too": everything,

@@ -41,6 +41,11 @@ def caption_rows(captions, reasons=None):
                      S.REASON: pa.array(reasons or [None] * n, pa.string()), S.DETAIL: pa.array([None] * n, pa.string())})
 
 
+def hf_judge(path, system, user, **settings):
+    """The LLM judge stage (backend hf) on a saved model, set up as an actor sets it up."""
+    return J.LLMJudge(enabled=True, model=str(path), prompt={"system": system, "user": user}, **settings).loaded()
+
+
 @pytest.fixture(scope="module")
 def prompt():
     return compose()["curate"]["llm"]["prompt"]
@@ -48,27 +53,27 @@ def prompt():
 
 def test_hf_judge_gives_real_verdicts_through_generate(tmp_path, prompt):
     """A hand-set tiny Llama answers No for 'cat', 'maybe' for 'dog', else Yes: verdicts follow the captions."""
-    from factory.curate.tiny_lm import save_keyword_judge_lm
+    from tests.fixtures.tiny_lm import save_keyword_judge_lm
 
     path = save_keyword_judge_lm(tmp_path / "kw")
     caps = ["A lighthouse near a busy harbor.", "A tabby cat in a library window, with high contrast shadows.",
             "A dog on a street.", "Short.", "A cat", "A very long caption about a lighthouse " * 8]
-    judge = J.HFJudge(str(path), prompt["system"], prompt["user"], on_unparseable="reject", batch_size=4)
+    judge = hf_judge(str(path), prompt["system"], prompt["user"], on_unparseable="reject", batch_size=4)
     assert judge.chat  # the tokenizer's chat template is applied
     out = judge(caption_rows(caps, [None, None, None, "too_short", None, None]))
     verdicts = out.column(S.VERDICT).to_pylist()
     assert verdicts == ["yes", "no", "unparseable", None, "no", "yes"]  # the pre-rejected row is not judged
     assert out.column(S.REASON).to_pylist() == [None, "llm_judge", "llm_judge", "too_short", "llm_judge", None]
     assert out.column(S.DETAIL).to_pylist()[2].startswith("unparseable: 'maybe")
-    keep = J.HFJudge(str(path), prompt["system"], prompt["user"], on_unparseable="keep")
+    keep = hf_judge(str(path), prompt["system"], prompt["user"], on_unparseable="keep")
     assert keep(caption_rows(caps[2:3])).column(S.REASON).to_pylist() == [None]
 
 
 def test_hf_judge_on_random_weights_and_the_verdict_log(tmp_path, prompt):
-    from factory.curate.tiny_lm import save_tiny_causal_lm
+    from tests.fixtures.tiny_lm import save_tiny_causal_lm
 
     path = save_tiny_causal_lm(tmp_path / "rand", prompt["system"] + " " + prompt["user"], seed=0)
-    judge = J.HFJudge(str(path), prompt["system"], prompt["user"], on_unparseable="reject", max_new_tokens=3)
+    judge = hf_judge(str(path), prompt["system"], prompt["user"], on_unparseable="reject", max_new_tokens=3)
     caps = [f"A red dog number {i} on the street" for i in range(7)]
     out = judge(caption_rows(caps, [None] * 6 + ["duplicate_id"]))
     answers = out.column(S.ANSWER).to_pylist()
@@ -102,33 +107,39 @@ def test_vllm_processor_is_built_from_our_config_without_vllm(ray_here, tmp_path
     """The vllm backend's Ray Data processor, built (not run) from curate.llm: stages and engine settings."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    from factory.curate.tiny_lm import save_tiny_causal_lm
-    from factory.pipeline import vllm_judge
+    from factory.engine import vllm
+    from factory.job import load_job
+    from tests.fixtures.tiny_lm import save_tiny_causal_lm
 
-    llm = compose(["curate.llm.backend=vllm", "curate.llm.tensor_parallel_size=2", "curate.llm.max_model_len=1024",
-                   "curate.llm.batch_size=32", "curate.llm.concurrency=3", "+curate.llm.engine_kwargs.enable_prefix_caching=true",
-                   f"curate.llm.model={save_tiny_causal_lm(tmp_path / 'lm')}"])["curate"]["llm"]
+    job = load_job(compose(["curate.llm.enabled=true", "curate.llm.backend=vllm", "curate.llm.tensor_parallel_size=2",
+                            "curate.llm.max_model_len=1024", "curate.llm.batch_size=32", "curate.llm.concurrency=3",
+                            "+curate.llm.engine_kwargs.enable_prefix_caching=true",
+                            f"curate.llm.model={save_tiny_causal_lm(tmp_path / 'lm')}"]))
+    (llm,) = job.pipeline.late_filters()
+    assert llm.engine() == "vllm" and llm not in job.pipeline.model_stages()  # vLLM sizes its own engines
     kwargs = J.vllm_processor_kwargs(llm)
     cfg = vLLMEngineProcessorConfig(**kwargs)  # Ray's own validation of our settings
-    assert cfg.model_source == llm["model"] and cfg.batch_size == 32 and cfg.concurrency == 3
+    assert cfg.model_source == llm.model and cfg.batch_size == 32 and cfg.concurrency == 3
     assert cfg.engine_kwargs["tensor_parallel_size"] == 2 and cfg.engine_kwargs["max_model_len"] == 1024
     assert cfg.engine_kwargs["enable_prefix_caching"] is True
-    ds = vllm_judge(ray_here.data.from_arrow(caption_rows(["A red car."])), llm)
+    ds = vllm.apply(ray_here.data.from_arrow(caption_rows(["A red car."])), llm)
     plan = str(ds)
     for stage in ("ChatTemplateUDF", "TokenizeUDF", "vLLMEngineStageUDF", "DetokenizeUDF", "_preprocess", "_postprocess"):
         assert stage in plan
     if "vllm" not in sys.modules:  # building must not have imported it (it is only there with the llm extra)
         assert not any(m.startswith("vllm") for m in sys.modules)
     # The row functions the processor runs, on a row as the engine returns it.
-    req = J.VllmRequest(llm["prompt"]["system"], llm["prompt"]["user"], 4)(caption_rows(["A red car."]).to_pylist()[0])
+    req = J.VllmRequest(llm.prompt["system"], llm.prompt["user"], 4)(caption_rows(["A red car."]).to_pylist()[0])
     assert req["messages"][-1]["content"].count("A red car.") == 1 and req["sampling_params"] == {"temperature": 0.0, "max_tokens": 4}
     post = J.VllmVerdict("reject")(dict(req, generated_text=" No, it is vague", generated_tokens=[1]))
     assert post[S.REASON] == "llm_judge" and post[S.VERDICT] == "no" and set(post) == set(S.CAPTION_ROW.names) | {S.VERDICT, S.ANSWER}
 
 
 def test_judge_needs_a_model():
+    from factory.job import load_job
+
     with pytest.raises(ValueError, match="curate.llm.model is not set"):
-        J.vllm_processor_kwargs({"model": None, "batch_size": 8})
+        load_job(compose(["curate.llm.enabled=true", "curate.llm.backend=vllm"]))
     with pytest.raises(ValueError, match=r"must contain \{caption\}"):
         J.JudgePrompt("s", "no placeholder")
 
@@ -153,12 +164,12 @@ TAIL = ["is", "it", "a", "good", "image", "prompt", "?", "answer", "yes", "or", 
 def test_hf_judge_cuts_the_caption_never_the_instructions(tmp_path):
     from transformers import AutoTokenizer
 
-    from factory.curate.tiny_lm import save_tiny_causal_lm
+    from tests.fixtures.tiny_lm import save_tiny_causal_lm
 
     path = str(save_tiny_causal_lm(tmp_path / "lm", f"{SHORT_SYSTEM} {SHORT_USER} {LONG_CAPTION}"))
     tok = AutoTokenizer.from_pretrained(path)
     limit = len(HEAD) + 5 + len(TAIL)  # room for five caption words
-    judge = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=limit, max_new_tokens=2)
+    judge = hf_judge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=limit, max_new_tokens=2)
     full = judge.prompt_text(LONG_CAPTION)
     # Truncating the whole prompt (what the tokenizer's truncation does) loses the question and the generation prompt.
     plain = tok(full, truncation=True, max_length=limit, add_special_tokens=False)["input_ids"]
@@ -171,17 +182,17 @@ def test_hf_judge_cuts_the_caption_never_the_instructions(tmp_path):
     out = judge(caption_rows([LONG_CAPTION, "A red car"]))
     assert all(isinstance(a, str) for a in out.column(S.ANSWER).to_pylist())
     with pytest.raises(ValueError, match=f"curate.llm.max_input_tokens={len(HEAD) + len(TAIL)} leaves no room"):
-        J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=len(HEAD) + len(TAIL))
+        hf_judge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=len(HEAD) + len(TAIL))
 
 
 def test_hf_judge_sees_only_the_kept_part_of_a_cut_caption(tmp_path):
     """The keyword LM answers No for 'cat': a cat cut off the caption's end no longer counts."""
-    from factory.curate.tiny_lm import save_keyword_judge_lm
+    from tests.fixtures.tiny_lm import save_keyword_judge_lm
 
     caption = "A red car on the street near a golden lake with soft warm light and a cat"
     path = str(save_keyword_judge_lm(tmp_path / "kw", extra_text=f"{SHORT_SYSTEM} {SHORT_USER} {caption}"))
-    roomy = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=512)
-    tight = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=len(HEAD) + 5 + len(TAIL))
+    roomy = hf_judge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=512)
+    tight = hf_judge(path, SHORT_SYSTEM, SHORT_USER, max_input_tokens=len(HEAD) + 5 + len(TAIL))
     assert roomy(caption_rows([caption])).column(S.VERDICT).to_pylist() == ["no"]
     assert tight(caption_rows([caption, "A cat on a red car"])).column(S.VERDICT).to_pylist() == ["yes", "no"]
 
@@ -189,15 +200,14 @@ def test_hf_judge_sees_only_the_kept_part_of_a_cut_caption(tmp_path):
 def test_hf_judge_device_and_dtype_settings(tmp_path, monkeypatch):
     import torch
 
-    from factory.curate.tiny_lm import save_tiny_causal_lm
+    from tests.fixtures.tiny_lm import save_tiny_causal_lm
 
     path = str(save_tiny_causal_lm(tmp_path / "lm", f"{SHORT_SYSTEM} {SHORT_USER}"))
     # The aliases the synth stage takes (model.dtype) work here too.
-    assert J.resolve_dtype("bf16") is torch.bfloat16 and J.resolve_dtype("fp16") is torch.float16
-    judge = J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, dtype="bf16")
-    assert next(judge.model.parameters()).dtype == torch.bfloat16
+    judge = hf_judge(path, SHORT_SYSTEM, SHORT_USER, dtype="bf16")
+    assert next(judge.lm.parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match=r"curate.llm.dtype='float8': expected one of bf16, bfloat16, float16"):
-        J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, dtype="float8")
+        hf_judge(path, SHORT_SYSTEM, SHORT_USER, dtype="float8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="^curate.llm.device=cuda:1 but this worker sees no CUDA device$"):
-        J.HFJudge(path, SHORT_SYSTEM, SHORT_USER, device="cuda:1")
+        hf_judge(path, SHORT_SYSTEM, SHORT_USER, device="cuda:1")

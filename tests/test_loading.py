@@ -4,8 +4,9 @@ import open_clip
 import torch
 
 from factory.score.clip import load_open_clip
-from factory.synth.diffusion import DiffusionSynth, load_text_to_image
-from factory.synth.tiny import TINY_CLIP_NAME, build_tiny_sdxl, ensure_tiny_clip, register_tiny_clip
+from factory.score.tiny import TINY_CLIP_NAME, ensure_tiny_clip, register_tiny_clip
+from factory.synth.diffusion import SDXL, load_text_to_image
+from factory.synth.tiny import build_tiny_sdxl
 
 
 def test_tiny_sdxl_round_trip_through_from_pretrained(tmp_path):
@@ -26,7 +27,7 @@ def test_tiny_sdxl_round_trip_through_from_pretrained(tmp_path):
 
 def test_synth_stage_loads_a_saved_folder(tmp_path):
     build_tiny_sdxl().save_pretrained(tmp_path / "m")
-    stage = DiffusionSynth(path=str(tmp_path / "m"), device="cpu", steps=2)
+    stage = SDXL(path=str(tmp_path / "m"), device="cpu", steps=2)
     out = stage({"id": np.array(["a"], dtype=object), "caption": np.array(["a red car"], dtype=object),
                  "sample": np.array([0], np.int32), "seed": np.array([7])})
     assert out["image"].dtype == np.uint8 and out["image"].shape == (1, 64, 64, 3)
@@ -34,8 +35,8 @@ def test_synth_stage_loads_a_saved_folder(tmp_path):
 
 def test_tiny_open_clip_round_trip_through_pretrained_file(tmp_path):
     path = ensure_tiny_clip(tmp_path / "clip" / "open_clip_model.safetensors")
-    model, tokenizer = load_open_clip("tiny", str(path), "cpu")  # same call as scorer=clip_l14_336 with a local file
     register_tiny_clip()
+    model, tokenizer = load_open_clip(TINY_CLIP_NAME, str(path), "cpu")  # same call as scorer=clip_l14_336 with a local file
     torch.manual_seed(0)
     fresh = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
     saved = model.state_dict()

@@ -207,11 +207,11 @@ def test_check_sees_a_take_over_before_the_heartbeat_thread_does(tmp_path):
 
 
 def test_a_manifest_of_a_run_that_lost_its_output_is_never_written(tmp_path):
-    from factory.run import Manifest
+    from factory.layout import Manifest
 
     held = OutputLock(str(tmp_path), beat_s=3600)
     held.acquire()
-    m = Manifest(str(tmp_path / "manifest.json"), {"output": str(tmp_path)}, None, guard=lambda: held.check(fresh=True))
+    m = Manifest(str(tmp_path / "manifest.json"), {"output": str(tmp_path)}, {}, None, guard=lambda: held.check(fresh=True))
     m.save()
     new = OutputLock(str(tmp_path), beat_s=3600)
     new.acquire(take_over=True)

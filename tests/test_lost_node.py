@@ -24,7 +24,7 @@ import pytest
 from factory import schema as S
 
 ROOT = Path(__file__).resolve().parent.parent
-SYNTH_ACTOR = "MapWorker(MapBatches(DiffusionSynth))"
+SYNTH_ACTOR = "MapWorker(MapBatches(generate_tiny))"  # the adapter names the operator after the stage's label
 N_CAPTIONS, REPEAT = 12, 2
 
 
@@ -40,6 +40,7 @@ def drive(out: Path, input_path: Path) -> dict:
     from ray.cluster_utils import Cluster
 
     from factory.config import compose
+    from factory.job import load_job
     from factory.run import run
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
@@ -70,9 +71,9 @@ def drive(out: Path, input_path: Path) -> dict:
         "resources.synth.actors=2", "resources.synth.num_gpus=1", "resources.synth.num_cpus=0.5",
         "resources.score.num_gpus=0", "resources.cpu_task_cpus=0.25",
     ])
-    report["manifest"] = run(cfg)
+    report["manifest"] = run(load_job(cfg))
     watcher.join(timeout=5)
-    from factory.pipeline import nodes_without
+    from factory.engine.ray_setup import nodes_without
 
     # Ray's own node-pinned tasks, on a real file and on a path no node has.
     report["probe"] = nodes_without([str(input_path), str(out / "no-such-file")])

@@ -13,7 +13,7 @@ import pytest
 from factory import schema as S
 from factory.curate import near_dup as nd
 from factory.curate.dedup import dedup_keys, find_duplicates
-from factory.curate.planted import NEAR_KINDS, near_variant, planted_pool
+from tests.fixtures.planted import NEAR_KINDS, near_variant, planted_pool
 
 
 def keys_table(captions, ids=None, num_perm=128, shingle_size=1):
@@ -100,7 +100,7 @@ def test_smallest_id_is_kept_numbers_before_strings():
 @pytest.mark.parametrize("kind", NEAR_KINDS)
 def test_each_edit_kind_is_caught(kind):
     rng = random.Random(kind)
-    from factory.curate.planted import distinct_caption
+    from tests.fixtures.planted import distinct_caption
 
     originals = [distinct_caption(rng) for _ in range(40)]
     variants = [near_variant(c, kind, rng) for c in originals]
@@ -157,6 +157,6 @@ def test_result_does_not_depend_on_row_order():
 
 def test_bad_parameters_are_one_line_errors():
     with pytest.raises(ValueError, match="bands=5 must divide curate.near_dup.num_perm=128"):
-        nd.check_params({"threshold": 0.8, "num_perm": 128, "bands": 5, "shingle_size": 1})
+        nd.NearDedup(threshold=0.8, num_perm=128, bands=5, shingle_size=1)
     with pytest.raises(ValueError, match="threshold"):
-        nd.check_params({"threshold": 1.5, "num_perm": 128, "bands": 16, "shingle_size": 1})
+        nd.NearDedup(threshold=1.5, num_perm=128, bands=16, shingle_size=1)

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from factory import schema as S
-from factory.score.scorer import ClipSsimScorer
-from factory.synth.diffusion import DiffusionSynth
+from factory.engine import adapter
+from factory.engine.placement import Placement
+from factory.score.tiny import TinyClipScorer
+from factory.synth.tiny import TinySDXL
 from factory.seeds import sample_seed
 
 POISON = "poison"  # a caption that runs out of memory even alone
@@ -26,7 +28,7 @@ def small_device(calls: list, texts) -> None:
         raise oom(len(texts))
 
 
-class OomSynth(DiffusionSynth):
+class OomSynth(TinySDXL):
     calls: list
 
     def generate(self, prompts, seeds):
@@ -34,7 +36,7 @@ class OomSynth(DiffusionSynth):
         return super().generate(prompts, seeds)
 
 
-class OomScorer(ClipSsimScorer):
+class OomScorer(TinyClipScorer):
     calls: list
 
     def score(self, images, captions):
@@ -63,7 +65,7 @@ def sample_batch(captions) -> dict:
 
 @pytest.fixture(scope="module")
 def synth_kwargs():
-    return dict(path="tiny", device="cpu", steps=2, guidance=5.0, torch_threads=1)
+    return dict(device="cpu", steps=2, guidance=5.0)
 
 
 def test_synthesis_oom_is_retried_in_halves_and_a_lone_failure_gets_a_reason(synth_kwargs):
@@ -82,7 +84,7 @@ def test_synthesis_oom_is_retried_in_halves_and_a_lone_failure_gets_a_reason(syn
     assert sorted(p for c in ok_calls for p in c) == sorted(c for c in CAPS if POISON not in c)
 
     # The images are those a stage without memory trouble makes of each sample on its own.
-    plain = DiffusionSynth(**synth_kwargs)
+    plain = TinySDXL(**synth_kwargs)
     for i, cap in enumerate(CAPS):
         if POISON in cap:
             assert not out[S.IMAGE][i].any()  # a black placeholder, marked unusable
@@ -93,8 +95,8 @@ def test_synthesis_oom_is_retried_in_halves_and_a_lone_failure_gets_a_reason(syn
 
 
 def test_scoring_oom_is_retried_in_halves_and_a_lone_failure_gets_a_reason(synth_kwargs):
-    images = DiffusionSynth(**synth_kwargs)(sample_batch(CAPS))
-    kwargs = dict(arch="tiny", device="cpu", ssim_size=64, ssim_low=32, torch_threads=1)
+    images = TinySDXL(**synth_kwargs)(sample_batch(CAPS))
+    kwargs = dict(device="cpu", ssim_size=64, ssim_low=32)
     stage = OomScorer(**kwargs)
     stage.calls = []
     out = stage(dict(images))
@@ -105,7 +107,7 @@ def test_scoring_oom_is_retried_in_halves_and_a_lone_failure_gets_a_reason(synth
     assert np.isnan(out[S.SCORE][2]) and np.isfinite(np.delete(out[S.SCORE], 2)).all()
 
     # Scores of the others equal a trouble-free scorer's, one image at a time.
-    plain = ClipSsimScorer(**kwargs)
+    plain = TinyClipScorer(**kwargs)
     for i in [0, 1, 3, 4]:
         one = {k: v[i : i + 1] for k, v in images.items()}
         ref = plain(one)
@@ -114,7 +116,7 @@ def test_scoring_oom_is_retried_in_halves_and_a_lone_failure_gets_a_reason(synth
 
 
 def test_an_error_that_is_not_oom_is_not_swallowed(synth_kwargs):
-    class Broken(DiffusionSynth):
+    class Broken(TinySDXL):
         def generate(self, prompts, seeds):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
@@ -128,7 +130,7 @@ def test_a_batch_failing_entirely_gets_placeholders_of_the_real_image_shape(synt
     stage = OomSynth(**synth_kwargs, **size)
     stage.calls = []
     out = stage(sample_batch([f"A {POISON} pear.", f"A {POISON} plum."]))
-    real = DiffusionSynth(**synth_kwargs, **size)(sample_batch(CAPS[:1]))  # diffusers' own output shape
+    real = TinySDXL(**synth_kwargs, **size)(sample_batch(CAPS[:1]))  # diffusers' own output shape
     assert list(out[S.REASON]) == [S.R_OOM, S.R_OOM]
     assert out[S.IMAGE].dtype == np.uint8 and out[S.IMAGE].shape == (2, *real[S.IMAGE].shape[1:])
     assert not out[S.IMAGE].any()
@@ -158,12 +160,12 @@ def merged_block(good: dict, bad_rows: list[int], n: int) -> dict:
 
 
 def test_scorer_takes_a_block_merged_with_placeholders_of_another_shape(synth_kwargs):
-    good = DiffusionSynth(**synth_kwargs)(sample_batch(CAPS[:3]))
+    good = TinySDXL(**synth_kwargs)(sample_batch(CAPS[:3]))
     merged = merged_block(good, bad_rows=[1, 3], n=5)
-    kwargs = dict(arch="tiny", device="cpu", ssim_size=64, ssim_low=32, torch_threads=1)
-    out = ClipSsimScorer(**kwargs)(merged)
+    kwargs = dict(device="cpu", ssim_size=64, ssim_low=32)
+    out = TinyClipScorer(**kwargs)(merged)
 
-    alone = ClipSsimScorer(**kwargs)(dict(good))  # the good rows as one ordinary batch
+    alone = TinyClipScorer(**kwargs)(dict(good))  # the good rows as one ordinary batch
     usable = [0, 2, 4]
     np.testing.assert_allclose(out[S.CLIP_SCORE][usable], alone[S.CLIP_SCORE], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(out[S.SSIM][usable], alone[S.SSIM])
@@ -177,8 +179,7 @@ def test_scorer_takes_a_block_merged_with_placeholders_of_another_shape(synth_kw
 def test_ray_merges_a_failed_batch_into_the_scorers_batch_and_scoring_goes_on(ray_local, synth_kwargs):
     """The same through Ray itself: synthesis blocks of 3 and 2 rows, scored 5 at a time."""
     ray = ray_local
-    good = DiffusionSynth(**synth_kwargs)(sample_batch(CAPS[:3]))
-    good.pop("_synth_s")
+    good = TinySDXL(**synth_kwargs)(sample_batch(CAPS[:3]))
     bad = {k: v[:2].copy() for k, v in good.items()}
     bad[S.ID] = np.array(["bad0", "bad1"], dtype=object)
     bad[S.IMAGE] = np.zeros((2, 1, 1, 3), np.uint8)  # the old all-failed placeholder
@@ -187,13 +188,12 @@ def test_ray_merges_a_failed_batch_into_the_scorers_batch_and_scoring_goes_on(ra
     def synthesis_blocks(batch):
         return good if int(batch["id"][0]) == 0 else bad
 
-    kwargs = dict(arch="tiny", device="cpu", ssim_size=64, ssim_low=32, torch_threads=1)
+    kwargs = dict(device="cpu", ssim_size=64, ssim_low=32)
     ds = ray.data.range(2, override_num_blocks=2).map_batches(synthesis_blocks, batch_size=1, batch_format="numpy")
-    ds = ds.map_batches(ClipSsimScorer, fn_constructor_kwargs=kwargs, batch_size=5, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=1))
+    ds = adapter.apply(ds, TinyClipScorer(**kwargs, batch_size=5), Placement(cpus=0.5, actors=(1, 1)))
     rows = {r[S.ID]: r for r in ds.take_all()}
 
-    alone = ClipSsimScorer(**kwargs)(dict(good))
+    alone = TinyClipScorer(**kwargs)(dict(good))
     for i, id_ in enumerate(good[S.ID]):
         assert rows[id_][S.SSIM] == alone[S.SSIM][i]
         assert rows[id_][S.CLIP_SCORE] == pytest.approx(alone[S.CLIP_SCORE][i], abs=1e-6)
@@ -201,7 +201,7 @@ def test_ray_merges_a_failed_batch_into_the_scorers_batch_and_scoring_goes_on(ra
         assert rows[id_][S.REASON] == S.R_OOM and np.isnan(rows[id_][S.SCORE])
 
 
-class OverflowScorer(ClipSsimScorer):
+class OverflowScorer(TinyClipScorer):
     """CLIP's tower overflows (fp16) on the captions that mention it."""
 
     def score(self, images, captions):
@@ -212,8 +212,8 @@ class OverflowScorer(ClipSsimScorer):
 
 def test_a_score_that_is_not_finite_gets_a_reason(synth_kwargs):
     caps = [CAPS[0], "An overflow of red paint on a white floor.", CAPS[1]]
-    batch = DiffusionSynth(**synth_kwargs)(sample_batch(caps))
-    out = OverflowScorer(arch="tiny", device="cpu", ssim_size=64, ssim_low=32, torch_threads=1)(batch)
+    batch = TinySDXL(**synth_kwargs)(sample_batch(caps))
+    out = OverflowScorer(device="cpu", ssim_size=64, ssim_low=32)(batch)
     assert list(out[S.REASON]) == ["", S.R_BAD_SCORE, ""]
     assert re.fullmatch(r"clip_score nan, ssim -?[0-9.e-]+", out[S.DETAIL][1])
     assert np.isnan(out[S.SCORE][1]) and np.isfinite(out[S.SCORE][[0, 2]]).all()

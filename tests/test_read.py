@@ -89,13 +89,13 @@ def test_the_generation_pass_stops_on_a_file_it_can_no_longer_read(tmp_path, mon
     as one reject row. A hiccup that passes is tried again first."""
     import pyarrow as pa
 
-    from factory import pipeline
+    from factory.io import read_files
 
-    monkeypatch.setattr(pipeline, "REREAD_WAIT_S", (0.0, 0.0))
+    monkeypatch.setattr(read_files, "REREAD_WAIT_S", (0.0, 0.0))
     path = tmp_path / "c.jsonl"
     path.write_text('{"id": "a", "caption": "A red car parked on a quiet street."}\n')
     batch = pa.table({"path": [str(path)], "file_index": [0]})
-    real, calls = pipeline.read_caption_file, []
+    real, calls = read_files.read_caption_file, []
 
     def flaky(p, i):
         calls.append(p)
@@ -103,18 +103,18 @@ def test_the_generation_pass_stops_on_a_file_it_can_no_longer_read(tmp_path, mon
             raise InputError(f"cannot read {p}: connection reset")
         return real(p, i)
 
-    monkeypatch.setattr(pipeline, "read_caption_file", flaky)
-    rows = list(pipeline._read_files(batch, again=True))
+    monkeypatch.setattr(read_files, "read_caption_file", flaky)
+    rows = list(read_files.ReadFiles(again=True)(batch))
     assert len(calls) == 3 and [t.column(S.ID).to_pylist() for t in rows] == [["a"]]
 
     calls.clear()
     path.unlink()
-    monkeypatch.setattr(pipeline, "read_caption_file", lambda p, i: (calls.append(p), real(p, i))[1])
+    monkeypatch.setattr(read_files, "read_caption_file", lambda p, i: (calls.append(p), real(p, i))[1])
     with pytest.raises(InputError, match="the pre-pass of this run read it"):
-        list(pipeline._read_files(batch, again=True))
+        list(read_files.ReadFiles(again=True)(batch))
     assert len(calls) == 3
     # The pre-pass reports it as one row instead (and the driver stops on it before generating).
-    (row,) = list(pipeline._read_files(batch))
+    (row,) = list(read_files.ReadFiles()(batch))
     assert row.column(S.REASON).to_pylist() == [S.R_UNREADABLE]
 
 

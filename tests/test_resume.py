@@ -220,7 +220,7 @@ def test_a_caption_changed_under_its_id_is_refused_on_resume(killed_and_resumed,
 
 def test_changed_captions_ignores_case_and_white_space():
     from factory.curate.dedup import text_hash
-    from factory.run import changed_captions
+    from factory.counts import changed_captions
 
     def table(pairs):
         return pa.table({S.ID: [i for i, _ in pairs], S.NORM_HASH: pa.array([text_hash(c) for _, c in pairs], pa.int64())})

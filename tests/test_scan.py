@@ -1,43 +1,82 @@
-"""The duplicate pre-pass gives the same keys in the driver and through Ray tasks."""
+"""The pre-pass (factory/prepass.py) gives the same result in the driver and through Ray tasks."""
 import json
 
+import pyarrow as pa
 import pytest
 
-from factory import pipeline
 from factory import schema as S
-from factory.io.read import InputError
+from factory.config import compose
+from factory.curate.near_dup import signature_column
+from factory.errors import InputError
+from factory.io.read import read_caption_file
+from factory.job import load_job
+from factory.prepass import ScanKeys, from_ipc, run_prepass
+from tests.fixtures.planted import planted_pool
+
+
+def prepass(paths, local_mb, *overrides, sample_rows=0):
+    return run_prepass([str(p) for p in paths], load_job(compose(list(overrides))).pipeline, 0.25, local_mb, sample_rows)
+
+
+def same(a, b):
+    assert (a.n_read, a.rejected_by_reason, a.sample) == (b.n_read, b.rejected_by_reason, b.sample)
+    assert a.losers.sort_by(S.POS).to_pylist() == b.losers.sort_by(S.POS).to_pylist()
+    assert a.kept.sort_by(S.ID).to_pylist() == b.kept.sort_by(S.ID).to_pylist()
 
 
 def test_local_and_ray_scans_agree(tmp_path, ray_local):
     a = tmp_path / "a.jsonl"
-    a.write_text("".join(json.dumps({"id": i, "caption": f"caption number {i % 7}"}) + "\n" for i in range(40)) + "{bad\n")
+    a.write_text("".join(json.dumps({"id": i, "caption": f"caption number {i % 7} of a sunny day"}) + "\n" for i in range(40)) + "{bad\n")
     b = tmp_path / "b.txt"
-    b.write_text("one caption\nanother caption\n")
-    paths = [str(a), str(b)]
-    local, n_local = pipeline.scan_keys(paths, 0.25, local_max_mb=16)
-    remote, n_remote = pipeline.scan_keys(paths, 0.25, local_max_mb=0)
-    assert n_local == n_remote == 43
-    assert local.sort_by(S.POS).to_pylist() == remote.sort_by(S.POS).to_pylist()
-    assert local.num_rows == 42  # the malformed line is read but has no key
+    b.write_text("one caption of a long and sunny day\nx\n")
+    local, remote = prepass([a, b], 16, sample_rows=5), prepass([a, b], 0, sample_rows=5)
+    same(local, remote)
+    assert local.n_read == 43
+    assert local.rejected_by_reason == {S.R_MALFORMED: 1, S.R_TOO_SHORT: 1}  # the reader's and the rules' rejects
+    assert local.duplicates_by_reason() == {S.R_DUP_CAPTION: 33}  # 40 rows of 7 captions
+    assert local.kept.num_rows == 8 and len(local.sample) <= 5
 
     bad = tmp_path / "c.json"
     bad.write_text("[{oops")
     for limit in (16, 0):
         with pytest.raises(InputError, match="c.json:1: not valid JSON"):
-            pipeline.scan_keys([str(bad)], 0.25, local_max_mb=limit)
+            prepass([bad], limit)
 
 
 def test_minhash_rides_along_in_the_same_scan(tmp_path, ray_local):
-    from factory.curate.near_dup import signature_column
-
+    captions, truth = planted_pool(80, near_fraction=0.15, exact_fraction=0.0, seed=3)
+    rows = [{"id": i, "caption": c} for i, c in enumerate(captions)]
     a = tmp_path / "a.jsonl"
-    a.write_text("".join(json.dumps({"id": i, "caption": f"a red car number {i} on a street"}) + "\n" for i in range(30)) + '{"id": 99}\n')
-    local, _ = pipeline.scan_keys([str(a)], 0.25, local_max_mb=16, minhash=(32, 1))
-    remote, _ = pipeline.scan_keys([str(a)], 0.25, local_max_mb=0, minhash=(32, 1))
-    assert local.sort_by(S.POS).to_pylist() == remote.sort_by(S.POS).to_pylist()
-    expected = signature_column([f"a red car number {i} on a street" for i in range(30)], 32, 1)
-    assert local.sort_by(S.POS).column(S.MINHASH).to_pylist() == expected.to_pylist()
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": 99}\n')
+    near = ["curate.near_dup.enabled=true"]
+    local, remote = prepass([a], 16, *near), prepass([a], 0, *near)
+    same(local, remote)
+    found = set(local.losers.column(S.POS).to_pylist())
+    # (recased or re-punctuated copies are exact duplicates after normalising)
+    assert local.duplicates_by_reason().keys() <= {S.R_NEAR_DUP, S.R_DUP_CAPTION} and found >= set(truth)
+    dedup, near_dedup = load_job(compose(near)).pipeline.deduplicators()
+    block = ScanKeys(dedup=[dedup, near_dedup])(read_caption_file(str(a), 0))
+    keys = from_ipc(block.column("ipc")[0].as_py())
+    assert keys.column(S.MINHASH).to_pylist() == signature_column(captions, 128, 1).to_pylist()
+    assert block.column("reasons")[0].as_py() == [S.R_NO_CAPTION]
+
+
+def test_an_input_of_rejects_only_is_read_but_keeps_nothing(tmp_path):
     empty = tmp_path / "e.jsonl"
     empty.write_text('{"id": 1, "caption": "   "}\n')  # its one row is a reject: no keys
-    keys, n = pipeline.scan_keys([str(empty)], 0.25, local_max_mb=16, minhash=(32, 1))
-    assert n == 1 and keys.num_rows == 0 and S.MINHASH in keys.column_names
+    pre = prepass([empty], 16, "curate.near_dup.enabled=true")
+    assert pre.n_read == 1 and pre.kept.num_rows == 0 and pre.losers.num_rows == 0
+    assert pre.rejected_by_reason == {S.R_BLANK: 1}
+
+
+def test_the_sample_is_uniform_and_the_same_however_the_input_is_split(tmp_path):
+    """Bottom-k by a fixed hash of pos: one file or the same rows in many blocks give one sample."""
+    a = tmp_path / "a.jsonl"
+    a.write_text("".join(json.dumps({"id": i, "caption": f"a calm harbour at dawn number {i}"}) + "\n" for i in range(200)))
+    whole = prepass([a], 16, sample_rows=20)
+    scan = ScanKeys(sample_rows=20)
+    table = read_caption_file(str(a), 0)
+    parts = [scan(table.slice(i, 50)) for i in range(0, 200, 50)]
+    merged = pa.concat_tables([from_ipc(p.column("sample")[0].as_py()) for p in parts]).sort_by("priority").slice(0, 20)
+    assert merged.column(S.CAPTION).to_pylist() == whole.sample
+    assert len(set(whole.sample)) == 20

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from factory.score.scorer import ClipSsimScorer
+from factory.errors import SettingError
+from factory.score.tiny import TinyClipScorer
 from factory.score.ssim import round_trip_ssim
 from factory.score.upload import HostToDevice
 
-OPTS = dict(arch="tiny", device="cpu", ssim_size=128, ssim_low=56)
+OPTS = dict(device="cpu", ssim_size=128, ssim_low=56)
 
 
 @pytest.fixture(scope="module")
@@ -23,31 +24,31 @@ def pairs():
 
 @pytest.fixture(scope="module")
 def plain(pairs):
-    return ClipSsimScorer(**OPTS).score(*pairs)
+    return TinyClipScorer(**OPTS).loaded().score(*pairs)
 
 
 def test_chunks_do_not_change_scores(pairs, plain):
-    clip, ssim = ClipSsimScorer(**OPTS, chunk_size=2).score(*pairs)  # chunks of 2, 2 and 1
+    clip, ssim = TinyClipScorer(**OPTS, chunk_size=2).loaded().score(*pairs)  # chunks of 2, 2 and 1
     np.testing.assert_allclose(clip, plain[0], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(ssim, plain[1])
     assert ssim[3] > 0.9 and ssim[0] < 0.5  # smooth survives the round trip; noise does not
 
 
 def test_compiled_scorer_matches_eager_with_padded_chunks(pairs, plain):
-    scorer = ClipSsimScorer(**OPTS, chunk_size=2, compile=True)
+    scorer = TinyClipScorer(**OPTS, chunk_size=2, compile=True).loaded()
     clip, ssim = scorer.score(*pairs)  # the last chunk (1 image) is padded to the compiled 2
     np.testing.assert_allclose(clip, plain[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(ssim, plain[1], rtol=0, atol=1e-9)
     # The padded rows were zeros and were dropped: scoring the last image alone agrees.
-    alone = ClipSsimScorer(**OPTS).score(pairs[0][4:], pairs[1][4:])
+    alone = TinyClipScorer(**OPTS).loaded().score(pairs[0][4:], pairs[1][4:])
     np.testing.assert_allclose(clip[4], alone[0][0], atol=1e-5)
     scorer._after_oom()  # after an OOM no padding, and smaller chunks
     assert scorer.pad is False and scorer.chunk_size == 1
 
 
 def test_compile_needs_a_chunk_size():
-    with pytest.raises(ValueError, match="chunk_size"):
-        ClipSsimScorer(**OPTS, compile=True)
+    with pytest.raises(SettingError, match="chunk_size"):
+        TinyClipScorer(**OPTS, compile=True)  # before anything loads
 
 
 def test_upload_pads_with_zero_rows():
@@ -78,12 +79,12 @@ def test_upload_refuses_rows_of_different_shapes_with_a_clear_error():
 def test_scorer_device_error_names_scorer_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"^scorer\.device=cuda:1 but this worker sees no CUDA device$"):
-        ClipSsimScorer(**{**OPTS, "device": "cuda:1"})
+        TinyClipScorer(**{**OPTS, "device": "cuda:1"}).loaded()
 
 
 def test_repeated_captions_are_encoded_once_with_the_same_scores(pairs, monkeypatch):
     """With synth.repeat = N every caption comes N times: the text tower sees each once."""
-    scorer = ClipSsimScorer(**OPTS)
+    scorer = TinyClipScorer(**OPTS).loaded()
     images, captions = pairs
     repeated = [captions[i // 2] for i in range(5)]  # 0,0,1,1,2
     seen = []

@@ -81,7 +81,7 @@ def test_dataset_written_in_the_driver_equals_the_one_written_by_ray_tasks(tmp_p
     import pyarrow.dataset as pads
 
     from factory.io import files
-    from factory.pipeline import write_selected
+    from factory.engine.select import write_selected
     from factory.select import read_scores
 
     t = candidates(n_ids=60, repeat=2, seed=3)

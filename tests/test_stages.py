@@ -6,19 +6,20 @@ import torch
 from PIL import Image
 
 from factory import schema as S
-from factory.score.scorer import ClipSsimScorer
+from factory.score.tiny import TinyClipScorer
 from factory.seeds import sample_seed
-from factory.synth.diffusion import DiffusionSynth, image_problem
+from factory.synth.diffusion import image_problem
+from factory.synth.tiny import TinySDXL
 
 
 @pytest.fixture(scope="module")
 def synth():
-    return DiffusionSynth(path="tiny", device="cpu", steps=2, guidance=5.0)
+    return TinySDXL(device="cpu", steps=2, guidance=5.0).loaded()
 
 
 @pytest.fixture(scope="module")
 def scorer():
-    return ClipSsimScorer(arch="tiny", device="cpu", ssim_size=128, ssim_low=56)
+    return TinyClipScorer(device="cpu", ssim_size=128, ssim_low=56).loaded()
 
 
 def batch(ids, samples, caption="A lighthouse surrounded by fog near a busy harbor."):
@@ -52,7 +53,7 @@ def test_bad_images_are_flagged():
 
 
 def test_nan_output_is_recorded_not_scored(synth, scorer):
-    class NanSynth(DiffusionSynth):
+    class NanSynth(TinySDXL):
         def generate(self, prompts, seeds):
             out = torch.rand(len(prompts), 3, 8, 8)
             out[0] = float("nan")

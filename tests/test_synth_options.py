@@ -1,4 +1,4 @@
-"""DiffusionSynth built from disk and from an in-memory pipeline agree; padding to the compiled
+"""A generator built from disk and from an in-memory pipeline agree; padding to the compiled
 batch size keeps each sample's latents (one generator per sample), its pixels within a grey level."""
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from factory import schema as S
-from factory.synth.diffusion import INDUCTOR_TUNING, DiffusionSynth, load_text_to_image, resolve_device
+from factory.devices import resolve_device
+from factory.errors import SettingError
+from factory.synth.diffusion import INDUCTOR_TUNING, SDXL, load_text_to_image
+from factory.synth.tiny import TinySDXL, ensure_tiny_sdxl
+
+
+def tiny_pipe():
+    return load_text_to_image(str(ensure_tiny_sdxl()), "float32", "cpu")
 
 
 def _batch(n):
@@ -18,8 +25,8 @@ def _batch(n):
 
 def test_from_pipeline_matches_constructor_and_padding_keeps_images():
     opts = dict(steps=2, guidance=5.0)
-    loaded = DiffusionSynth(path="tiny", device="cpu", **opts)
-    built = DiffusionSynth.from_pipeline(load_text_to_image("tiny", "float32", "cpu"), device="cpu", **opts)
+    loaded = TinySDXL(device="cpu", **opts)
+    built = SDXL.from_pipeline(tiny_pipe(), device="cpu", **opts)
     a = loaded(_batch(3))
     b = built(_batch(3))
     assert a[S.IMAGE].dtype == np.uint8 and a[S.IMAGE].shape[0] == 3
@@ -36,7 +43,7 @@ def test_compiled_synthesis_with_kernel_choices_matches_eager():
     import torch._inductor.config as inductor_config
 
     opts = dict(steps=2, guidance=5.0)
-    eager = DiffusionSynth(path="tiny", device="cpu", **opts)
+    eager = TinySDXL(device="cpu", **opts)
     import torch._inductor.compile_fx as compile_fx_module
 
     tuning_at_compile = []
@@ -48,8 +55,8 @@ def test_compiled_synthesis_with_kernel_choices_matches_eager():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(compile_fx_module, "compile_fx", spy)
-        compiled = DiffusionSynth(path="tiny", device="cpu", compile=True, batch_size=2, attention_backend="math",
-                                  inductor_tuning=True, **opts)
+        compiled = TinySDXL(device="cpu", compile=True, batch_size=2, attention_backend="math", inductor_tuning=True,
+                            **opts).loaded()
         assert compiled.warmup_s is not None and compiled.pad_to == 2
         a, b = eager(_batch(2)), compiled(_batch(2))
     assert tuning_at_compile and all(t == INDUCTOR_TUNING for t in tuning_at_compile)
@@ -58,8 +65,8 @@ def test_compiled_synthesis_with_kernel_choices_matches_eager():
 
 
 def test_unknown_attention_backend_is_one_clear_error():
-    with pytest.raises(ValueError, match="model.attention_backend='flash2'"):
-        DiffusionSynth.from_pipeline(load_text_to_image("tiny", "float32", "cpu"), device="cpu", attention_backend="flash2")
+    with pytest.raises(SettingError, match="attention_backend='flash2'"):
+        TinySDXL(attention_backend="flash2")  # before anything loads
 
 
 def test_device_error_names_the_config_key(monkeypatch):
@@ -85,7 +92,7 @@ def test_every_attention_runs_under_the_chosen_kernel_and_tuning(monkeypatch, ba
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    synth = DiffusionSynth(path="tiny", device="cpu", steps=1, guidance=5.0, attention_backend=backend, inductor_tuning=True)
+    synth = TinySDXL(device="cpu", steps=1, guidance=5.0, attention_backend=backend, inductor_tuning=True).loaded()
     before = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
               torch.backends.cuda.math_sdp_enabled())
     synth(_batch(1))
@@ -98,7 +105,7 @@ def test_every_attention_runs_under_the_chosen_kernel_and_tuning(monkeypatch, ba
 def test_the_refiner_takes_over_at_high_noise_frac(frac, base_steps, refiner_steps):
     """SDXL's ensemble of experts: the base denoises the first share of the schedule and hands its
     latents to the refiner (diffusers' denoising_end / denoising_start), sharing encoder 2 and the VAE."""
-    synth = DiffusionSynth(path="tiny", refiner_path="tiny", device="cpu", steps=4, guidance=5.0, high_noise_frac=frac)
+    synth = TinySDXL(tiny_refiner=True, device="cpu", steps=4, guidance=5.0, high_noise_frac=frac).loaded()
     assert synth.refiner.text_encoder_2 is synth.pipe.text_encoder_2 and synth.refiner.vae is synth.pipe.vae
     calls = {"base": 0, "refiner": 0}
     synth.pipe.unet.register_forward_hook(lambda *_: calls.__setitem__("base", calls["base"] + 1))
@@ -106,16 +113,16 @@ def test_the_refiner_takes_over_at_high_noise_frac(frac, base_steps, refiner_ste
     refined = synth(_batch(2))
     assert calls == {"base": base_steps, "refiner": refiner_steps}  # one UNet call per step: both CFG branches batched
     assert refined[S.IMAGE].shape == (2, 64, 64, 3) and list(refined[S.REASON]) == ["", ""]
-    base_only = DiffusionSynth(path="tiny", device="cpu", steps=4, guidance=5.0)(_batch(2))
+    base_only = TinySDXL(device="cpu", steps=4, guidance=5.0)(_batch(2))
     assert not np.array_equal(refined[S.IMAGE], base_only[S.IMAGE])  # the refiner's steps are the base's no more
 
 
 def test_the_negative_prompt_reaches_the_pipeline():
-    pipe = load_text_to_image("tiny", "float32", "cpu")
-    plain = DiffusionSynth.from_pipeline(pipe, device="cpu", steps=2, guidance=5.0)(_batch(1))
-    negative = DiffusionSynth.from_pipeline(pipe, device="cpu", steps=2, guidance=5.0, negative_prompt="blurry, dark")(_batch(1))
+    pipe = tiny_pipe()
+    plain = SDXL.from_pipeline(pipe, device="cpu", steps=2, guidance=5.0)(_batch(1))
+    negative = SDXL.from_pipeline(pipe, device="cpu", steps=2, guidance=5.0, negative_prompt="blurry, dark")(_batch(1))
     assert np.abs(plain[S.IMAGE].astype(int) - negative[S.IMAGE].astype(int)).mean() > 1
     # without guidance there is no negative branch: the setting changes nothing
-    a = DiffusionSynth.from_pipeline(pipe, device="cpu", steps=2, guidance=1.0)(_batch(1))
-    b = DiffusionSynth.from_pipeline(pipe, device="cpu", steps=2, guidance=1.0, negative_prompt="blurry, dark")(_batch(1))
+    a = SDXL.from_pipeline(pipe, device="cpu", steps=2, guidance=1.0)(_batch(1))
+    b = SDXL.from_pipeline(pipe, device="cpu", steps=2, guidance=1.0, negative_prompt="blurry, dark")(_batch(1))
     np.testing.assert_array_equal(a[S.IMAGE], b[S.IMAGE])

@@ -51,11 +51,13 @@ WRITERS = {
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))
-def test_writer_makes_its_folder_when_built_and_writes_into_it(tmp_path, name):
+def test_writer_makes_its_folder_when_prepared_and_writes_into_it(tmp_path, name):
     make, rows = WRITERS[name]
     directory = tmp_path / "run" / name
     stage = make(str(directory))
-    assert directory.is_dir() and not list(directory.iterdir())  # made by the constructor: the driver
+    assert not directory.exists()  # building a stage (on the driver, or unpickled on a worker) touches no storage
+    stage.prepare()
+    assert directory.is_dir() and not list(directory.iterdir())  # made by prepare: the driver
     stage(rows())
     written = files.list_files(str(directory), ".parquet")
     assert len(written) == 1
@@ -70,13 +72,14 @@ def test_writer_on_a_node_without_the_folder_fails_and_writes_nothing(tmp_path, 
     make, rows = WRITERS[name]
     run = tmp_path / "run"
     stage = make(str(run / name))
+    stage.prepare()  # on the driver, as the engine does
     shutil.rmtree(run)  # as seen from a node that does not mount the run's storage
     with pytest.raises(files.NotSharedError) as err:
-        stage(rows())
+        stage.loaded().process(rows())  # as a task runs it
     message = str(err.value)
     assert str(run / name) in message and socket.gethostname() in message and "\n" not in message
     assert not run.exists()  # nothing made on "this node's own disk"
-    from factory.__main__ import user_error
+    from factory.errors import user_error
 
     try:  # the CLI prints it as one line, looking through the exception that wraps it
         raise RuntimeError("a map task failed") from err.value

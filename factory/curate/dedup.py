@@ -9,12 +9,18 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
 from factory import schema as S
+from factory.errors import SettingError
+from factory.io import files
+from factory.stage import Deduplicator, Stage
 
 _WS = re.compile(r"\s+")
 
@@ -54,6 +60,9 @@ def _losers(keys: pa.Table, key: str, reason: str) -> tuple[pa.Table, pa.Table]:
     return keys.filter(pa.array(first)), losers
 
 
+LOSERS = pa.schema([pa.field(S.POS, pa.int64()), pa.field(S.REASON, pa.string()), pa.field(S.DETAIL, pa.string())])
+
+
 def find_duplicates(keys: pa.Table, ids: bool = True, captions: bool = True) -> pa.Table:
     """Rows to reject as (pos, reason, detail): repeated ids first, then repeated captions."""
     parts = []
@@ -64,12 +73,36 @@ def find_duplicates(keys: pa.Table, ids: bool = True, captions: bool = True) -> 
         _, lost = _losers(keys, S.NORM_HASH, S.R_DUP_CAPTION)
         parts.append(lost)
     if not parts:
-        return pa.table({S.POS: pa.array([], pa.int64()), S.REASON: pa.array([], pa.string()), S.DETAIL: pa.array([], pa.string())})
+        return LOSERS.empty_table()
     return pa.concat_tables(parts)
 
 
+@dataclass
+class ExactDedup(Deduplicator):
+    """Repeated ids, then repeated captions (up to case, Unicode form and white space): the first
+    row in input order stays."""
+
+    config_name: ClassVar[str] = "exact_dedup"
+    name: ClassVar[str] = "exact_dedup"
+    reasons: ClassVar[tuple[str, ...]] = (S.R_DUP_ID, S.R_DUP_CAPTION)
+
+    ids: bool = True  # must stay true: a caption's samples are keyed by its id
+    captions: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.ids:
+            raise SettingError("ids", "=false: a caption's samples and images are keyed by its id, so ids must be unique "
+                               "(rows with a repeated id are rejected as duplicate_id); to keep such rows, drop the id column "
+                               "(a missing id becomes a hash of the caption) or give them new ids")
+
+    def losers(self, keys: pa.Table) -> pa.Table:
+        return find_duplicates(keys, ids=self.ids, captions=self.captions) if self.enabled else LOSERS.empty_table()
+
+
 class MarkRejected:
-    """Sets `reason`/`detail` on rows whose `pos` a pre-pass decided to reject (dedup, near-dup)."""
+    """Sets `reason`/`detail` on rows whose `pos` a pre-pass decided to reject (dedup, near-dup),
+    from a (pos, reason, detail) table in memory."""
 
     def __init__(self, rejected: pa.Table):
         self.pos = rejected.column(S.POS).to_numpy()
@@ -92,3 +125,27 @@ class MarkRejected:
             reasons[i], details[i] = self.reason[idx[i]], self.detail[idx[i]]
         batch = batch.set_column(batch.schema.get_field_index(S.REASON), S.REASON, pa.array(reasons, pa.string()))
         return batch.set_column(batch.schema.get_field_index(S.DETAIL), S.DETAIL, pa.array(details, pa.string()))
+
+
+@dataclass
+class MarkDuplicates(Stage):
+    """Stage: marks the rows the pre-pass found to lose a duplicate group. The losers are a Parquet
+    file sorted by pos (written by the pre-pass, never captured in a task): each batch reads just
+    the part of it that covers its own positions."""
+
+    name: ClassVar[str] = "duplicates"
+    reasons: ClassVar[tuple[str, ...]] = ExactDedup.reasons + (S.R_NEAR_DUP,)
+
+    path: str = ""  # the losers file (pos, reason, detail)
+
+    def setup(self) -> None:
+        fs, path = files.resolve(self.path)
+        self._losers = pads.dataset(path, filesystem=fs, format="parquet")
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        if batch.num_rows == 0:
+            return batch
+        pos = batch.column(S.POS)
+        lo, hi = pc.min(pos).as_py(), pc.max(pos).as_py()
+        part = self._losers.to_table(filter=(pc.field(S.POS) >= lo) & (pc.field(S.POS) <= hi))
+        return MarkRejected(part)(batch)

@@ -6,21 +6,27 @@ is `unparseable` and kept or rejected by `on_unparseable`. Every judged row gets
 column, which `VerdictLog` writes to the run's llm_judge/ folder (the manifest counts it).
 
 Two backends share the prompt and the verdict logic:
-- `HFJudge`: transformers `generate` (greedy, a few new tokens, left padding; a long caption is
-  cut to fit max_input_tokens, the instructions never), a stage class that the pipeline runs in
-  an actor pool, on CPU or GPU;
-- vLLM through `ray.data.llm` (built in factory/pipeline.py): `VllmRequest` and `VllmVerdict`
-  are its row-wise pre- and postprocess functions, `vllm_processor_kwargs` its config.
+- `hf`: transformers `generate` (greedy, a few new tokens, left padding; a long caption is
+  cut to fit max_input_tokens, the instructions never) in the stage's own actor pool, CPU or GPU;
+- `vllm`: vLLM engines through `ray.data.llm` (factory/engine/vllm.py): `VllmRequest` and
+  `VllmVerdict` are its row-wise pre- and postprocess functions, `vllm_processor_kwargs` its config.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
+from factory.devices import resolve_device, torch_dtype
+from factory.errors import SettingError
+from factory.io import files
+from factory.io.write import keys_digest
+from factory.stage import CaptionFilter, Resources, Stage, mark
 
 YES, NO, UNPARSEABLE = "yes", "no", "unparseable"
 VERDICTS = (YES, NO, UNPARSEABLE)
@@ -54,7 +60,7 @@ def outcome(answer: str | None, on_unparseable: str) -> tuple[str, str | None, s
 
 def check_policy(on_unparseable: str) -> str:
     if on_unparseable not in POLICIES:
-        raise ValueError(f"curate.llm.on_unparseable={on_unparseable!r}: expected one of {', '.join(POLICIES)}")
+        raise SettingError("on_unparseable", f"={on_unparseable!r}: expected one of {', '.join(POLICIES)}")
     return on_unparseable
 
 
@@ -78,79 +84,90 @@ class JudgePrompt:
 
 def apply_verdicts(batch: pa.Table, judged: np.ndarray, answers: list[str | None], on_unparseable: str) -> pa.Table:
     """Sets reason/detail of the judged rows (a boolean mask) and adds the verdict and answer columns."""
-    reasons, details = batch.column(S.REASON).to_pylist(), batch.column(S.DETAIL).to_pylist()
     verdicts: list[str | None] = [None] * batch.num_rows
     raw: list[str | None] = [None] * batch.num_rows
+    marks = {}
     for i, answer in zip(np.nonzero(judged)[0], answers):
         verdicts[i], reason, detail = outcome(answer, on_unparseable)
         raw[i] = answer
-        if reason is not None:
-            reasons[i], details[i] = reason, detail
-    batch = batch.set_column(batch.schema.get_field_index(S.REASON), S.REASON, pa.array(reasons, pa.string()))
-    batch = batch.set_column(batch.schema.get_field_index(S.DETAIL), S.DETAIL, pa.array(details, pa.string()))
+        marks[int(i)] = (reason, detail) if reason is not None else None
+    batch = mark(batch, marks)
     return batch.append_column(S.VERDICT, pa.array(verdicts, pa.string())).append_column(S.ANSWER, pa.array(raw, pa.string()))
 
 
-def resolve_dtype(dtype: str, key: str = "curate.llm.dtype"):
-    """A torch dtype from the names (and fp32/fp16/bf16 aliases) the synth stage accepts."""
-    from factory.synth.diffusion import torch_dtype
-
-    return torch_dtype(dtype, key)
+BACKENDS = ("hf", "vllm")
 
 
-def check_device(device: str, key: str = "curate.llm.device") -> str:
-    """`device`, or one clear error where it names CUDA and this worker has none (not torch's traceback at .to())."""
-    from factory.synth.diffusion import resolve_device
+@dataclass
+class LLMJudge(CaptionFilter):
+    """Caption filter: an instruction-tuned LLM's Yes/No on each caption (SynthVLM's step 3).
 
-    return resolve_device(device, key)
-
-
-class HFJudge:
-    """Stage (backend hf): judges the rows not rejected yet with `model.generate`, greedy.
-
-    A prompt over `max_input_tokens` loses the end of its caption, never the instructions or the
-    generation prompt after it.
+    Judged rows get the verdict and the raw answer as columns, logged to llm_judge/. The hf
+    backend runs `generate` in this stage's actor pool; the vllm backend hands the rows to vLLM
+    engines through ray.data.llm (the engine's doing, see `engine()`).
     """
 
-    def __init__(
-        self,
-        model: str,
-        system: str | None,
-        user: str,
-        on_unparseable: str = "keep",
-        max_new_tokens: int = 4,
-        batch_size: int = 16,
-        device: str = "cpu",
-        dtype: str = "float32",
-        max_input_tokens: int = 512,
-        torch_threads: int | None = None,
-    ):
-        import torch
+    config_name: ClassVar[str] = "llm_judge"
+    name: ClassVar[str] = "llm_judge"
+    pool: ClassVar[str] = "judge"
+    needs: ClassVar[Resources] = Resources(cpus=0.25, gpus=1.0, gpu_share=0.1)
+    reasons: ClassVar[tuple[str, ...]] = (S.R_LLM_JUDGE,)
+    log_dir: ClassVar[str] = "llm_judge"  # the verdict log, under the output
+    speed_only: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "concurrency", "tensor_parallel_size", "engine_kwargs"})
+
+    enabled: bool = False
+    backend: str = "hf"  # hf (transformers generate in an actor pool, CPU or GPU) | vllm (ray.data.llm, pip install .[llm])
+    model: Optional[str] = None  # hub id or local folder of an instruction-tuned causal LM
+    prompt: dict = field(default_factory=lambda: {"system": None, "user": "{caption}"})  # conf/curate/judge_prompt.yaml
+    on_unparseable: str = "keep"  # keep | reject an answer that is neither Yes nor No
+    max_new_tokens: int = 4
+    batch_size: int = 16
+    device: str = "cpu"  # hf only
+    dtype: str = "float32"  # hf only
+    max_input_tokens: int = 512  # hf only: a longer prompt loses the end of its caption, never the instructions
+    concurrency: int = 1  # vllm: engine replicas
+    tensor_parallel_size: int = 1  # vllm
+    max_model_len: int = 2048  # vllm
+    engine_kwargs: dict = field(default_factory=dict)  # vllm: passed to the engine as is
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backend not in BACKENDS:
+            raise SettingError("backend", f"={self.backend!r}: expected hf or vllm")
+        check_policy(self.on_unparseable)
+        self.judge_prompt = JudgePrompt(self.prompt.get("system"), self.prompt.get("user", ""))
+        if self.enabled and not self.model:
+            raise SettingError("model", " is not set: name a hub id or a local folder of a causal LM")
+        torch_dtype(self.dtype, "curate.llm.dtype")  # a bad name fails before anything loads
+
+    def engine(self) -> str:
+        return "vllm" if self.backend == "vllm" else super().engine()
+
+    def side_log(self, output: str) -> Stage:
+        return VerdictLog(directory=files.join(output, self.log_dir))
+
+    def side_counts(self, output: str) -> dict:
+        return count_verdicts(files.join(output, self.log_dir))
+
+    def setup(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if not model:
-            raise ValueError("curate.llm.model is not set: name a hub id or a local folder of a causal LM")
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
-        self.prompt = JudgePrompt(system, user)
-        self.on_unparseable = check_policy(on_unparseable)
-        self.max_new_tokens, self.batch_size, self.device = max_new_tokens, batch_size, check_device(device)
-        self.max_input_tokens = max_input_tokens
-        torch_dtype = resolve_dtype(dtype)  # a bad name fails before anything loads
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self._device = resolve_device(self.device, "curate.llm.device")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model)
         if self.tokenizer.pad_token is None:  # many causal LMs ship without one; any id works under the mask
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
         frame = len(self.prompt_ids(""))
-        if frame >= max_input_tokens:
-            raise ValueError(f"curate.llm.max_input_tokens={max_input_tokens} leaves no room for the caption: the judge "
-                             f"prompt alone is {frame} tokens; raise it or shorten curate.llm.prompt")
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        if frame >= self.max_input_tokens:
+            raise SettingError("max_input_tokens", f"={self.max_input_tokens} leaves no room for the caption: the judge "
+                               f"prompt alone is {frame} tokens; raise it or shorten curate.llm.prompt").under("curate.llm.max_input_tokens")
+        dtype = torch_dtype(self.dtype, "curate.llm.dtype")
+        self.lm = AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype).to(self._device).eval()
 
     def prompt_text(self, caption: str) -> str:
         if self.chat:
-            return self.tokenizer.apply_chat_template(self.prompt.messages(caption), tokenize=False, add_generation_prompt=True)
-        return self.prompt.plain_text(caption)
+            return self.tokenizer.apply_chat_template(self.judge_prompt.messages(caption), tokenize=False, add_generation_prompt=True)
+        return self.judge_prompt.plain_text(caption)
 
     def prompt_ids(self, caption: str) -> list[int]:
         # The template already holds any special tokens the model expects.
@@ -161,7 +178,7 @@ class HFJudge:
         while True:
             ids = self.prompt_ids(caption)
             over = len(ids) - self.max_input_tokens
-            if over <= 0:  # the empty caption always fits (checked at construction)
+            if over <= 0:  # the empty caption always fits (checked in setup)
                 return ids
             caption = self.drop_last_tokens(caption, over)
 
@@ -193,15 +210,15 @@ class HFJudge:
 
         out: list[str] = []
         for start in range(0, len(captions), self.batch_size):
-            enc = {k: v.to(self.device) for k, v in self.batch_inputs(captions[start : start + self.batch_size]).items()}
+            enc = {k: v.to(self._device) for k, v in self.batch_inputs(captions[start : start + self.batch_size]).items()}
             with torch.inference_mode():
-                gen = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                          pad_token_id=self.tokenizer.pad_token_id)
+                gen = self.lm.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
+                                       pad_token_id=self.tokenizer.pad_token_id)
             new = gen[:, enc["input_ids"].shape[1] :]
             out.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return out
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def process(self, batch: pa.Table) -> pa.Table:
         judged = pc.is_null(batch.column(S.REASON)).to_numpy(zero_copy_only=False)
         captions = batch.column(S.CAPTION).filter(pa.array(judged)).to_pylist()
         return apply_verdicts(batch, judged, self.answers(captions) if captions else [], self.on_unparseable)
@@ -247,16 +264,16 @@ def judged_rows(batch: pa.Table) -> pa.Table:
     return batch.select(JUDGED_ROW.names).cast(JUDGED_ROW)
 
 
-def vllm_processor_kwargs(llm: dict) -> dict:
+def vllm_processor_kwargs(judge: LLMJudge) -> dict:
     """Keyword arguments of ray.data.llm.vLLMEngineProcessorConfig from curate.llm."""
-    if not llm.get("model"):
+    if not judge.model:
         raise ValueError("curate.llm.model is not set: name a hub id or a local folder of a causal LM")
-    engine = {"tensor_parallel_size": int(llm.get("tensor_parallel_size", 1)), "max_model_len": int(llm.get("max_model_len", 2048))}
-    engine.update(llm.get("engine_kwargs") or {})
+    engine = {"tensor_parallel_size": int(judge.tensor_parallel_size), "max_model_len": int(judge.max_model_len)}
+    engine.update(judge.engine_kwargs or {})
     return dict(
-        model_source=llm["model"],
-        batch_size=int(llm["batch_size"]),
-        concurrency=int(llm.get("concurrency", 1)),
+        model_source=judge.model,
+        batch_size=int(judge.batch_size),
+        concurrency=int(judge.concurrency),
         engine_kwargs=engine,
         chat_template_stage=True,
         tokenize_stage=True,
@@ -269,19 +286,18 @@ def vllm_processor_kwargs(llm: dict) -> dict:
 VERDICT_LOG = pa.schema([pa.field(S.ID, pa.string()), pa.field(S.VERDICT, pa.string()), pa.field(S.ANSWER, pa.string()), pa.field(S.SOURCE, pa.string())])
 
 
-class VerdictLog:
+@dataclass
+class VerdictLog(Stage):
     """Stage: writes (id, verdict, answer, source) of every judged row to `directory`; passes the batch on."""
 
-    def __init__(self, directory: str):
-        from factory.io import files
+    name: ClassVar[str] = "verdict_log"
 
-        self.directory = directory
-        files.makedirs(directory)  # on the driver; tasks write with make_parent=False
+    directory: str = ""
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from factory.io import files
-        from factory.io.write import keys_digest
+    def prepare(self) -> None:
+        files.makedirs(self.directory)  # on the driver; tasks write with make_parent=False
 
+    def process(self, batch: pa.Table) -> pa.Table:
         judged = batch.filter(pc.is_valid(batch.column(S.VERDICT)))
         if judged.num_rows:
             table = judged.select(VERDICT_LOG.names).cast(VERDICT_LOG)
@@ -292,8 +308,6 @@ class VerdictLog:
 
 def count_verdicts(directory: str) -> dict:
     """{yes, no, unparseable} over the verdict log (zeros when nothing was judged)."""
-    from factory.io import files
-
     counts = dict.fromkeys(VERDICTS, 0)
     t = files.read_parquet_dir(directory, [S.VERDICT])
     if t is not None:

@@ -16,13 +16,17 @@ from __future__ import annotations
 import re
 import unicodedata
 import zlib
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
-from factory.curate.dedup import dedup_keys, find_duplicates
+from factory.curate.dedup import LOSERS
+from factory.errors import SettingError
+from factory.stage import Deduplicator
 
 
 _WORD = re.compile(r"\w+")
@@ -151,16 +155,6 @@ def id_order(ids: list[str], pos: np.ndarray) -> np.ndarray:
     return rank
 
 
-def check_params(p: dict) -> None:
-    """One clear line for a curate.near_dup setting that cannot work."""
-    if not 0 < float(p["threshold"]) <= 1:
-        raise ValueError(f"curate.near_dup.threshold must be in (0, 1], got {p['threshold']}")
-    if int(p["shingle_size"]) < 1:
-        raise ValueError(f"curate.near_dup.shingle_size must be >= 1, got {p['shingle_size']}")
-    if int(p["num_perm"]) < 1 or int(p["bands"]) < 1 or int(p["num_perm"]) % int(p["bands"]):
-        raise ValueError(f"curate.near_dup.bands={p['bands']} must divide curate.near_dup.num_perm={p['num_perm']}")
-
-
 def find_near_duplicates(
     keys: pa.Table,
     threshold: float = 0.8,
@@ -168,7 +162,7 @@ def find_near_duplicates(
     max_bucket_span: int = 32,
 ) -> pa.Table:
     """Rows to reject as (pos, reason, detail) from (id, pos, minhash) rows: all but the smallest id of each group."""
-    empty = pa.table({S.POS: pa.array([], pa.int64()), S.REASON: pa.array([], pa.string()), S.DETAIL: pa.array([], pa.string())})
+    empty = LOSERS.empty_table()
     n = keys.num_rows
     if n < 2:
         return empty
@@ -208,29 +202,37 @@ def without_rejected(keys: pa.Table, rejected: pa.Table) -> pa.Table:
     return keys.filter(pc.invert(pc.is_in(keys.column(S.POS), value_set=rejected.column(S.POS))))
 
 
-def search_keys(batch: pa.Table, minhash: tuple[int, int] | None = None) -> pa.Table:
-    """The duplicate search's keys of the rows still valid in `batch`: (id, pos, norm_hash), and
-    their MinHash signature when `minhash` is (num_perm, shingle_size)."""
-    keys = dedup_keys(batch)
-    if minhash:
-        valid = batch.filter(pc.is_null(batch.column(S.REASON)))  # the rows dedup_keys kept, in order
-        keys = keys.append_column(S.MINHASH, signature_column(valid.column(S.CAPTION).to_pylist(), *minhash))
-    return keys
+@dataclass
+class NearDedup(Deduplicator):
+    """Near-duplicate captions: MinHash over word shingles, LSH banding, groups joined; the smallest
+    id of a group is kept (see the module's docstring)."""
 
+    config_name: ClassVar[str] = "near_dup"
+    name: ClassVar[str] = "near_dup"
+    reasons: ClassVar[tuple[str, ...]] = (S.R_NEAR_DUP,)
 
-def minhash_params(near_dup: dict | None) -> tuple[int, int] | None:
-    """(num_perm, shingle_size) when near-duplicate removal is on (its settings checked), else None."""
-    if not (near_dup or {}).get("enabled"):
-        return None
-    check_params(near_dup)
-    return int(near_dup["num_perm"]), int(near_dup["shingle_size"])
+    enabled: bool = False
+    threshold: float = 0.8  # estimated Jaccard similarity at or above which two captions are near duplicates
+    num_perm: int = 128  # MinHash functions per signature
+    bands: int = 16  # LSH bands (must divide num_perm); more bands find lower similarities
+    shingle_size: int = 1  # words per shingle: 1 suits short captions and catches reordering; 2-3 for long texts
+    max_bucket_span: int = 32  # in an LSH bucket, each caption is compared with this many neighbours
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.threshold <= 1:
+            raise SettingError("threshold", f" must be in (0, 1], got {self.threshold}")
+        if self.shingle_size < 1:
+            raise SettingError("shingle_size", f" must be >= 1, got {self.shingle_size}")
+        if self.num_perm < 1 or self.bands < 1 or self.num_perm % self.bands:
+            raise SettingError("bands", f"={self.bands} must divide curate.near_dup.num_perm={self.num_perm}")
+        if self.max_bucket_span < 1:
+            raise SettingError("max_bucket_span", f" must be >= 1, got {self.max_bucket_span}")
 
-def find_all_duplicates(keys: pa.Table, dedup: dict, near_dup: dict | None) -> pa.Table:
-    """(pos, reason, detail) of every row that loses an exact-duplicate group (curate.dedup), then,
-    among the rows left, a near-duplicate group (curate.near_dup, when enabled)."""
-    rejected = find_duplicates(keys, ids=dedup.get("ids", True), captions=dedup.get("captions", True))
-    if not (near_dup or {}).get("enabled"):
-        return rejected
-    near = find_near_duplicates(without_rejected(keys, rejected), near_dup["threshold"], near_dup["bands"], near_dup.get("max_bucket_span", 32))
-    return pa.concat_tables([rejected, near])
+    def key_columns(self, captions: list[str]) -> dict[str, pa.Array]:
+        return {S.MINHASH: signature_column(captions, self.num_perm, self.shingle_size)} if self.enabled else {}
+
+    def losers(self, keys: pa.Table) -> pa.Table:
+        if not self.enabled:
+            return LOSERS.empty_table()
+        return find_near_duplicates(keys, self.threshold, self.bands, self.max_bucket_span)

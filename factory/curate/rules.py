@@ -4,10 +4,12 @@ from __future__ import annotations
 import math
 import string
 from collections import Counter
-
-import pyarrow as pa
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
 
 from factory import schema as S
+from factory.checks import number
+from factory.stage import CaptionFilter
 
 # Data-Juicer's OTHER_SPECIAL_CHARACTERS (data_juicer/ops/common/special_characters.py), verbatim but
 # for its leading run of Unicode spaces, whose code points the copy at hand did not show: written
@@ -112,31 +114,36 @@ def flagged_word(entry: str) -> str:
     return words[0]
 
 
-class CaptionRules:
-    """Marks captions that fail a rule with the rule's name as `reason`; rows already rejected pass untouched."""
+@dataclass
+class CaptionRules(CaptionFilter):
+    """Caption filter: the first rule a caption fails, with the measured value (Data-Juicer's rules,
+    SynthVLM's thresholds). Cheap, so it runs in the pre-pass too (before_dedup)."""
 
-    def __init__(
-        self,
-        enabled: bool = True,
-        min_chars: int = 10,
-        max_chars: int = 1000,
-        alnum_min: float | None = 0.60,
-        char_rep_max: float | None = 0.0937,
-        word_rep_max: float | None = 0.0309,
-        special_min: float | None = 0.165,
-        special_max: float | None = 0.420,
-        rep_len: int = 10,
-        flagged_words: list[str] | None = None,
-        flagged_max: float | None = 0.0,
-        perplexity: dict | None = None,  # curate.rules.perplexity: a model stage of its own (curate/perplexity.py)
-    ):
-        self.enabled = enabled
-        self.min_chars, self.max_chars = min_chars, max_chars
-        self.alnum_min, self.char_rep_max, self.word_rep_max = alnum_min, char_rep_max, word_rep_max
-        self.special_min, self.special_max, self.rep_len = special_min, special_max, rep_len
+    config_name: ClassVar[str] = "rules"
+    name: ClassVar[str] = "rules"
+    before_dedup: ClassVar[bool] = True
+    reasons: ClassVar[tuple[str, ...]] = (S.R_TOO_SHORT, S.R_TOO_LONG, S.R_ALNUM, S.R_SPECIAL, S.R_CHAR_REP, S.R_WORD_REP, S.R_FLAGGED)
+
+    min_chars: Optional[int] = 10
+    max_chars: Optional[int] = 1000
+    alnum_min: Optional[float] = 0.60
+    char_rep_max: Optional[float] = 0.0937
+    word_rep_max: Optional[float] = 0.0309
+    special_min: Optional[float] = 0.165
+    special_max: Optional[float] = 0.420
+    rep_len: int = 10
+    flagged_words: list[str] = field(default_factory=list)  # conf/curate/flagged_words.yaml
+    flagged_max: Optional[float] = 0.0  # reject when flagged words / words exceeds this
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("min_chars", "max_chars"):
+            number(key, getattr(self, key), whole=True, low=0, nullable=True)
+        for key in ("alnum_min", "char_rep_max", "word_rep_max", "special_min", "special_max", "flagged_max"):
+            number(key, getattr(self, key), nullable=True)
+        number("rep_len", self.rep_len, whole=True, low=1)
         # Refined as caption words are (lower case, special characters stripped), so "Gore!" matches "gore".
-        self.flagged = frozenset(flagged_word(w) for w in flagged_words or [])
-        self.flagged_max = flagged_max
+        self.flagged = frozenset(flagged_word(w) for w in self.flagged_words or [])
 
     def check(self, caption: str) -> tuple[str, str] | None:
         """(reason, detail) of the first rule the caption fails, or None."""
@@ -164,14 +171,5 @@ class CaptionRules:
                 return S.R_FLAGGED, f"{v:.4f} > {self.flagged_max} ({hits[0]})"
         return None
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if not self.enabled or batch.num_rows == 0:
-            return batch
-        captions = batch.column(S.CAPTION).to_pylist()
-        reasons = batch.column(S.REASON).to_pylist()
-        details = batch.column(S.DETAIL).to_pylist()
-        for i, (cap, reason) in enumerate(zip(captions, reasons)):
-            if reason is None and (failed := self.check(cap)) is not None:
-                reasons[i], details[i] = failed
-        batch = batch.set_column(batch.schema.get_field_index(S.REASON), S.REASON, pa.array(reasons, pa.string()))
-        return batch.set_column(batch.schema.get_field_index(S.DETAIL), S.DETAIL, pa.array(details, pa.string()))
+    def judge(self, captions: list[str]) -> list[tuple[str, str] | None]:
+        return [self.check(c) for c in captions]

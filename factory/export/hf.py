@@ -16,7 +16,7 @@ import pyarrow as pa
 import yaml
 
 from factory import schema as S
-from factory.export import dataset_batches, dataset_files
+from factory.export.common import dataset_batches, dataset_files
 from factory.io import files
 
 # The card's features, derived from the dataset schema; image bytes are declared as images.
@@ -54,6 +54,9 @@ def front_matter(n_rows: int, parts: list[str]) -> dict:
     }
 
 
+BUILT_IN = ("rules", "dedup", "near_dup", "perplexity", "llm")
+
+
 def curation_steps(curate: dict) -> str:
     """What curated the captions under `curate` (the run's config), in words."""
     rules = curate.get("rules") or {}
@@ -63,10 +66,13 @@ def curation_steps(curate: dict) -> str:
         steps.append("exact deduplication")
     if (curate.get("near_dup") or {}).get("enabled"):
         steps.append("near-duplicate removal (MinHash + LSH)")
-    if (rules.get("perplexity") or {}).get("enabled"):
-        steps.append(f"a perplexity filter (`{rules['perplexity'].get('model')}`)")
+    if (curate.get("perplexity") or {}).get("enabled"):
+        steps.append(f"a perplexity filter (`{curate['perplexity'].get('model')}`)")
     if (curate.get("llm") or {}).get("enabled"):
         steps.append(f"an LLM judge (`{curate['llm'].get('model')}`)")
+    for name, node in curate.items():  # caption filters of the user's own
+        if name not in BUILT_IN and (node or {}).get("enabled", True):
+            steps.append(f"a filter `{name}` (`{node.get('_target_')}`)")
     if not steps:
         return "not curated"
     return "curated by " + (", ".join(steps[:-1]) + " and " + steps[-1] if len(steps) > 1 else steps[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from factory import schema as S
-from factory.export import dataset_batches, image_extension, pick, sample_name
+from factory.export.common import dataset_batches, image_extension, pick, sample_name
 from factory.io import files
 
 IMAGES_PER_FOLDER = 10_000  # keeps any one folder listable on every filesystem

@@ -7,7 +7,7 @@ import tarfile
 import uuid
 
 from factory import schema as S
-from factory.export import dataset_batches, image_extension, sample_name
+from factory.export.common import dataset_batches, image_extension, sample_name
 from factory.io import files
 
 SHARD_PATTERN = "shard-%06d.tar"

@@ -175,9 +175,10 @@ def write_json_atomic(path: str, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
-def write_parquet_atomic(path: str, table: pa.Table, compression: str = "zstd", make_parent: bool = True) -> None:
+def write_parquet_atomic(path: str, table: pa.Table, compression: str = "zstd", make_parent: bool = True,
+                         row_group_size: int | None = None) -> None:
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=compression)
+    pq.write_table(table, buf, compression=compression, row_group_size=row_group_size)
     write_bytes_atomic(path, buf.getvalue(), make_parent)
 
 

@@ -15,13 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory import schema as S
+from factory.errors import InputError
 from factory.io import files
 
 FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv", ".txt": "txt"}
-
-
-class InputError(Exception):
-    """A problem with the input as a whole: the run stops with this one line."""
 
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2"}  # pyarrow's codec names

@@ -1,21 +1,15 @@
 """CLIPScore with open_clip: max(cos(image, prefix + caption), 0), the raw cosine."""
 from __future__ import annotations
 
+import open_clip
 import torch
 import torch.nn.functional as F
 
-from factory.synth.diffusion import torch_dtype
+from factory.devices import torch_dtype
 
 
 def load_open_clip(arch: str, pretrained: str | None, device: str, dtype: str = "float32"):
     """An open_clip model and tokenizer. `pretrained`: a tag ('openai'), a hub id or a local file."""
-    import open_clip
-
-    if arch == "tiny":
-        from factory.synth.tiny import ensure_tiny_clip, register_tiny_clip
-
-        arch = register_tiny_clip()
-        pretrained = pretrained or str(ensure_tiny_clip())
     model = open_clip.create_model(arch, pretrained=pretrained, device=device, require_pretrained=bool(pretrained))
     model = model.to(device=device, dtype=torch_dtype(dtype, "scorer.dtype")).eval()
     return model, open_clip.get_tokenizer(arch)

@@ -1,17 +1,22 @@
 """The scoring stage: CLIPScore + λ·SSIM for every generated sample, on the actor's device."""
 from __future__ import annotations
 
-import time
+import os
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
 
 from factory import schema as S
+from factory.checks import number
+from factory.devices import resolve_device, torch_dtype
+from factory.errors import SettingError
 from factory.retry import run_in_halves
 from factory.score.clip import ClipScore
 from factory.score.ssim import round_trip_ssim
 from factory.score.upload import HostToDevice
-from factory.synth.diffusion import resolve_device
+from factory.stage import GiB, PROCESS_BYTES, Resources, Stage
 
 
 def shape_groups(images, rows: list[int]) -> list[list[int]]:
@@ -29,7 +34,8 @@ def stack_rows(images, rows: list[int]) -> np.ndarray:
     return np.stack([images[i] for i in rows])
 
 
-class ClipSsimScorer:
+@dataclass
+class ClipSsimScorer(Stage):
     """Stage: batch with image (uint8 N×H×W×3), caption, reason → + clip_score, ssim, score.
 
     Samples that synthesis marked unusable get no scores (NaN) and are never selected; their images
@@ -41,33 +47,57 @@ class ClipSsimScorer:
     round trip run as torch.compile graphs at one fixed shape: chunks are padded to `chunk_size`.
     """
 
-    def __init__(
-        self,
-        arch: str = "tiny",
-        pretrained: str | None = None,
-        device: str = "auto",
-        dtype: str = "float32",
-        lam: float = 0.5,
-        prefix: str = "A photo depicts ",
-        ssim_size: int = 768,
-        ssim_low: int = 336,
-        chunk_size: int | None = None,
-        compile: bool = False,
-        compile_mode: str = "default",
-        torch_threads: int | None = None,
-    ):
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        if compile and not chunk_size:
-            raise ValueError("scorer.compile=true needs scorer.chunk_size: the compiled graphs are built for one batch shape")
-        self.device = resolve_device(device, key="scorer.device")
-        self.clip = ClipScore(arch, pretrained, self.device, dtype, prefix, compile=compile, compile_mode=compile_mode)
-        self.lam, self.ssim_size, self.ssim_low = lam, ssim_size, ssim_low
-        self.chunk_size, self.pad = chunk_size, compile
-        self.upload = HostToDevice(self.device)
+    config_name: ClassVar[str] = "clip"
+    pool: ClassVar[str] = "score"
+    batch_format: ClassVar[str] = "numpy"
+    needs: ClassVar[Resources] = Resources(cpus=0.5, gpus=0.25, gpu_share=0.25, threads=1)
+    reasons: ClassVar[tuple[str, ...]] = (S.R_BAD_SCORE, S.R_OOM)
+    speed_only: ClassVar[frozenset[str]] = frozenset({"device", "chunk_size", "compile", "compile_mode", "batch_size"})
+    weights_bytes: ClassVar[int] = GiB  # ViT-L/14-336 in fp16 is 0.86 GB
+
+    name: str = "scorer"
+    arch: str = "ViT-B-32"  # an open_clip architecture name
+    pretrained: Optional[str] = None  # a tag ('openai'), a hub id or a local checkpoint file
+    device: str = "auto"
+    dtype: str = "float32"
+    lam: float = 0.5
+    prefix: str = "A photo depicts "
+    ssim_size: int = 768
+    ssim_low: int = 336
+    chunk_size: Optional[int] = None  # images per device step (null: the whole batch)
+    compile: bool = False
+    compile_mode: str = "default"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        number("chunk_size", self.chunk_size, whole=True, low=1, nullable=True)
+        if self.compile and not self.chunk_size:
+            raise SettingError("compile", "=true needs scorer.chunk_size: the compiled graphs are built for one batch shape")
+        torch_dtype(self.dtype, "scorer.dtype")
+
+    def label(self) -> str:
+        return f"score_{self.name}"
+
+    def checkpoint(self) -> tuple[str, str | None]:
+        """(open_clip architecture, pretrained) to load; a family of scorers may build its own."""
+        return self.arch, self.pretrained
+
+    def memory_bytes(self) -> int:
+        local = self.pretrained if self.pretrained and os.path.isfile(self.pretrained) else None
+        weights = os.path.getsize(local) if local else self.weights_bytes
+        return int(PROCESS_BYTES + weights + self.batch_size * 1024 * 1024 * 3 * 4)
+
+    def setup(self) -> None:
+        self._device = resolve_device(self.device, key="scorer.device")
+        arch, pretrained = self.checkpoint()
+        self.clip = ClipScore(arch, pretrained, self._device, self.dtype, self.prefix, compile=self.compile,
+                              compile_mode=self.compile_mode)
+        self.upload = HostToDevice(self._device)
+        self.pad = self.compile
         self._ssim = round_trip_ssim
-        if compile:
-            self._ssim = torch.compile(round_trip_ssim, mode=compile_mode, fullgraph=True, dynamic=False)
+        if self.compile:
+            self._ssim = torch.compile(round_trip_ssim, mode=self.compile_mode, fullgraph=True, dynamic=False)
 
     @torch.inference_mode()
     def score(self, images: np.ndarray, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,11 +120,10 @@ class ClipSsimScorer:
         self.pad = False
         if self.chunk_size:
             self.chunk_size = max(1, self.chunk_size // 2)
-        if self.device.startswith("cuda"):
+        if self._device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def __call__(self, batch: dict) -> dict:
-        t0 = time.perf_counter()
+    def process(self, batch: dict) -> dict:
         n = len(batch[S.CAPTION])
         reasons = [str(r) for r in batch.get(S.REASON, [""] * n)]  # "" = usable
         details = [str(d) for d in batch.get(S.DETAIL, [""] * n)]
@@ -123,5 +152,4 @@ class ClipSsimScorer:
         out[S.SCORE] = clip + self.lam * ssim
         out[S.REASON] = np.array(reasons, dtype=object)
         out[S.DETAIL] = np.array(details, dtype=object)
-        out["_score_s"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
         return out

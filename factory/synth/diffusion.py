@@ -1,20 +1,32 @@
-"""The synthesis stage: a diffusers text-to-image pipeline turning captions into uint8 images."""
+"""The synthesis stage: a diffusers text-to-image pipeline turning captions into uint8 images.
+
+`Generator` holds what every diffusers text-to-image family shares (loading through
+`from_pretrained`, seeds, batching, OOM halving, compilation); a family is a subclass that
+declares what differs (factory/synth/families.py).
+"""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline
 
 from factory import schema as S
+from factory.checks import number
+from factory.devices import resolve_device, torch_dtype
+from factory.errors import SettingError
 from factory.retry import run_in_halves
+from factory.stage import GiB, PROCESS_BYTES, Resources, Stage
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 # model.attention_backend → the PyTorch SDPA kernel every attention call is held to ("auto": PyTorch picks).
@@ -26,31 +38,8 @@ INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "e
                    "coordinate_descent_check_all_directions": True}
 
 
-def torch_dtype(name: str, key: str = "dtype") -> torch.dtype:
-    """The torch dtype of a name or alias in DTYPES; `key` is the config key named in the error."""
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"{key}={name!r}: expected one of {', '.join(sorted(DTYPES))}") from None
-
-
-def resolve_device(device: str, key: str = "model.device") -> str:
-    """'auto' → cuda when there is one, else cpu; `key` is the config key named in the error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"{key}={device} but this worker sees no CUDA device")
-    return device
-
-
 def load_text_to_image(path: str, dtype: str = "float32", device: str = "cpu", variant: str | None = None):
-    """Any diffusers text-to-image pipeline, from a hub id or a local folder ('tiny': the built-in one)."""
-    from diffusers import DiffusionPipeline
-
-    if path == "tiny":
-        from factory.synth.tiny import ensure_tiny_sdxl
-
-        path = str(ensure_tiny_sdxl())
+    """Any diffusers text-to-image pipeline, from a hub id or a local folder."""
     kwargs = {"dtype": torch_dtype(dtype, "model.dtype")}
     if variant:
         kwargs["variant"] = variant
@@ -61,12 +50,6 @@ def load_text_to_image(path: str, dtype: str = "float32", device: str = "cpu", v
 
 def load_refiner(path: str, base, dtype: str, device: str, variant: str | None = None):
     """SDXL's refiner, sharing the base's second text encoder and VAE as the reference recipe does."""
-    from diffusers import StableDiffusionXLImg2ImgPipeline
-
-    if path == "tiny":
-        from factory.synth.tiny import ensure_tiny_refiner
-
-        path = str(ensure_tiny_refiner())
     kwargs = {"dtype": torch_dtype(dtype, "model.dtype"), "text_encoder_2": base.text_encoder_2, "vae": base.vae}
     if variant:
         kwargs["variant"] = variant
@@ -91,93 +74,148 @@ def image_problem(image: np.ndarray, finite: bool) -> str | None:
     return None
 
 
-class DiffusionSynth:
+def folder_bytes(path: str | None) -> int | None:
+    """Bytes of the weight files in a local model folder (None: not a local folder)."""
+    if not path or not os.path.isdir(path):
+        return None
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.suffix in (".safetensors", ".bin") and f.is_file())
+
+
+@dataclass
+class Generator(Stage):
     """Stage: batch with id, caption, sample, seed → + image (uint8 N×H×W×3), width, height, reason ("" = ok).
 
-    One torch.Generator per sample, seeded from its (seed, id, sample), so a sample's initial
-    latents never depend on how rows are batched. Its pixels are equal whenever it runs in a batch
-    of the same size and prompts; across batch sizes (OOM halving, padding to a compiled size)
-    kernels may round differently and move pixels slightly (one grey level seen on CPU).
+    Any diffusers text-to-image pipeline, loaded through `from_pretrained` from a hub id or a local
+    folder. One torch.Generator per sample, seeded from its (seed, id, sample), so a sample's
+    initial latents never depend on how rows are batched. Its pixels are equal whenever it runs in
+    a batch of the same size and prompts; across batch sizes (OOM halving, padding to a compiled
+    size) kernels may round differently and move pixels slightly (one grey level seen on CPU).
     A batch that runs out of device memory is retried in halves.
+
+    A family (a subclass) declares what differs: `denoiser` (the attribute compile and
+    channels_last act on), `size_multiple` (VAE scale × patch size), `guidance_kind` ("cfg":
+    classifier-free with a negative prompt; "embedded": a guidance input, no negative; "none"),
+    `weights_bytes` (its weights, for the memory it asks Ray for when they are not local).
     """
 
-    def __init__(
-        self,
-        path: str = "tiny",
-        refiner_path: str | None = None,
-        high_noise_frac: float = 0.8,
-        device: str = "auto",
-        dtype: str = "float32",
-        variant: str | None = None,
-        torch_threads: int | None = None,
-        **options,
-    ):
-        """Load `path` (and the refiner) and apply `options` (see `_configure`)."""
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        device = resolve_device(device)
-        pipe = load_text_to_image(path, dtype, device, variant)
-        refiner = load_refiner(refiner_path, pipe, dtype, device, variant) if refiner_path else None
-        self._configure(pipe, refiner, device, high_noise_frac=high_noise_frac, **options)
+    pool: ClassVar[str] = "synth"
+    batch_format: ClassVar[str] = "numpy"
+    needs: ClassVar[Resources] = Resources(cpus=0.5, gpus=1.0, gpu_share=None, threads=1)
+    reasons: ClassVar[tuple[str, ...]] = (S.R_BAD_IMAGE, S.R_OOM)
+    speed_only: ClassVar[frozenset[str]] = frozenset({
+        "device", "batch_size", "channels_last", "fuse_qkv", "compile", "compile_mode", "attention_backend",
+        "inductor_tuning", "warmup_steps"})
+    denoiser: ClassVar[str] = "unet"
+    size_multiple: ClassVar[int] = 8
+    guidance_kind: ClassVar[str] = "cfg"
+    weights_bytes: ClassVar[int] = 8 * GiB
+
+    name: str = "generator"  # the generator's name in outputs (the model group's name)
+    path: Optional[str] = None  # hub id or local diffusers folder
+    device: str = "auto"
+    dtype: str = "float32"
+    variant: Optional[str] = None  # e.g. fp16: the hub's fp16 weight files
+    height: Optional[int] = None  # null: the model's native size
+    width: Optional[int] = None
+    steps: int = 4
+    guidance: float = 5.0
+    negative_prompt: str = ""
+    batch_size: int = 8  # the compiled batch shape: warmed up once, short batches padded
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    compile: bool = False  # torch.compile of the denoiser and the VAE decoder, warmed once per actor
+    compile_mode: str = "default"
+    vae_tiling: bool = False  # decode in tiles only when a batch's decode does not fit in memory
+    attention_backend: str = "auto"  # auto | flash | efficient | cudnn | math: the SDPA kernel every attention uses
+    inductor_tuning: bool = False  # with compile: inductor's diffusion-fast settings (longer compilation)
+    warmup_steps: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("height", "width"):
+            v = getattr(self, key)
+            number(key, v, whole=True, low=self.size_multiple, nullable=True)
+            if v is not None and v % self.size_multiple:
+                raise SettingError(key, f" must be a multiple of {self.size_multiple} (the VAE's scale), got {v}")
+        number("steps", self.steps, whole=True, low=1)
+        number("batch_size", self.batch_size, whole=True, low=1)
+        number("guidance", self.guidance, low=0)
+        if self.attention_backend != "auto" and self.attention_backend not in SDPA_BACKENDS:
+            raise SettingError("attention_backend", f"={self.attention_backend!r}: expected auto or one of {sorted(SDPA_BACKENDS)}")
+        torch_dtype(self.dtype, "model.dtype")
+
+    # ---- declarations ---------------------------------------------------------------------
+
+    def label(self) -> str:
+        return f"generate_{self.name}"
+
+    def model_folder(self) -> str:
+        """Where from_pretrained loads the model: `path` (a family may build one, see TinySDXL)."""
+        if not self.path:
+            raise SettingError("path", " is not set: a hub id or a local diffusers folder")
+        return self.path
+
+    def native_side(self) -> int | None:
+        """The image side the model makes by default (its denoiser's sample size times the VAE's
+        scale), read from a local folder's configs without loading it; None for a hub id."""
+        try:
+            with open(os.path.join(self.path or "", self.denoiser, "config.json")) as f:
+                sample = int(json.load(f)["sample_size"])
+            with open(os.path.join(self.path or "", "vae", "config.json")) as f:
+                levels = len(json.load(f)["block_out_channels"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+        return sample * 2 ** (levels - 1)
+
+    def memory_bytes(self) -> int:
+        """The process, the weights (loaded through host memory even for a GPU) and a batch of images."""
+        weights = folder_bytes(self.path) or self.weights_bytes
+        side = max(self.height or 0, self.width or 0) or self.native_side() or 1024
+        return int(PROCESS_BYTES + weights + self.batch_size * side * side * 3 * 4)
+
+    # ---- work -----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        device = resolve_device(self.device)
+        self.attach(self.load(device), device)
+
+    def load(self, device: str):
+        return load_text_to_image(self.model_folder(), self.dtype, device, self.variant)
 
     @classmethod
-    def from_pipeline(cls, pipe, refiner=None, device: str | None = None, high_noise_frac: float = 0.8, **options) -> "DiffusionSynth":
-        """The stage around a pipeline already in memory (benchmarks build SDXL's architecture in place)."""
-        self = cls.__new__(cls)
+    def from_pipeline(cls, pipe, device: str | None = None, parts: dict | None = None, **fields) -> "Generator":
+        """The stage around a pipeline already in memory (benchmarks build exact architectures in
+        place); `parts`: a family's other loaded parts (SDXL's refiner)."""
+        self = cls(**fields)
+        self.__dict__.update(parts or {})
         pipe.set_progress_bar_config(disable=True)
-        self._configure(pipe, refiner, device or str(pipe.device), high_noise_frac=high_noise_frac, **options)
+        self.attach(pipe, device or str(pipe.device))
+        self._ready = True
         return self
 
-    def _configure(
-        self,
-        pipe,
-        refiner,
-        device: str,
-        high_noise_frac: float = 0.8,
-        height: int | None = None,
-        width: int | None = None,
-        steps: int = 4,
-        guidance: float = 5.0,
-        negative_prompt: str = "",
-        batch_size: int | None = None,
-        channels_last: bool = False,
-        fuse_qkv: bool = False,
-        compile: bool = False,
-        compile_mode: str = "default",
-        vae_tiling: bool = False,
-        attention_backend: str = "auto",
-        inductor_tuning: bool = False,
-        warmup_steps: int = 2,
-    ) -> None:
-        if attention_backend != "auto" and attention_backend not in SDPA_BACKENDS:
-            raise ValueError(f"model.attention_backend={attention_backend!r}: expected auto or one of {sorted(SDPA_BACKENDS)}")
-        self.pipe, self.refiner, self.device = pipe, refiner, device
-        self.attention_backend, self.inductor_tuning = attention_backend, inductor_tuning and compile
-        self.high_noise_frac = high_noise_frac
-        self.height, self.width = height, width
-        self.steps, self.guidance, self.negative_prompt = steps, guidance, negative_prompt
+    def attach(self, pipe, device: str) -> None:
+        """Take `pipe` as this stage's pipeline: speed settings applied, compiled graphs warmed."""
+        self.pipe, self._device = pipe, device
         self.oom_retries = 0
         # A compiled graph is specialised to its batch size: short batches are padded up to it
         # (with throw-away prompts) rather than paying a recompilation mid-run.
-        self.pad_to = batch_size if compile and batch_size else None
-        self._speedups(channels_last, fuse_qkv, compile, compile_mode, vae_tiling)
-        self.warmup_s = None
-        if compile:
-            self.warmup_s = self.warm_up(batch_size or 1, warmup_steps)
+        self.pad_to = self.batch_size if self.compile else None
+        self._speedups()
+        self.warmup_s = self.warm_up(self.batch_size, self.warmup_steps) if self.compile else None
 
-    def _speedups(self, channels_last: bool, fuse_qkv: bool, compile: bool, compile_mode: str = "default",
-                  vae_tiling: bool = False) -> None:
+    def _speedups(self) -> None:
         pipe = self.pipe
-        if fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
+        denoiser = getattr(pipe, self.denoiser)
+        if self.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
             pipe.fuse_qkv_projections()
-        if channels_last:
-            pipe.unet.to(memory_format=torch.channels_last)
+        if self.channels_last:
+            denoiser.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
-        if vae_tiling:  # only when a batch's decode does not fit: tiles cost time and leave seams
+        if self.vae_tiling:  # only when a batch's decode does not fit: tiles cost time and leave seams
             pipe.vae.enable_tiling()
-        if compile:
-            pipe.unet = torch.compile(pipe.unet, mode=compile_mode, fullgraph=True)
-            pipe.vae.decode = torch.compile(pipe.vae.decode, mode=compile_mode, fullgraph=True)
+        if self.compile:
+            setattr(pipe, self.denoiser, torch.compile(denoiser, mode=self.compile_mode, fullgraph=True))
+            pipe.vae.decode = torch.compile(pipe.vae.decode, mode=self.compile_mode, fullgraph=True)
 
     def warm_up(self, batch_size: int, steps: int = 2) -> float:
         """One throw-away batch at the working size, so compilation is paid here, once per actor."""
@@ -192,15 +230,9 @@ class DiffusionSynth:
         log.info("synthesis warm-up (compilation) took %.1f s", warm)
         return warm
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        """(N,3,H,W) float images in [0,1], on the device."""
-        n = len(prompts)
-        if self.pad_to and n < self.pad_to:  # keep the compiled batch size; padded rows are dropped below
-            prompts = list(prompts) + [""] * (self.pad_to - n)
-            seeds = list(seeds) + [0] * (self.pad_to - n)
-            return self.generate(prompts, seeds)[:n]
-        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        kwargs = dict(
+    def call_kwargs(self, prompts: list[str], generators: list) -> dict:
+        """The pipeline's arguments for one batch (a family adds or drops its own)."""
+        return dict(
             prompt=prompts,
             negative_prompt=[self.negative_prompt] * len(prompts) if self.guidance > 1 else None,
             num_inference_steps=self.steps,
@@ -209,20 +241,20 @@ class DiffusionSynth:
             height=self.height,
             width=self.width,
         )
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """(N,3,H,W) float images in [0,1], on the device."""
+        n = len(prompts)
+        if self.pad_to and n < self.pad_to:  # keep the compiled batch size; padded rows are dropped below
+            prompts = list(prompts) + [""] * (self.pad_to - n)
+            seeds = list(seeds) + [0] * (self.pad_to - n)
+            return self.generate(prompts, seeds)[:n]
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         with torch.inference_mode(), self._kernel_choices():
-            if self.refiner is None:
-                return self.pipe(output_type="pt", **kwargs).images
-            latents = self.pipe(output_type="latent", denoising_end=self.high_noise_frac, **kwargs).images
-            return self.refiner(
-                prompt=prompts,
-                negative_prompt=kwargs["negative_prompt"],
-                num_inference_steps=self.steps,
-                guidance_scale=self.guidance,
-                generator=generators,
-                denoising_start=self.high_noise_frac,
-                image=latents,
-                output_type="pt",
-            ).images
+            return self.run_pipeline(self.call_kwargs(prompts, generators))
+
+    def run_pipeline(self, kwargs: dict) -> torch.Tensor:
+        return self.pipe(output_type="pt", **kwargs).images
 
     def output_size(self) -> tuple[int, int]:
         """(height, width) of this stage's images; unset ones take diffusers' own default,
@@ -230,7 +262,7 @@ class DiffusionSynth:
         if self.height and self.width:
             return self.height, self.width
         pipe = self.pipe
-        sample = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+        sample = getattr(pipe, "default_sample_size", None) or getattr(pipe, self.denoiser).config.sample_size
         default = int(sample) * int(pipe.vae_scale_factor)
         return self.height or default, self.width or default
 
@@ -241,52 +273,104 @@ class DiffusionSynth:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             stack.enter_context(sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[self.attention_backend])]))
-        if self.inductor_tuning:
+        if self.inductor_tuning and self.compile:
             import torch._inductor.config as inductor_config
 
             stack.enter_context(inductor_config.patch(INDUCTOR_TUNING))
         return stack
 
-    def __call__(self, batch: dict) -> dict:
-        t0 = time.perf_counter()
+    def _after_oom(self) -> None:
+        self.oom_retries += 1
+        # Padding back to the compiled batch size would make every half run out of memory
+        # again: after an OOM, smaller batches run as they are (and may recompile once).
+        self.pad_to = None
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def process(self, batch: dict) -> dict:
         prompts = [str(c) for c in batch[S.CAPTION]]
         seeds = [int(s) for s in batch[S.SEED]]
         n = len(prompts)
-        images: list[np.ndarray | None] = [None] * n
-        # In flight, "" means "no problem": Ray may turn None in object columns into NaN.
-        reasons: list[str] = [""] * n
-        details: list[str] = [""] * n
 
         def run(idx):
-            out = self.generate([prompts[i] for i in idx], [seeds[i] for i in idx])
-            imgs, finite = to_uint8(out)
+            imgs, finite = to_uint8(self.generate([prompts[i] for i in idx], [seeds[i] for i in idx]))
             return list(zip(imgs, finite))
 
-        def count_oom():
-            self.oom_retries += 1
-            # Padding back to the compiled batch size would make every half run out of memory
-            # again: after an OOM, smaller batches run as they are (and may recompile once).
-            self.pad_to = None
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+        results, _ = run_in_halves(run, range(n), on_oom=self._after_oom)
+        return with_images(batch, results, self.output_size())
 
-        results, _ = run_in_halves(run, range(n), on_oom=count_oom)
-        # Placeholders take the stage's real output shape even when nothing succeeded: Ray may merge
-        # this block with others for the scorer, and one image shape per column keeps it an array.
-        shape = next((r[0].shape for r in results if r is not None), None) or (*self.output_size(), 3)
-        for i, r in enumerate(results):
-            if r is None:
-                reasons[i], details[i] = S.R_OOM, "out of device memory even alone"
-                continue
-            images[i] = r[0]
-            if (problem := image_problem(*r)) is not None:
-                reasons[i], details[i] = S.R_BAD_IMAGE, problem
-        images = [im if im is not None else np.zeros(shape, np.uint8) for im in images]  # black, marked unusable
-        out = dict(batch)
-        out[S.IMAGE] = np.stack(images)
-        out[S.HEIGHT] = np.full(n, shape[0], np.int32)
-        out[S.WIDTH] = np.full(n, shape[1], np.int32)
-        out[S.REASON] = np.array(reasons, dtype=object)
-        out[S.DETAIL] = np.array(details, dtype=object)
-        out["_synth_s"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
-        return out
+
+def with_images(batch: dict, results: list, size: tuple[int, int]) -> dict:
+    """`batch` plus the image, width, height, reason and detail columns of `results`: one
+    (image, finite) pair per row, None for a row that ran out of memory even alone."""
+    n = len(results)
+    # In flight, "" means "no problem": Ray may turn None in object columns into NaN.
+    reasons, details = [""] * n, [""] * n
+    # Placeholders take the stage's real output shape even when nothing succeeded: Ray may merge
+    # this block with others for the scorer, and one image shape per column keeps it an array.
+    shape = next((r[0].shape for r in results if r is not None), None) or (*size, 3)
+    images = []
+    for i, r in enumerate(results):
+        if r is None:
+            reasons[i], details[i] = S.R_OOM, "out of device memory even alone"
+            images.append(np.zeros(shape, np.uint8))  # black, marked unusable
+            continue
+        images.append(r[0])
+        if (problem := image_problem(*r)) is not None:
+            reasons[i], details[i] = S.R_BAD_IMAGE, problem
+    out = dict(batch)
+    out[S.IMAGE] = np.stack(images)
+    out[S.HEIGHT] = np.full(n, shape[0], np.int32)
+    out[S.WIDTH] = np.full(n, shape[1], np.int32)
+    out[S.REASON] = np.array(reasons, dtype=object)
+    out[S.DETAIL] = np.array(details, dtype=object)
+    return out
+
+
+@dataclass
+class SDXL(Generator):
+    """Stable Diffusion XL (the paper's model), optionally with its refiner taking over the last
+    1 - high_noise_frac of the schedule (the reference recipe's ensemble of experts)."""
+
+    config_name: ClassVar[str] = "sdxl"
+    weights_bytes: ClassVar[int] = 7 * GiB  # base 1.0 in fp16: UNet 5.1 GB, text encoders 1.6 GB, VAE 0.2 GB
+
+    refiner = None  # the loaded refiner pipeline (not a setting)
+
+    refiner_path: Optional[str] = None  # e.g. stabilityai/stable-diffusion-xl-refiner-1.0
+    high_noise_frac: float = 0.8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.has_refiner() and not 0 < self.high_noise_frac < 1:
+            raise SettingError("high_noise_frac", f" must be a number between 0 and 1 with a refiner, got {self.high_noise_frac!r}")
+
+    def has_refiner(self) -> bool:
+        return bool(self.refiner_path)
+
+    def refiner_folder(self) -> str:
+        return self.refiner_path
+
+    def memory_bytes(self) -> int:
+        extra = (folder_bytes(self.refiner_folder()) or self.weights_bytes) if self.has_refiner() else 0
+        return super().memory_bytes() + extra
+
+    def load(self, device: str):
+        pipe = super().load(device)
+        self.refiner = load_refiner(self.refiner_folder(), pipe, self.dtype, device, self.variant) if self.has_refiner() else None
+        return pipe
+
+    def run_pipeline(self, kwargs: dict) -> torch.Tensor:
+        if self.refiner is None:
+            return super().run_pipeline(kwargs)
+        latents = self.pipe(output_type="latent", denoising_end=self.high_noise_frac, **kwargs).images
+        return self.refiner(
+            prompt=kwargs["prompt"],
+            negative_prompt=kwargs["negative_prompt"],
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            generator=kwargs["generator"],
+            denoising_start=self.high_noise_frac,
+            image=latents,
+            output_type="pt",
+        ).images

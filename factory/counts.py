@@ -1,0 +1,83 @@
+"""What an output holds, counted from its files: rejects by reason, candidates by their best
+outcome, the samples already done (what a resumed run skips), and captions that changed since."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from factory import schema as S
+from factory.curate.dedup import text_hash
+from factory.io import files
+from factory.select import is_current
+
+
+def curation_rejected_ids(rejects_dir: str, reasons: tuple[str, ...]) -> pa.Array:
+    """Ids a filter after deduplication rejected in this run, for one of `reasons` (they passed the
+    pre-pass, so each id stands for one caption, unlike the ids of duplicate rows)."""
+    if not reasons:
+        return pa.array([], pa.string())
+    t = files.read_parquet_dir(rejects_dir, [S.ID], filter=pc.field(S.REASON).isin(list(reasons)))
+    return pa.array([], pa.string()) if t is None else t.column(S.ID).combine_chunks()
+
+
+def count_rejects(rejects_dir: str) -> tuple[int, dict]:
+    t = files.read_parquet_dir(rejects_dir, [S.REASON])
+    if t is None:
+        return 0, {}
+    counts = t.group_by(S.REASON).aggregate([(S.REASON, "count")]).to_pylist()
+    by_reason = {r[S.REASON]: r[f"{S.REASON}_count"] for r in counts}
+    return t.num_rows, dict(sorted(by_reason.items(), key=lambda kv: -kv[1]))
+
+
+def settled(reasons: pa.ChunkedArray | pa.Array):
+    """Per row: whether the sample is done for good (usable, or unusable for a reason that stays)."""
+    return pc.invert(pc.fill_null(pc.is_in(reasons, value_set=pa.array(S.RETRY_ON_RESUME)), False))
+
+
+def count_candidates(candidates_dir: str) -> dict:
+    """Samples in candidates/, each counted once by its best outcome: usable, else unusable for a
+    reason that stays, else one a resumed run tries again (S.RETRY_ON_RESUME). A sample can sit
+    there twice: made again after running out of memory, or by two runs at once (resume.take_over)."""
+    t = files.read_parquet_dir(candidates_dir, [S.ID, S.SAMPLE, S.REASON])
+    if t is None:
+        return {"rows": 0, "usable": 0, "unusable": {}}
+    rank = pc.if_else(pc.is_null(t.column(S.REASON)), 0, pc.if_else(settled(t.column(S.REASON)), 1, 2))
+    t = t.append_column("_rank", rank).sort_by("_rank")
+    # "first" skips nulls: a sample's reason is that of its best unusable row, read only where it has no usable one.
+    best = t.group_by([S.ID, S.SAMPLE], use_threads=False).aggregate([("_rank", "min"), (S.REASON, "first")])
+    bad = best.filter(pc.greater(best.column("_rank_min"), 0))
+    reasons = collections.Counter(bad.column(f"{S.REASON}_first").to_pylist())
+    return {"rows": best.num_rows, "usable": best.num_rows - bad.num_rows, "unusable": dict(reasons.most_common())}
+
+
+def candidate_keys(paths: list[str]) -> tuple[pa.Table, pa.Table]:
+    """(id, sample) of every candidate in the files `paths` that is done for good (a resumed run
+    makes the rest again: S.RETRY_ON_RESUME), and (id, norm_hash) of the caption each id's samples
+    were made from, read a batch at a time (captions of millions of rows never sit in memory)."""
+    keys, made = [], {}
+    if paths:
+        for batch in files.parquet_dataset(paths).to_batches(columns=[S.ID, S.SAMPLE, S.CAPTION, S.REASON]):
+            done = settled(batch.column(S.REASON))
+            keys.append(pa.table({S.ID: batch.column(S.ID), S.SAMPLE: batch.column(S.SAMPLE)}).filter(done))
+            for i, caption in zip(batch.column(S.ID).to_pylist(), batch.column(S.CAPTION).to_pylist()):
+                if i not in made:
+                    made[i] = text_hash(caption)
+    empty = pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32())})
+    made_from = pa.table({S.ID: pa.array(list(made), pa.string()), S.NORM_HASH: pa.array(list(made.values()), pa.int64())})
+    return (pa.concat_tables(keys) if keys else empty), made_from
+
+
+def changed_captions(kept: pa.Table, made_from: pa.Table) -> pa.Table:
+    """Ids whose caption in the input now differs (beyond case, Unicode form and white space)
+    from the caption their samples on disk were made from: (id, norm_hash, norm_hash_on_disk)."""
+    both = kept.join(made_from, S.ID, join_type="inner", right_suffix="_on_disk", use_threads=False)
+    return both.filter(pc.not_equal(both.column(S.NORM_HASH), both.column(S.NORM_HASH + "_on_disk")))
+
+
+def count_current(keys: np.ndarray, on_disk: pa.Table, ids: pa.Array, repeat: int) -> int:
+    """Samples on disk (`keys` per row of `on_disk`) that count toward a run of captions `ids`
+    at `repeat`: what the manifest calls `resumed`."""
+    return len(np.unique(keys[is_current(on_disk, ids, repeat).to_numpy(zero_copy_only=False)]))

@@ -1,0 +1,67 @@
+"""The run's Ray Data streams, built from the declared pipeline: every stage goes through the adapter."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import pyarrow as pa
+import ray
+
+from factory.curate.dedup import MarkDuplicates
+from factory.engine import adapter, vllm
+from factory.engine.placement import Placement
+from factory.io.read_files import ReadFiles
+from factory.io.write import RejectsSplit
+from factory.pipeline import Pipeline
+from factory.stage import CaptionFilter, Stage
+
+
+def files_dataset(paths: list[str]):
+    """One block per input file: the unit a read task takes."""
+    return ray.data.from_items([{"path": p, "file_index": i} for i, p in enumerate(paths)], override_num_blocks=len(paths))
+
+
+def map_files(paths: list[str], stages: list[Stage], cpu: float) -> Iterator[pa.Table]:
+    """The output blocks of `stages` (tasks) over the input files, as they come."""
+    ds = files_dataset(paths)
+    for stage in stages:
+        ds = adapter.apply(ds, stage, Placement(cpus=cpu))
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def with_filter(ds, f: CaptionFilter, places: dict[int, Placement], output: str):
+    """`ds` through one caption filter and its side log, if it keeps one."""
+    ds = vllm.apply(ds, f) if f.engine() == "vllm" else adapter.apply(ds, f, places[id(f)])
+    side = f.side_log(output)
+    return adapter.apply(ds, side, places["tasks"]) if side is not None else ds
+
+
+def curated_captions(paths: list[str], pipeline: Pipeline, losers_path: str, dirs: dict, places: dict):
+    """read → early filters → duplicates marked → late filters → rejects/ written: the (id, caption)
+    rows curation keeps. Rows rejected so far go to rejects/ before each late filter, so the models
+    spend time on live captions only."""
+    task = places["tasks"]
+    ds = adapter.apply(files_dataset(paths), ReadFiles(again=True), task)
+    for f in pipeline.early_filters():
+        ds = adapter.apply(ds, f, task)
+    ds = adapter.apply(ds, MarkDuplicates(path=losers_path), task)
+    for f in pipeline.late_filters():
+        ds = adapter.apply(ds, RejectsSplit(directory=dirs["rejects"], pass_columns=None), task)
+        ds = with_filter(ds, f, places, dirs["output"])
+    return adapter.apply(ds, RejectsSplit(directory=dirs["rejects"]), task)
+
+
+def generation_dataset(paths: list[str], pipeline: Pipeline, losers_path: str, done, dirs: dict, places: dict):
+    """curated captions → expand → synthesize → score → candidates/: a lazy dataset of one small
+    summary row per written candidates file; everything streams."""
+    ds = curated_captions(paths, pipeline, losers_path, dirs, places)
+    ds = adapter.apply(ds, dataclasses.replace(pipeline.expand.stage, done=done), places["tasks"])
+    generator = pipeline.generator.stage
+    # One block per synthesis batch: the unit that streams to the GPUs, and all a crash can cost.
+    # (Fused CPU stages coalesce their small outputs into one big block otherwise, which would
+    # reach the writer only once all of it is synthesized.)
+    ds = ds.repartition(target_num_rows_per_block=generator.batch_size, strict=True)
+    ds = adapter.apply(ds, generator, places[id(generator)])
+    ds = adapter.apply(ds, pipeline.scorer.stage, places[id(pipeline.scorer.stage)])
+    writer = dataclasses.replace(pipeline.writer.stage, directory=dirs["candidates"])
+    return adapter.apply(ds, writer, places["tasks"])

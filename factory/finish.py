@@ -1,0 +1,114 @@
+"""After generation: the counts, selection into dataset/ (with its exports, through a staging
+folder), the manifest's summary and the report."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from factory import schema as S
+from factory.counts import count_candidates, count_current, count_rejects, curation_rejected_ids
+from factory.engine.select import write_selected
+from factory.errors import RunError
+from factory.export import write_exports
+from factory.generate import Scan
+from factory.io import files
+from factory.job import Job
+from factory.layout import Manifest
+from factory.report import report_after_run
+from factory.select import current_samples, read_scores, select_top_k
+from factory.stages import stage_summary
+
+log = logging.getLogger("factory")
+
+
+def record_counts(job: Job, scan: Scan, dirs: dict, counts: dict) -> None:
+    n_rejected, by_reason = count_rejects(dirs["rejects"])
+    cands = count_candidates(dirs["candidates"])
+    for f in job.pipeline.late_filters():
+        if (side := f.side_counts(dirs["output"])) is not None:
+            counts[f.name] = side
+    counts.update(rejected=n_rejected, rejected_by_reason=by_reason, curated=scan.prepass.n_read - n_rejected,
+                  synthesized=cands["rows"], scored=cands["usable"], unusable=cands["unusable"])
+
+
+def competing(job: Job, scan: Scan, dirs: dict, candidate_paths: list[str], counts: dict) -> pa.Table:
+    """The score rows (their `file` indexing `candidate_paths`) that compete: this run's curated captions at this synth.repeat. Candidates made
+    before the input, the curation or synth.repeat changed stay on disk but are not selected, so a
+    resumed run selects what a fresh run with today's settings would."""
+    repeat = job.settings.synth.repeat
+    kept = scan.kept_ids
+    curated = pc.filter(kept, pc.invert(pc.is_in(kept, value_set=curation_rejected_ids(dirs["rejects"], job.pipeline.curation_reasons()))))
+    if len(curated) < len(kept):  # a late filter rejected some: their samples on disk no longer count
+        counts["resumed"] = count_current(scan.on_disk_keys, scan.on_disk, curated, repeat)
+    scores, counts["not_competing"] = current_samples(read_scores(candidate_paths), curated, repeat)
+    # What competes, for the report: candidates of other captions stay on disk (and come back if they do).
+    files.write_parquet_atomic(dirs["curated_ids"], pa.table({S.ID: curated}))
+    if counts["not_competing"]:
+        log.warning("%d candidates in %s do not compete: their caption is no longer curated (the input or the curation "
+                    "changed since they were made) or their sample index is beyond synth.repeat", counts["not_competing"], dirs["candidates"])
+    return scores
+
+
+def select_into_dataset(job: Job, scan: Scan, dirs: dict, manifest: Manifest) -> pa.Table:
+    """Selection, written to a staging folder with the exports, then moved to dataset/ whole."""
+    s, counts, wall = job.settings, manifest.data["counts"], manifest.data["wall_seconds"]
+    t = time.perf_counter()
+    sizes = files.file_sizes(dirs["candidates"], ".parquet")
+    scores = competing(job, scan, dirs, list(sizes), counts)
+    chosen, threshold, n_competing = select_top_k(scores, s.select.k, s.select.fraction, s.select.best_by)
+    staging = files.join(dirs["output"], f".dataset-staging-{os.getpid()}")
+    files.delete_dir(staging)
+    row_bytes = sum(sizes.values()) / max(1, counts["synthesized"])
+    n_selected = write_selected(list(sizes), chosen, staging, float(job.config["resources"]["cpu_task_cpus"]),
+                                s.ray.local_select_mb, sizes=sizes, row_bytes=row_bytes) if chosen.num_rows else 0
+    if n_selected != chosen.num_rows:
+        raise RunError(f"selection chose {chosen.num_rows} pairs but {n_selected} were written: a candidates file changed or "
+                       "vanished during selection; run again to resume")
+    if chosen.num_rows and s.export.any():  # into the staging folder: dataset/ appears with them complete or not at all
+        t_export = time.perf_counter()
+        manifest.data["exports"] = write_exports(staging, s.export, dict(counts, selected=n_selected), job.config)
+        wall["export"] = round(time.perf_counter() - t_export, 3)
+        t += wall["export"]  # select's wall time leaves the exports out
+    manifest.guard()  # a fresh look at the lock: the next steps replace the run's outputs
+    files.delete_dir(dirs["dataset"])
+    if chosen.num_rows:
+        files.move_dir(staging, dirs["dataset"])
+    else:
+        files.makedirs(dirs["dataset"])
+    wall["select"] = round(time.perf_counter() - t, 3)
+    counts["selected"] = n_selected
+    manifest.data["selection"] = selection_summary(chosen, threshold, n_competing)
+    return chosen
+
+
+def selection_summary(chosen: pa.Table, threshold: float | None, n_competing: int) -> dict:
+    def mean(col):
+        return round(pc.mean(chosen.column(col)).as_py(), 6) if chosen.num_rows else None
+
+    return {"k": chosen.num_rows, "competing_captions": n_competing, "threshold": threshold,
+            "mean_clip_score": mean(S.CLIP_SCORE), "mean_ssim": mean(S.SSIM), "mean_score": mean(S.SCORE)}
+
+
+def finish(job: Job, scan: Scan, dirs: dict, manifest: Manifest, generated: dict, t_start: float) -> dict:
+    """Counts, selection, the stage summary, status complete, and the report; returns the manifest."""
+    data, wall = manifest.data, manifest.data["wall_seconds"]
+    record_counts(job, scan, dirs, data["counts"])
+    manifest.guard()  # a fresh look at the lock: the next steps replace the run's outputs
+    select_into_dataset(job, scan, dirs, manifest)
+    wall["total"] = round(time.perf_counter() - t_start, 3)
+    data["busy_seconds"] = {k: round(v, 3) for k, v in generated["busy"].items()}
+    data["ray_operators"] = generated["operators"]
+    data["stages"] = stage_summary(data, job.pipeline, generated["operators"], generated["unusable"])
+    data.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    manifest.save()
+    if job.settings.report.enabled:
+        t = time.perf_counter()
+        data["report"] = report_after_run(dirs["output"])
+        wall["report"] = round(time.perf_counter() - t, 3)
+        wall["total"] = round(time.perf_counter() - t_start, 3)
+        manifest.save()
+    return data

@@ -1,0 +1,114 @@
+"""Before and during generation: the pre-pass with the resume checks (which write nothing), then
+the streaming pass that fills candidates/, counted as it goes."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from factory import schema as S
+from factory.counts import candidate_keys, changed_captions, count_current
+from factory.engine import stream
+from factory.engine.stats import operator_stats
+from factory.errors import RunError
+from factory.expand import sample_keys
+from factory.io import files
+from factory.job import Job
+from factory.layout import Manifest
+from factory.prepass import Prepass, run_prepass
+from factory.progress import ProgressLog
+
+log = logging.getLogger("factory")
+MANIFEST_EVERY_S = 30  # how often the manifest is rewritten with the counts so far
+
+
+@dataclass
+class Scan:
+    """What the pre-pass found, and what generation reads, skips and resumes."""
+
+    paths: list[str]
+    prepass: Prepass
+    done: np.ndarray  # sample keys already in candidates/ (sorted)
+    on_disk: pa.Table  # (id, sample) of every candidate row before this run that is done for good
+    on_disk_keys: np.ndarray  # the sample key of each of those rows
+    files_before: frozenset  # the candidates files before this run
+
+    @property
+    def kept_ids(self) -> pa.Array:
+        """Ids of the rows that pass the early filters and deduplication (before the late filters)."""
+        return self.prepass.kept.column(S.ID).combine_chunks()
+
+
+def scan_input(job: Job, paths: list[str], dirs: dict, manifest: Manifest) -> Scan:
+    """The pre-pass over the input and the resume checks on candidates/; writes nothing."""
+    s = job.settings
+    wall, counts = manifest.data["wall_seconds"], manifest.data["counts"]
+    t = time.perf_counter()
+    pre = run_prepass(paths, job.pipeline, float(job.config["resources"]["cpu_task_cpus"]), s.ray.local_scan_mb)
+    wall["scan"] = round(time.perf_counter() - t, 3)
+    counts["read"] = pre.n_read
+    counts["samples_at_most"] = pre.kept.num_rows * s.synth.repeat  # before the late filters
+    log.info("read %d caption rows from %d file(s); %d duplicates", pre.n_read, len(paths), pre.losers.num_rows)
+
+    files_before = files.list_files(dirs["candidates"], ".parquet")
+    done_table, made_from = candidate_keys(files_before)
+    changed = changed_captions(pre.kept, made_from)
+    if changed.num_rows:
+        raise RunError(
+            f"{changed.num_rows} caption(s) of the input differ from the captions their ids' samples in {dirs['candidates']} "
+            f"were made from (first: id {changed.column(S.ID)[0].as_py()!r}): resuming would select old images for new "
+            "captions; give changed captions new ids (or drop the id column), or use a new output="
+        )
+    on_disk = sample_keys(done_table)
+    scan = Scan(paths, pre, np.unique(on_disk), done_table, on_disk, frozenset(files_before))
+    counts["resumed"] = count_current(on_disk, done_table, scan.kept_ids, s.synth.repeat)  # before the late filters
+    if len(scan.done):
+        log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(scan.done), dirs["candidates"],
+                 counts["resumed"])
+    return scan
+
+
+def generate(job: Job, scan: Scan, dirs: dict, manifest: Manifest, places: dict, still_ours: Callable[[], None]) -> dict:
+    """Stream generation into candidates/, recording progress in `manifest`. `still_ours` raises
+    once another run has taken the output over. Returns the busy seconds per stage, the samples
+    that came out unusable, and Ray's operator figures."""
+    counts = manifest.data["counts"]
+    busy: dict[str, float] = {}
+    unusable = 0
+    last_save = time.perf_counter()
+    progress = ProgressLog(counts["samples_at_most"] - counts["resumed"], float(job.settings.progress_every_s))
+    gen = stream.generation_dataset(scan.paths, job.pipeline, dirs["losers"], scan.done, dirs, places)
+    try:
+        for summary in gen.iter_batches(batch_size=None, batch_format="numpy"):
+            still_ours()
+            progress.add(int(summary["rows"].sum()))  # progress.done: the samples generated so far
+            unusable += int(summary["unusable"].sum())
+            for key in summary:
+                if key.startswith(S.BUSY):
+                    busy[key[len(S.BUSY):]] = busy.get(key[len(S.BUSY):], 0.0) + float(summary[key].sum())
+            if time.perf_counter() - last_save > MANIFEST_EVERY_S:
+                counts["generated"] = progress.done
+                manifest.data["progress"] = progress.figures()
+                manifest.save()
+                last_save = time.perf_counter()
+    except BaseException:
+        counts["generated"] = generated_so_far(progress.done, dirs, scan)
+        raise
+    counts["generated"] = progress.done
+    manifest.data["progress"] = progress.figures()
+    return {"busy": busy, "unusable": unusable, "operators": operator_stats(gen)}
+
+
+def generated_so_far(driver_count: int, dirs: dict, scan: Scan) -> int:
+    """What a stopped run made, also what the driver had not heard of yet (written by the pool, its
+    summary still in flight): from the new files' footers alone, as `ray job stop` leaves 3 s.
+    Files are named by their rows' keys, so a file that is new holds samples this run made."""
+    try:
+        new = [p for p in files.list_files(dirs["candidates"], ".parquet") if p not in scan.files_before]
+        return max(driver_count, files.parquet_dataset(new).count_rows() if new else 0)
+    except Exception:  # noqa: BLE001 (the storage may be what failed): the driver's count stands
+        return driver_count

@@ -1,0 +1,134 @@
+"""The output folder: its parts, manifest.json, and whether a run may resume it.
+
+The manifest records the resume fingerprint: the parameters of the stages that make a sample
+(factory/pipeline.py Pipeline.fingerprint), one value per config key. A run on an output made
+with other values is refused, naming the keys; a key an older manifest lacks counts at the
+stage's default for it.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+from typing import TYPE_CHECKING
+
+from factory.errors import RunError
+from factory.io import files
+
+if TYPE_CHECKING:  # the manifest is read by `status` too, which needs no stage code
+    from factory.pipeline import Pipeline
+
+PARTS = ("candidates", "dataset", "rejects", "report", "llm_judge")
+FINGERPRINT_VERSION = 2
+# What fingerprints of version 1 (before the stage contract) wrote differently: the embedded tiny
+# models were named by magic values; they are classes now (conf/model/tiny.yaml: TinySDXL with
+# path null, tiny_refiner; conf/scorer/tiny.yaml: TinyClipScorer, whose arch is factory-tiny-clip).
+V1_VALUES = {("model.path", "tiny"): None, ("model.refiner_path", "tiny"): None, ("scorer.arch", "tiny"): "factory-tiny-clip"}
+
+
+def run_dirs(output: str) -> dict:
+    return {name: files.join(output, name) for name in PARTS} | {
+        "output": output,
+        "manifest": files.join(output, "manifest.json"),
+        "curated_ids": files.join(output, "curated_ids.parquet"),
+        "losers": files.join(output, ".duplicates.parquet"),  # the pre-pass's decision, read by the stream
+    }
+
+
+def read_manifest(path: str) -> dict:
+    """A run's manifest.json; ValueError naming the file when it is no JSON object."""
+    try:
+        m = json.loads(files.read_bytes(path))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"{path} is not a manifest of this factory (a JSON {type(m).__name__})")
+    return m
+
+
+def leaves(fp: dict) -> dict:
+    """A fingerprint as one value per key (model.steps, not model): version 1 stored groups whole."""
+    flat = {}
+    for name, v in fp.items():
+        if isinstance(v, dict):
+            flat.update({f"{name}.{k}": x for k, x in v.items()})
+        else:
+            flat[name] = v
+    return flat
+
+
+def recorded_fingerprint(manifest: dict) -> dict:
+    """The fingerprint a manifest records, in today's keys and values."""
+    fp = leaves(manifest.get("fingerprint", {}))
+    if manifest.get("fingerprint_version", 1) >= FINGERPRINT_VERSION:
+        return fp
+    out = {k: V1_VALUES.get((k, v), v) if isinstance(v, str) else v for k, v in fp.items()}
+    if fp.get("model.refiner_path") == "tiny":
+        out["model.tiny_refiner"] = True
+    return out
+
+
+def changed_settings(pipeline: "Pipeline", manifest: dict) -> list[str]:
+    """The fingerprinted keys whose values differ from what the manifest recorded; a key it lacks
+    counts at the stage's default for it. Keys it has that are no longer fingerprinted are ignored."""
+    mine, theirs, implied = pipeline.fingerprint(), recorded_fingerprint(manifest), pipeline.fingerprint_defaults()
+    missing = object()
+    return sorted(k for k in mine if mine[k] != theirs.get(k, implied.get(k, missing)))
+
+
+def check_resume(pipeline: "Pipeline", dirs: dict, output: str, allow_change: bool) -> dict | None:
+    """The previous manifest if this output holds a run of the same settings; refuse a different one."""
+    if not files.exists(dirs["manifest"]):
+        if files.list_files(dirs["candidates"], ".parquet"):
+            raise RunError(f"{dirs['candidates']} holds candidates but no manifest.json: not a run of this factory; use a new output=")
+        return None
+    try:
+        old = read_manifest(dirs["manifest"])
+    except ValueError as e:
+        raise RunError(f"{e}; move it away to start this output afresh") from None
+    # Only samples on disk can mix: a run that stopped before its first candidate (a bad model path,
+    # a refused setting) binds its output to nothing.
+    changed = changed_settings(pipeline, old) if files.list_files(dirs["candidates"], ".parquet") else []
+    if changed and not allow_change:
+        raise RunError(
+            f"{output} was made with other settings ({', '.join(changed)}); resuming would mix two runs. "
+            "Use a new output=, or resume.allow_config_change=true to go on anyway"
+        )
+    return old
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in ("synth-factory", "ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "hydra-core"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Manifest:
+    """manifest.json, rewritten atomically whenever it changes."""
+
+    def __init__(self, path: str, config: dict, fingerprint: dict, previous: dict | None, guard: Callable[[], None] = lambda: None):
+        self.path, self.guard = path, guard  # guard raises when the output is no longer this run's
+        self.data = {
+            "status": "running",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started_at": round(time.time(), 3),  # epoch seconds, for `python -m factory status`
+            "config": config,
+            "fingerprint": fingerprint,
+            "fingerprint_version": FINGERPRINT_VERSION,
+            "versions": package_versions(),
+            "runs": (previous or {}).get("runs", 0) + 1,
+            "counts": {},
+            "wall_seconds": {},
+        }
+
+    def save(self) -> None:
+        self.guard()
+        self.data["updated_at"] = round(time.time(), 3)
+        files.write_json_atomic(self.path, self.data)
