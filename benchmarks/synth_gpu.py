@@ -24,7 +24,7 @@ import torch
 
 from factory import schema as S
 from factory.synth.diffusion import DiffusionSynth, torch_dtype
-from factory.synth.sdxl_arch import build_sdxl_pipeline, sdxl_arch, unet_forward_flops, vae_decode_flops
+from benchmarks.arch.sdxl_arch import build_sdxl_pipeline, sdxl_arch, unet_forward_flops, vae_decode_flops
 
 PEAK_BF16_TFLOPS = 790.0  # dense bf16 matrix products measured on the H100/H200 here (KINDS.md)
 
@@ -135,7 +135,7 @@ def main(argv=None) -> float:
         with Timer(args.device) as t:
             pipe = build_sdxl_pipeline(args.device, ref_dtype)
         say(f"built SDXL base architecture (random weights) in {t.s:.1f} s; UNet parameters "
-            f"{sum(p.numel() for p in pipe.unet.parameters()):,} (config {sdxl_arch()['unet']['parameters']:,})")
+            f"{sum(p.numel() for p in pipe.unet.parameters()):,} (config {sdxl_arch()['modules']['unet']['parameters']:,})")
     say(f"attention processor: {type(next(iter(pipe.unet.attn_processors.values()))).__name__}")
     cfg_factor = 2 if args.guidance > 1 else 1
     unet_f = unet_forward_flops(pipe.unet, 1, args.size, args.size)
