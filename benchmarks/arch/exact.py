@@ -175,6 +175,30 @@ def image_flops(family: str, modules: dict, height: int, width: int, steps: int 
     return parts
 
 
+def tokenizer_for(encoder):
+    """The offline tokenizer a text encoder reads (ids within every real vocabulary)."""
+    from factory.synth.tiny_families import tokenizer
+
+    name = type(encoder).__name__
+    return tokenizer("clip" if name.startswith("CLIPText") else {"T5EncoderModel": "t5", "Gemma2Model": "gemma"}[name])
+
+
+def build_pipeline(family: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+    """The family's diffusers pipeline with its published architecture, random weights, on `device`."""
+    import diffusers
+
+    spec = arch(family)
+    modules = build_modules(family, device, dtype, seed)
+    sched = dict(spec["scheduler"])
+    parts = dict(modules, scheduler=_resolve(sched.pop("class")).from_config(sched))
+    for key in TEXT_ENCODERS:
+        if key in modules:
+            parts[key.replace("text_encoder", "tokenizer")] = tokenizer_for(modules[key])
+    pipe = getattr(diffusers, spec["pipeline"])(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def main() -> None:
     for family in FAMILIES:
         spec, fam = arch(family), FAMILIES[family]

@@ -100,7 +100,8 @@ def gemma_tokenizer(folder: str | Path | None = None, model_max_length: int = 81
 
     def save(tmp: Path) -> None:
         vocab, merges = train_gemma_bpe()
-        tok = GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+        tok = GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length, add_bos_token=True,
+                             add_eos_token=False)  # as Gemma's tokenizer_config.json
         tok.save_pretrained(str(tmp))
 
     _save_once(folder, save)

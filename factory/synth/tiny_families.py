@@ -10,13 +10,15 @@ factory/synth/tiny.py.
 """
 from __future__ import annotations
 
+import copy
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from factory.synth.offline_tokenizers import gemma_tokenizer, t5_tokenizer
-from factory.synth.tiny import TINY_SEED, _save_once, clip_tokenizer, tiny_cache_dir
+from factory.synth import offline_tokenizers, tiny
+from factory.synth.tiny import TINY_SEED, _save_once, tiny_cache_dir
 
 # Tokenizer classes as the hub's model_index.json names them (transformers 5 maps the slow and
 # fast names to one class; save_pretrained would write the class's own name).
@@ -26,6 +28,18 @@ HUB_TOKENIZER_CLASSES = {
     "PixArtSigmaPipeline": {"tokenizer": "T5Tokenizer"},
     "SanaPipeline": {"tokenizer": "GemmaTokenizerFast"},
 }
+
+
+@lru_cache(maxsize=None)
+def _loaded_tokenizer(kind: str, cache: str):
+    return {"clip": tiny.clip_tokenizer, "t5": offline_tokenizers.t5_tokenizer,
+            "gemma": offline_tokenizers.gemma_tokenizer}[kind]()
+
+
+def tokenizer(kind: str):
+    """A fresh copy of the CLIP, T5 or Gemma tokenizer (loaded from the cache folder once per process:
+    CLIP's takes a second or two to load, and pipelines set attributes such as padding_side on theirs)."""
+    return copy.deepcopy(_loaded_tokenizer(kind, str(tiny_cache_dir())))
 
 
 def tiny_vae_kl(latent_channels: int, scaling_factor: float, shift_factor: float | None, quant_conv: bool):
@@ -77,11 +91,11 @@ def build_tiny_sd3(seed: int = TINY_SEED, version: str = "3"):
         pos_embed_max_size=16, **extra)
     torch.manual_seed(seed)
     vae = tiny_vae_kl(16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False)  # SD3's VAE factors
-    tokenizer_3 = t5_tokenizer()
+    tokenizer_3 = tokenizer("t5")
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=tiny_clip(seed, True), tokenizer=clip_tokenizer(),
-        text_encoder_2=tiny_clip(seed + 1, True), tokenizer_2=clip_tokenizer(),
+        text_encoder=tiny_clip(seed, True), tokenizer=tokenizer("clip"),
+        text_encoder_2=tiny_clip(seed + 1, True), tokenizer_2=tokenizer("clip"),
         text_encoder_3=tiny_t5(seed + 2, len(tokenizer_3), 64), tokenizer_3=tokenizer_3,
     )
 
@@ -101,10 +115,10 @@ def build_tiny_flux(seed: int = TINY_SEED, guidance_embeds: bool = False):
     # the published schedulers: dev shifts with the image size, schnell uses a fixed shift of 1
     sched = (dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                   max_image_seq_len=4096) if guidance_embeds else dict(shift=1.0, use_dynamic_shifting=False))
-    tokenizer_2 = t5_tokenizer()
+    tokenizer_2 = tokenizer("t5")
     return FluxPipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**sched), vae=vae,
-        text_encoder=tiny_clip(seed, False), tokenizer=clip_tokenizer(),
+        text_encoder=tiny_clip(seed, False), tokenizer=tokenizer("clip"),
         text_encoder_2=tiny_t5(seed + 2, len(tokenizer_2), 32), tokenizer_2=tokenizer_2,
     )
 
@@ -125,8 +139,8 @@ def build_tiny_pixart_sigma(seed: int = TINY_SEED):
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.0001, beta_end=0.02, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2,
         prediction_type="epsilon", lower_order_final=True, timestep_spacing="linspace")
-    tokenizer = t5_tokenizer()
-    return PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=tiny_t5(seed + 2, len(tokenizer), 32), vae=vae,
+    t5 = tokenizer("t5")
+    return PixArtSigmaPipeline(tokenizer=t5, text_encoder=tiny_t5(seed + 2, len(t5), 32), vae=vae,
                                transformer=transformer, scheduler=scheduler)
 
 
@@ -157,16 +171,16 @@ def build_tiny_sana(seed: int = TINY_SEED):
         patch_size=1, in_channels=32, out_channels=32, num_layers=2, num_attention_heads=2, attention_head_dim=8,
         num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
         sample_size=16, mlp_ratio=2.5)
-    tokenizer = gemma_tokenizer()
+    gemma = tokenizer("gemma")
     torch.manual_seed(seed + 2)
     text_encoder = Gemma2Model(Gemma2Config(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=len(gemma), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, head_dim=8, max_position_embeddings=2048, sliding_window=256,
         pad_token_id=0, eos_token_id=1, bos_token_id=2))
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.0001, beta_end=0.02, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2,
         prediction_type="flow_prediction", flow_shift=3.0, use_flow_sigmas=True, timestep_spacing="linspace")
-    return SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_dc_ae(seed),
+    return SanaPipeline(tokenizer=gemma, text_encoder=text_encoder, vae=tiny_dc_ae(seed),
                         transformer=transformer, scheduler=scheduler)
 
 
