@@ -36,7 +36,7 @@ from benchmarks.arch import exact
 from benchmarks.arch.sdxl_arch import build_sdxl_pipeline, sdxl_arch, unet_forward_flops, vae_decode_flops
 from factory import schema as S
 from factory.synth.diffusion import DiffusionSynth, torch_dtype
-from factory.synth.families import FAMILIES, call_arguments
+from factory.synth.families import CFG, FAMILIES, call_arguments
 from factory.synth.tiny_families import build_tiny
 
 PEAK_BF16_TFLOPS = 790.0  # dense bf16 matrix products measured on the H100/H200 here (KINDS.md)
@@ -169,7 +169,10 @@ def family_rate(pipe, fam, args, steps: int, size: int) -> float:
     with Timer(args.device) as t:
         images = batch(0)
     say(f"  first batch (untimed{'' if args.no_compile or args.tiny else ', compiles the denoiser'}) {t.s:.1f} s")
-    assert tuple(images.shape) == (bs, 3, size, size) and bool(torch.isfinite(images).all()), images.shape
+    assert tuple(images.shape) == (bs, 3, size, size), images.shape
+    bad = int((~torch.isfinite(images.flatten(1)).all(dim=1)).sum())
+    if bad:  # random weights in bf16 may overflow; the timing stands, the images would be rejects
+        say(f"  {bad} of {bs} images not finite (random weights)")
     with Timer(args.device) as t:
         for b in range(1, args.timed_batches + 1):
             batch(b)
@@ -196,16 +199,23 @@ def run_family(name: str, args, peak: float) -> float:
     size, steps = args.size or fam.size, args.steps or fam.steps
     say(f"== {name}: {fam.hub_id}, {size}², {steps} steps, guidance {fam.guidance_scale if args.guidance is None else args.guidance} ({fam.guidance})")
     pipe, meta = family_pipeline(name, args)
-    passes = fam.cfg_passes if args.guidance is None else (2 if fam.guidance == "classifier-free" and args.guidance > 1 else 1)
+    passes = fam.cfg_passes if args.guidance is None else (2 if fam.guidance == CFG and args.guidance > 1 else 1)
     f = exact.image_flops(name, meta, size, size, steps, passes)
     say(f"FLOPs/image: {f['total'] / 1e12:.4g} TFLOP ({steps} steps × {passes} × {f['denoiser_forward'] / 1e12:.4g} "
         f"denoiser, VAE decode {f['vae_decode'] / 1e12:.3g}, text encoders {f['text_encoders'] / 1e12:.3g})")
     bound = peak * 1e12 / f["total"]
     say(f"compute bound at {peak:.4g} TFLOP/s: {bound:.4g} images/s")
-    denoiser = FAMILIES[name].denoiser
+    eager = getattr(pipe, fam.denoiser)
     if not (args.tiny or args.no_compile):
-        setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser), mode=args.compile_mode))
-    rate = family_rate(pipe, fam, args, steps, size)
+        setattr(pipe, fam.denoiser, torch.compile(eager, mode=args.compile_mode))
+    try:
+        rate = family_rate(pipe, fam, args, steps, size)
+    except Exception as exc:  # noqa: BLE001 - a compile failure is reported, then timed eager
+        if getattr(pipe, fam.denoiser) is eager:
+            raise
+        say(f"  compiled run failed ({type(exc).__name__}: {str(exc)[:200]}); timing eager")
+        setattr(pipe, fam.denoiser, eager)
+        rate = family_rate(pipe, fam, args, steps, size)
     say(f"measured: {rate:.4g} images/s (batch {args.batch_size}, {args.timed_batches} timed batches)")
     ratio = rate / bound
     say(f"{name} ratio measured / bound: {ratio:.3f}")

@@ -77,11 +77,8 @@ def build_modules(family: str, device: str | torch.device = "meta", dtype: torch
     (on 'meta': shapes only, nothing allocated; on a GPU the initialisers run there, in seconds)."""
     spec = arch(family)["modules"]
     torch.manual_seed(seed)
-    with torch.device(device):
-        modules = {name: build_module(s) for name, s in spec.items()}
-    if str(device) != "meta":
-        modules = {k: m.to(dtype=dtype).eval() for k, m in modules.items()}
-    return modules
+    with torch.device(device):  # each module cast as soon as built: FLUX + T5 never all in float32 at once
+        return {name: build_module(s).to(dtype=dtype).eval().requires_grad_(False) for name, s in spec.items()}
 
 
 def parameters(module) -> int:
