@@ -78,7 +78,11 @@ def build_modules(family: str, device: str | torch.device = "meta", dtype: torch
     spec = arch(family)["modules"]
     torch.manual_seed(seed)
     with torch.device(device):  # each module cast as soon as built: FLUX + T5 never all in float32 at once
-        return {name: build_module(s).to(dtype=dtype).eval().requires_grad_(False) for name, s in spec.items()}
+        modules = {}
+        for name, s in spec.items():
+            module = build_module(s).eval().requires_grad_(False)
+            modules[name] = module if dtype == torch.float32 else module.to(dtype=dtype)
+        return modules
 
 
 def parameters(module) -> int:
