@@ -19,7 +19,7 @@ from benchmarks.arch import exact
 from factory.synth.diffusion import load_text_to_image
 from factory.synth.families import CFG, FAMILIES, call_arguments, size_multiple
 from factory.synth.offline_tokenizers import gemma_tokenizer, t5_tokenizer, train_t5_vocab, training_text
-from factory.synth.tiny_families import HUB_TOKENIZER_CLASSES, ensure_tiny
+from factory.synth.tiny_families import HUB_TOKENIZER_CLASSES, TINY_SIZE, ensure_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 # sd35_large's tiny pipeline is built by the same code as sd35_medium's
@@ -45,7 +45,7 @@ def tiny_pipes():
 def generate(pipe, name, prompts, seed=0):
     g = torch.Generator("cpu").manual_seed(seed)
     kwargs = call_arguments(FAMILIES[name], steps=1)
-    return pipe(prompt=prompts, generator=g, height=64, width=64, output_type="pt", **kwargs).images
+    return pipe(prompt=prompts, generator=g, height=TINY_SIZE, width=TINY_SIZE, output_type="pt", **kwargs).images
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -58,7 +58,7 @@ def test_tiny_family_loads_back_and_generates(name, tiny_pipes):
         assert index[key] == ["transformers", cls]
     assert size_multiple(pipe) == fam.size_multiple
     images = generate(pipe, name, PROMPTS)
-    assert tuple(images.shape) == (2, 3, 64, 64)
+    assert tuple(images.shape) == (2, 3, TINY_SIZE, TINY_SIZE)
     assert bool(torch.isfinite(images).all()) and float(images.std()) > 0.02  # not one colour
     assert torch.equal(images, generate(pipe, name, PROMPTS))  # same seed, same image
     # the text reaches the denoiser: another caption, same noise, another image

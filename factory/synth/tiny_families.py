@@ -20,6 +20,11 @@ import torch
 from factory.synth import offline_tokenizers, tiny
 from factory.synth.tiny import TINY_SEED, _save_once, tiny_cache_dir
 
+# Side of the tiny pipelines' images: a multiple of every family's size multiple (SANA's 32). Pass
+# it as height and width: the pipelines' own defaults differ (FLUX and SANA default to 1024², as
+# the real models; PixArt-Σ's resolution binning would generate at 256² and resize).
+TINY_SIZE = 64
+
 # Tokenizer classes as the hub's model_index.json names them (transformers 5 maps the slow and
 # fast names to one class; save_pretrained would write the class's own name).
 HUB_TOKENIZER_CLASSES = {
