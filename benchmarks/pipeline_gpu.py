@@ -96,7 +96,7 @@ def main(argv=None) -> float:
 
         pipe = build_tiny_sdxl(sample_size=args.size // 8).to(args.device)
     else:
-        from factory.synth.sdxl_arch import build_sdxl_pipeline
+        from benchmarks.arch.sdxl_arch import build_sdxl_pipeline
 
         pipe = build_sdxl_pipeline(args.device, torch.bfloat16)
     with Timer(args.device) as t:

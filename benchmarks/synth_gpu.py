@@ -9,9 +9,19 @@ stage options changed (e.g. attention_backend=cudnn, channels_last=false, batch_
 inductor_tuning=true,compile_mode=max-autotune-no-cudagraphs) and times it. The last line printed
 is the ratio (b)/(a).
 
+`--family F` (sdxl, sd3, sd35_medium, sd35_large, flux_schnell, flux_dev, pixart_sigma, sana, or
+all) measures a family's pipeline instead: its published architecture (benchmarks/arch/F.json)
+with random weights in bf16, batched calls at the model card's steps, guidance and size (unless
+given), denoiser compiled unless --no-compile, one untimed batch first. It prints the FLOPs per
+image (benchmarks/arch/exact.py), the compute bound in images/s at the device's bf16 matrix-product
+rate (measured on an 8192² product, or --peak-tflops), the measured images/s, and last the ratio
+measured / bound. With --tiny every family's tiny pipeline runs on the CPU at 64² (fp32 rate).
+
     python benchmarks/synth_gpu.py                 # GPU: 1024², 30 steps, guidance 7.5
     python benchmarks/synth_gpu.py --ablate
     python benchmarks/synth_gpu.py --tiny          # CPU, seconds: the tiny pipeline
+    python benchmarks/synth_gpu.py --family flux_schnell
+    python benchmarks/synth_gpu.py --family all --tiny   # CPU, every family's tiny pipeline
 """
 from __future__ import annotations
 
@@ -22,9 +32,12 @@ from _common import Timer, captions, header, say, sync
 
 import torch
 
+from benchmarks.arch import exact
+from benchmarks.arch.sdxl_arch import build_sdxl_pipeline, sdxl_arch, unet_forward_flops, vae_decode_flops
 from factory import schema as S
 from factory.synth.diffusion import DiffusionSynth, torch_dtype
-from factory.synth.sdxl_arch import build_sdxl_pipeline, sdxl_arch, unet_forward_flops, vae_decode_flops
+from factory.synth.families import CFG, FAMILIES, call_arguments
+from factory.synth.tiny_families import build_tiny
 
 PEAK_BF16_TFLOPS = 790.0  # dense bf16 matrix products measured on the H100/H200 here (KINDS.md)
 
@@ -32,10 +45,12 @@ PEAK_BF16_TFLOPS = 790.0  # dense bf16 matrix products measured on the H100/H200
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny random pipeline on CPU (CI smoke run)")
-    p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--family", choices=[*FAMILIES, "all"], help="measure this family's pipeline (see above)")
+    p.add_argument("--peak-tflops", type=float, help="the device's bf16 matrix-product rate (default: measured)")
+    p.add_argument("--size", type=int, help="default 1024 (--family: the model card's)")
+    p.add_argument("--steps", type=int, help="default 30 (--family: the model card's)")
+    p.add_argument("--guidance", type=float, help="default 7.5 (--family: the model card's)")
+    p.add_argument("--batch-size", type=int, help="default 8 (--family: 4)")
     p.add_argument("--ref-images", type=int, default=3, help="timed reference images (after the warm-up ones)")
     p.add_argument("--ref-warmup", type=int, default=2,
                    help="untimed reference images first (one alone left the clocks and allocator cold: 0.30 vs 0.46 images/s)")
@@ -48,6 +63,14 @@ def parse(argv=None):
                    help="stage options to change from (b), timed after it; repeatable")
     p.add_argument("--device", default="cuda")
     a = p.parse_args(argv)
+    if a.family:
+        if a.tiny:
+            a.device, a.size, a.steps, a.batch_size, a.timed_batches = "cpu", 64, 2, 2, 1
+        a.batch_size = a.batch_size or 4
+        return a
+    a.size, a.steps = a.size or 1024, a.steps or 30
+    a.guidance = 7.5 if a.guidance is None else a.guidance
+    a.batch_size = a.batch_size or 8
     if a.tiny:
         a.device, a.size, a.steps, a.batch_size = "cpu", 64, 2, 4
         a.ref_images, a.ref_warmup, a.timed_batches, a.no_compile = 2, 1, 1, True
@@ -121,9 +144,106 @@ def undo_speedups(pipe) -> None:
     pipe.vae.to(memory_format=torch.contiguous_format)
 
 
+def matmul_tflops(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
+    """Dense matrix-product rate of the device in TFLOP/s (after a warm-up product)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    with Timer(device) as t:
+        for _ in range(reps):
+            a @ b
+    return 2 * n**3 * reps / t.s / 1e12
+
+
+def family_rate(pipe, fam, args, steps: int, size: int) -> float:
+    """Images/s of batched pipeline calls (uint8-ready float output), after one untimed batch."""
+    bs = args.batch_size
+    prompts = captions(bs * (args.timed_batches + 1))
+    kwargs = dict(call_arguments(fam, steps, args.guidance), height=size, width=size, output_type="pt")
+
+    def batch(b):
+        g = [torch.Generator("cpu").manual_seed(b * bs + i) for i in range(bs)]
+        with torch.inference_mode():
+            return pipe(prompt=prompts[b * bs : (b + 1) * bs], generator=g, **kwargs).images
+
+    with Timer(args.device) as t:
+        images = batch(0)
+    say(f"  first batch (untimed{'' if args.no_compile or args.tiny else ', compiles the denoiser'}) {t.s:.1f} s")
+    assert tuple(images.shape) == (bs, 3, size, size), images.shape
+    bad = int((~torch.isfinite(images.flatten(1)).all(dim=1)).sum())
+    if bad:  # random weights in bf16 may overflow; the timing stands, the images would be rejects
+        say(f"  {bad} of {bs} images not finite (random weights)")
+    with Timer(args.device) as t:
+        for b in range(1, args.timed_batches + 1):
+            batch(b)
+    return bs * args.timed_batches / t.s
+
+
+def family_pipeline(name: str, args):
+    """(pipeline, the same modules on 'meta' for counting FLOPs)."""
+    if args.tiny:
+        pipe = build_tiny(name).to(args.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, {k: exact.meta_copy(m) for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    with Timer(args.device) as t:
+        pipe = exact.build_pipeline(name, args.device, torch.bfloat16)
+    spec = exact.arch(name)["modules"]
+    counts = ", ".join(f"{k} {exact.parameters(getattr(pipe, k)):,} (config {s['parameters']:,})" for k, s in spec.items())
+    say(f"built {type(pipe).__name__} with the published architecture (random weights, bf16) in {t.s:.1f} s: {counts}")
+    return pipe, exact.build_modules(name, "meta")
+
+
+def run_family(name: str, args, peak: float) -> float:
+    """Measure one family: FLOPs/image, compute bound, images/s; returns measured / bound."""
+    fam = FAMILIES[name]
+    size, steps = args.size or fam.size, args.steps or fam.steps
+    say(f"== {name}: {fam.hub_id}, {size}², {steps} steps, guidance {fam.guidance_scale if args.guidance is None else args.guidance} ({fam.guidance})")
+    pipe, meta = family_pipeline(name, args)
+    passes = fam.cfg_passes if args.guidance is None else (2 if fam.guidance == CFG and args.guidance > 1 else 1)
+    f = exact.image_flops(name, meta, size, size, steps, passes)
+    say(f"FLOPs/image: {f['total'] / 1e12:.4g} TFLOP ({steps} steps × {passes} × {f['denoiser_forward'] / 1e12:.4g} "
+        f"denoiser, VAE decode {f['vae_decode'] / 1e12:.3g}, text encoders {f['text_encoders'] / 1e12:.3g})")
+    bound = peak * 1e12 / f["total"]
+    say(f"compute bound at {peak:.4g} TFLOP/s: {bound:.4g} images/s")
+    eager = getattr(pipe, fam.denoiser)
+    if not (args.tiny or args.no_compile):
+        setattr(pipe, fam.denoiser, torch.compile(eager, mode=args.compile_mode))
+    try:
+        rate = family_rate(pipe, fam, args, steps, size)
+    except Exception as exc:  # noqa: BLE001 - a compile failure is reported, then timed eager
+        if getattr(pipe, fam.denoiser) is eager:
+            raise
+        say(f"  compiled run failed ({type(exc).__name__}: {str(exc)[:200]}); timing eager")
+        setattr(pipe, fam.denoiser, eager)
+        rate = family_rate(pipe, fam, args, steps, size)
+    say(f"measured: {rate:.4g} images/s (batch {args.batch_size}, {args.timed_batches} timed batches)")
+    ratio = rate / bound
+    say(f"{name} ratio measured / bound: {ratio:.3f}")
+    del pipe
+    if args.device.startswith("cuda"):
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    return ratio
+
+
+def family_main(args) -> float:
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    peak = args.peak_tflops or matmul_tflops(args.device, dtype, n=1024 if args.tiny else 8192)
+    say(f"{str(dtype).split('.')[-1]} matrix-product rate: {peak:.4g} TFLOP/s ({'given' if args.peak_tflops else 'measured'})")
+    names = list(FAMILIES) if args.family == "all" else [args.family]
+    ratios = {name: run_family(name, args, peak) for name in names}
+    if len(ratios) > 1:
+        say("ratios measured / bound: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    say("ratio measured / bound" + (" (lowest)" if len(ratios) > 1 else "") + ":")
+    say(f"{min(ratios.values()):.4g}")
+    return min(ratios.values())
+
+
 def main(argv=None) -> float:
     args = parse(argv)
     header("synth_gpu", args.device)
+    if args.family:
+        return family_main(args)
     ref_dtype = torch.float32 if args.tiny else torch.float16
     best_dtype = "float32" if args.tiny else "bfloat16"
     if args.tiny:
@@ -135,7 +255,7 @@ def main(argv=None) -> float:
         with Timer(args.device) as t:
             pipe = build_sdxl_pipeline(args.device, ref_dtype)
         say(f"built SDXL base architecture (random weights) in {t.s:.1f} s; UNet parameters "
-            f"{sum(p.numel() for p in pipe.unet.parameters()):,} (config {sdxl_arch()['unet']['parameters']:,})")
+            f"{sum(p.numel() for p in pipe.unet.parameters()):,} (config {sdxl_arch()['modules']['unet']['parameters']:,})")
     say(f"attention processor: {type(next(iter(pipe.unet.attn_processors.values()))).__name__}")
     cfg_factor = 2 if args.guidance > 1 else 1
     unet_f = unet_forward_flops(pipe.unet, 1, args.size, args.size)

@@ -26,11 +26,11 @@ def test_tiny_benchmark_prints_a_number_last(script, tmp_path):
 
 
 def test_sdxl_architecture_matches_published_counts():
-    from factory.synth.sdxl_arch import build_sdxl_modules, sdxl_arch, unet_forward_flops
+    from benchmarks.arch.sdxl_arch import build_sdxl_modules, sdxl_arch, unet_forward_flops
 
     arch = sdxl_arch()
     modules = build_sdxl_modules("meta")  # shapes only: nothing allocated
     for name, module in modules.items():
-        assert sum(p.numel() for p in module.parameters()) == arch[name]["parameters"], name
+        assert sum(p.numel() for p in module.parameters()) == arch["modules"][name]["parameters"], name
     flops = unet_forward_flops(modules["unet"], 1, 1024, 1024)
     assert flops / 1e12 == pytest.approx(arch["cost_1024px"]["unet_tflop_per_sample_forward"], rel=0.01)

@@ -1,54 +1,33 @@
 """SDXL base 1.0's exact architecture with random weights, built in memory (nothing downloaded).
 
 For measuring throughput where the weights cannot be fetched: the FLOPs and memory traffic of a
-forward pass depend on the architecture only. The hyper-parameters live in sdxl_arch.json beside
-this file (UNet, VAE, both text encoders, scheduler, and the analytic cost per image).
+forward pass depend on the architecture only. The hyper-parameters live in sdxl.json beside this
+file (UNet, VAE, both text encoders, scheduler, and the analytic cost per image); exact.py builds
+them, as it builds every other family's.
 """
 from __future__ import annotations
 
-import json
 import tempfile
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 
-ARCH_FILE = Path(__file__).with_name("sdxl_arch.json")
+from benchmarks.arch.exact import arch, build_modules
 
 
-@lru_cache(maxsize=1)
 def sdxl_arch() -> dict:
-    return json.loads(ARCH_FILE.read_text())
+    """sdxl.json: {"modules": {"unet": {"config", "parameters", …}, "vae", …}, "scheduler", "cost_1024px", …}."""
+    return arch("sdxl")
 
 
 def build_sdxl_modules(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
     """UNet, VAE and both text encoders of SDXL base, random weights, created directly on `device`."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    arch = sdxl_arch()
-    torch.manual_seed(seed)
-    # Creating on the device runs the weight initialisers there: seconds on a GPU instead of
-    # a minute of CPU work for 3.5 billion parameters; on 'meta' it allocates nothing at all.
-    def make(where):
-        with torch.device(where):
-            return {
-                "unet": UNet2DConditionModel(**arch["unet"]["config"]),
-                "vae": AutoencoderKL(**arch["vae"]["config"]),
-                "text_encoder": CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]["config"])),
-                "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**arch["text_encoder_2"]["config"])),
-            }
-
     try:
-        modules = make(device)
+        return build_modules("sdxl", device, dtype, seed)
     except Exception as exc:  # a constructor that refuses a default device: build on the CPU, then move
         if str(device) in ("cpu", "meta"):
             raise
         print(f"building on {device} failed ({exc!r}); building on the CPU", flush=True)
-        modules = make("cpu")
-    if str(device) != "meta":
-        modules = {k: m.to(device=device, dtype=dtype).eval() for k, m in modules.items()}
-    return modules
+        return {k: m.to(device) for k, m in build_modules("sdxl", "cpu", dtype, seed).items()}
 
 
 def build_sdxl_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, seed: int = 0):

@@ -1,0 +1,1 @@
+"""Published architectures of the diffusion families, built with random weights (benchmarks only)."""
