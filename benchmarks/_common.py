@@ -56,3 +56,12 @@ class Timer:
     def __exit__(self, *exc):
         sync(self.device)
         self.s = time.perf_counter() - self.t0
+
+
+def clip_scorer(arch: str, **fields):
+    """The scoring stage, set up: the embedded tiny CLIP for arch "tiny", else open_clip's `arch`."""
+    from factory.score.scorer import ClipSsimScorer
+    from factory.score.tiny import TinyClipScorer
+
+    stage = TinyClipScorer(**fields) if arch == "tiny" else ClipSsimScorer(arch=arch, **fields)
+    return stage.loaded()

@@ -24,10 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa  # noqa: E402
+import ray  # noqa: E402
 
 from factory import schema as S  # noqa: E402
 from factory.config import compose  # noqa: E402
-from factory.curate import near_dup as nd  # noqa: E402
+from factory.engine import ray_setup, stream  # noqa: E402
+from factory.engine.placement import Placement  # noqa: E402
+from factory.job import load_job  # noqa: E402
+from factory.prepass import run_prepass, write_losers  # noqa: E402
 from tests.fixtures.planted import planted_pool  # noqa: E402
 
 JUNK = ["!!!", "$$$ BUY NOW $$$ !!! $$$", "img_2041.jpg", "click here click here click here click here click here click here "
@@ -46,11 +50,9 @@ def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:,.0f} captions/s ({seconds:.2f} s)"
 
 
-def per_batch(captions: list[str], rules_cfg: dict, near_cfg: dict) -> None:
-    from factory.curate.rules import CaptionRules
-
+def per_batch(captions: list[str], rules, near) -> None:
+    """The rules and the near-duplicate search as stage objects, on one core."""
     n = len(captions)
-    rules = CaptionRules(**rules_cfg)
     batches = [pa.table({S.CAPTION: captions[i : i + 1024], S.REASON: pa.array([None] * len(captions[i : i + 1024]), pa.string()),
                          S.DETAIL: pa.array([None] * len(captions[i : i + 1024]), pa.string())}) for i in range(0, n, 1024)]
     t = time.perf_counter()
@@ -58,25 +60,19 @@ def per_batch(captions: list[str], rules_cfg: dict, near_cfg: dict) -> None:
     rules_s = time.perf_counter() - t
     print(f"stage rules (1 core):            {rate(n, rules_s)}; {n - kept:,} rejected")
     t = time.perf_counter()
-    sigs = [nd.signature_column(captions[i : i + 1024], near_cfg["num_perm"], near_cfg["shingle_size"]) for i in range(0, n, 1024)]
+    sigs = [near.key_columns(captions[i : i + 1024])[S.MINHASH] for i in range(0, n, 1024)]
     sig_s = time.perf_counter() - t
     print(f"stage minhash signatures (1 core): {rate(n, sig_s)}")
     keys = pa.table({S.ID: [str(i) for i in range(n)], S.POS: pa.array(range(n), pa.int64()), S.MINHASH: pa.chunked_array(sigs)})
     t = time.perf_counter()
-    near = nd.find_near_duplicates(keys, near_cfg["threshold"], near_cfg["bands"], near_cfg["max_bucket_span"])
+    lost = near.losers(keys)
     lsh_s = time.perf_counter() - t
-    print(f"stage LSH grouping (driver):     {rate(n, lsh_s)}; {near.num_rows:,} near duplicates (exact copies included)")
+    print(f"stage LSH grouping (driver):     {rate(n, lsh_s)}; {lost.num_rows:,} near duplicates (exact copies included)")
     print(f"stages rules + near-dup (1 core): {rate(n, rules_s + sig_s + lsh_s)}")
 
 
-def through_ray(captions: list[str], n_files: int, cpus: int, cfg: dict) -> float:
-    import ray
-
-    from factory import pipeline
-    from factory.curate.dedup import MarkRejected, find_duplicates
-    from factory.curate.rules import CaptionRules
-    from factory.io.write import RejectsSplit
-
+def through_ray(captions: list[str], n_files: int, cpus: int, job) -> float:
+    """The run's own pre-pass and curation stream (read, rules, duplicates marked, rejects/) through Ray."""
     n = len(captions)
     tmp = Path(tempfile.mkdtemp(prefix="curation-bench-"))
     per = -(-n // n_files)
@@ -86,30 +82,20 @@ def through_ray(captions: list[str], n_files: int, cpus: int, cfg: dict) -> floa
         p.write_text("".join(json.dumps({"id": f * per + i + 1, "caption": c}) + "\n" for i, c in enumerate(captions[f * per : (f + 1) * per])))
         paths.append(str(p))
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    pipeline.configure_data_context({"progress_bars": False})
-    cpu = cfg["resources"]["cpu_task_cpus"]
-    near_cfg = cfg["curate"]["near_dup"] | {"enabled": True}
+    ray_setup.configure_data_context(job.settings.ray)
+    cpu = float(job.config["resources"]["cpu_task_cpus"])
 
     t = time.perf_counter()
-    keys, n_read = pipeline.scan_keys(paths, cpu, minhash=(near_cfg["num_perm"], near_cfg["shingle_size"]), rules=cfg["curate"]["rules"])
-    scan_only_s = time.perf_counter() - t
-    assert n_read == n
-    print(f"ray pre-pass (read; rules, dedup keys and minhash signatures in the same tasks): {rate(n, scan_only_s)}")
-    t = time.perf_counter()
-    rejected = find_duplicates(keys)
-    near = nd.find_near_duplicates(nd.without_rejected(keys, rejected), near_cfg["threshold"], near_cfg["bands"], near_cfg["max_bucket_span"])
-    rejected = pa.concat_tables([rejected, near])
-    lsh_s = time.perf_counter() - t
-    print(f"exact dedup + near-dup LSH + groups (driver): {rate(n, lsh_s)}; {near.num_rows:,} near duplicates")
-    print(f"pre-pass with near-dup: {rate(n, scan_only_s + lsh_s)}")
-    scan_s = scan_only_s + lsh_s
+    pre = run_prepass(paths, job.pipeline, cpu, local_max_mb=0)
+    scan_s = time.perf_counter() - t
+    assert pre.n_read == n
+    print(f"ray pre-pass (read, rules, keys and signatures in tasks; exact + near-dup groups on the driver): {rate(n, scan_s)}; "
+          f"{pre.duplicates_by_reason()}")
 
     t = time.perf_counter()
-    rules = {k: v for k, v in cfg["curate"]["rules"].items() if k != "perplexity"}
-    ds = pipeline.caption_rows(paths, cpu)
-    ds = ds.map_batches(CaptionRules(**rules), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
-    ds = ds.map_batches(MarkRejected(rejected), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
-    ds = ds.map_batches(RejectsSplit(str(tmp / "rejects")), batch_size=1024, batch_format="pyarrow", num_cpus=cpu)
+    dirs = {"rejects": str(tmp / "rejects"), "output": str(tmp)}
+    write_losers(pre.losers, str(tmp / ".duplicates.parquet"))
+    ds = stream.curated_captions(paths, job.pipeline, str(tmp / ".duplicates.parquet"), dirs, {"tasks": Placement(cpus=cpu)})
     kept = sum(b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     stream_s = time.perf_counter() - t
     print(f"ray streaming pass (read, rules, mark, write rejects): {rate(n, stream_s)}; {kept:,} kept of {n:,}")
@@ -123,13 +109,13 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
-    cfg = compose()
+    job = load_job(compose(["curate.near_dup.enabled=true", "ray.progress_bars=false"]))
     t = time.perf_counter()
     captions = caption_pool(args.captions)
     print(f"generated {len(captions):,} captions in {time.perf_counter() - t:.1f} s")
-    rules_cfg = {k: v for k, v in cfg["curate"]["rules"].items() if k != "perplexity"}
-    per_batch(captions, rules_cfg, cfg["curate"]["near_dup"])
-    total_s = through_ray(captions, args.files, args.cpus, cfg)
+    (rules,), (_, near) = job.pipeline.early_filters(), job.pipeline.deduplicators()
+    per_batch(captions, rules, near)
+    total_s = through_ray(captions, args.files, args.cpus, job)
     print(f"total (rules + near-dup through Ray, {args.cpus} CPUs): {rate(len(captions), total_s)}")
 
 

@@ -20,15 +20,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from _common import Timer, captions, header, say, sync
+from _common import Timer, captions, clip_scorer, header, say, sync
 from synth_gpu import stage_batch
 
 import torch
 
 from factory import schema as S
 from factory.io.write import CandidateWriter
-from factory.score.scorer import ClipSsimScorer
-from factory.synth.diffusion import DiffusionSynth
+from factory.synth.diffusion import SDXL
 
 
 def parse(argv=None):
@@ -100,14 +99,14 @@ def main(argv=None) -> float:
 
         pipe = build_sdxl_pipeline(args.device, torch.bfloat16)
     with Timer(args.device) as t:
-        synth = DiffusionSynth.from_pipeline(
+        synth = SDXL.from_pipeline(
             pipe, device=args.device, steps=args.steps, guidance=args.guidance, height=args.size, width=args.size,
             batch_size=bs, channels_last=True, fuse_qkv=True, compile=not args.no_compile, compile_mode=args.compile_mode,
         )
     say(f"synthesis stage ready in {t.s:.1f} s (compile warm-up {synth.warmup_s or 0:.1f} s)")
-    scorer = ClipSsimScorer(arch=args.scorer_arch, pretrained=None, device=args.device, chunk_size=args.scorer_chunk,
-                            compile=bool(args.scorer_compile_mode), compile_mode=args.scorer_compile_mode or "default",
-                            dtype="float32" if args.tiny else "float16")
+    scorer = clip_scorer(args.scorer_arch, pretrained=None, device=args.device, chunk_size=args.scorer_chunk,
+                         compile=bool(args.scorer_compile_mode), compile_mode=args.scorer_compile_mode or "default",
+                         dtype="float32" if args.tiny else "float16")
     texts = captions(args.captions + bs * (args.synth_only_batches + 1))
     extra = texts[args.captions :]
 

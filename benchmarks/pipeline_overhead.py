@@ -10,6 +10,7 @@ already running), and so is the run report (the loop makes none). Prints both th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -18,50 +19,48 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+
 from benchmarks.common import write_captions  # noqa: E402
+from factory import schema as S  # noqa: E402
+from factory.config import compose  # noqa: E402
+from factory.curate.dedup import MarkRejected, dedup_keys, find_duplicates  # noqa: E402
+from factory.io import files  # noqa: E402
+from factory.io.read import read_caption_file  # noqa: E402
+from factory.io.write import CandidateWriter, RejectsSplit  # noqa: E402
+from factory.job import load_job  # noqa: E402
+from factory.run import run  # noqa: E402
+from factory.score.tiny import ensure_tiny_clip  # noqa: E402
+from factory.select import PickSelected, read_scores, select_top_k  # noqa: E402
+from factory.synth.tiny import ensure_tiny_sdxl  # noqa: E402
 
 
-def bare_loop(cfg: dict, out: str) -> int:
-    """The same stage classes, called one after another in this process, all cores to torch."""
-    import torch
-
-    from factory.curate.dedup import MarkRejected, dedup_keys, find_duplicates
-    from factory.curate.rules import CaptionRules
-    from factory.expand import ExpandSamples
-    from factory.io.read import read_caption_file
-    from factory.io.write import CandidateWriter, RejectsSplit
-    from factory.score.scorer import ClipSsimScorer
-    from factory.synth.diffusion import DiffusionSynth
-
+def bare_loop(job, inp: str, out: str) -> int:
+    """The same stage objects the run builds, called one after another in this process, all cores to torch."""
     torch.set_num_threads(os.cpu_count())
-    m, sc, sy = cfg["model"], cfg["scorer"], cfg["synth"]
-    synth = DiffusionSynth(path=m["path"], device="cpu", dtype=m["dtype"], steps=sy["steps"], guidance=sy["guidance"])
-    scorer = ClipSsimScorer(arch=sc["arch"], device="cpu", lam=cfg["score"]["lam"])
-    rows = read_caption_file(cfg["input"], 0)
-    rows = CaptionRules(**cfg["curate"]["rules"])(rows)
+    p, s = job.pipeline, job.settings
+    synth, scorer = p.generator.stage.loaded(), p.scorer.stage.loaded()
+    rows = read_caption_file(inp, 0)
+    for f in p.early_filters():
+        rows = f(rows)
     rows = MarkRejected(find_duplicates(dedup_keys(rows)))(rows)
     kept = RejectsSplit(f"{out}/rejects")(rows)
-    samples = ExpandSamples(sy["repeat"], sy["seed"])(kept)
+    samples = p.expand.stage(kept)
     writer = CandidateWriter(f"{out}/candidates")
-    n, bs, sbs = len(samples["id"]), sy["batch_size"], cfg["score"]["batch_size"]
+    n, bs, sbs = len(samples["id"]), s.synth.batch_size, s.score.batch_size
     pending = []
     for i in range(0, n, bs):
         pending.append(synth({k: v[i : i + bs] for k, v in samples.items()}))
-        if sum(len(p["id"]) for p in pending) >= sbs or i + bs >= n:
-            import numpy as np
-
-            merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        if sum(len(x["id"]) for x in pending) >= sbs or i + bs >= n:
+            merged = {k: np.concatenate([x[k] for x in pending]) for k in pending[0]}
             writer(scorer(merged))
             pending = []
-    from factory import schema as S
-    from factory.io import files
-    from factory.select import PickSelected, read_scores, select_top_k
-
     paths = files.list_files(f"{out}/candidates", ".parquet")
-    chosen, _, _ = select_top_k(read_scores(paths), cfg["select"]["k"])
+    chosen, _, _ = select_top_k(read_scores(paths), s.select.k)
     pick = PickSelected(chosen)
-    import pyarrow.parquet as pq
-
     for i, path in enumerate(paths):
         rows = pick(i, pq.read_table(path))
         if rows.num_rows:
@@ -75,27 +74,17 @@ def main() -> None:
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats")
     args = ap.parse_args()
 
-    import logging
-
-    import ray
-
-    from factory.config import compose
-    from factory.run import run
-
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     os.environ.setdefault("FACTORY_CACHE", str(tmp / "cache"))
     inp = write_captions(tmp / "captions.jsonl", args.captions)
-    cfg = compose([f"input={inp}", f"output={tmp}/ray", "ray.progress_bars=false", "report.enabled=false",
-                   f"select.k={args.captions // 10}"])
-
+    job = load_job(compose([f"input={inp}", f"output={tmp}/ray", "ray.progress_bars=false", "report.enabled=false",
+                            f"select.k={args.captions // 10}"]))
     # warm the tiny-model cache so neither side pays for building it
-    from factory.synth.tiny import ensure_tiny_clip, ensure_tiny_sdxl
-
     ensure_tiny_sdxl()
     ensure_tiny_clip()
 
     t = time.perf_counter()
-    n_loop = bare_loop(dict(cfg, input=str(inp)), str(tmp / "loop"))
+    n_loop = bare_loop(load_job(compose([f"select.k={args.captions // 10}"])), str(inp), str(tmp / "loop"))
     loop_s = time.perf_counter() - t
     print(f"bare loop: {n_loop} images in {loop_s:.1f} s = {n_loop / loop_s:.3f} images/s", flush=True)
 
@@ -104,7 +93,7 @@ def main() -> None:
         logging.getLogger("factory").setLevel(logging.DEBUG)
         logging.basicConfig()
     t = time.perf_counter()
-    manifest = run(cfg)
+    manifest = run(job)
     ray_s = time.perf_counter() - t
     n_ray = manifest["counts"]["generated"]
     print(f"ray pipeline: {n_ray} images in {ray_s:.1f} s = {n_ray / ray_s:.3f} images/s "

@@ -5,7 +5,7 @@ samples an uninterrupted run synthesizes; the goal is at most 1.1. Printed LAST.
 
     PYTHONPATH=. python benchmarks/resume_cost.py [--captions 400] [--workdir DIR]
 
-Synthesis is counted where it happens: a worker setup hook wraps DiffusionSynth.generate in every
+Synthesis is counted where it happens: a worker setup hook wraps the generator stage's generate in every
 Ray worker and appends the batch size to a tally file when a batch *starts*, so work lost with
 the killed run (batches in flight, synthesized but never written) counts against the resume.
 """
@@ -68,10 +68,10 @@ OVERRIDES = ["ray.progress_bars=false", "ray.num_cpus=2", "synth.steps=2", "scor
 
 def _tally_synthesis():
     """Worker setup hook: count every sample whose synthesis starts, in the tally file."""
-    from factory.synth.diffusion import DiffusionSynth
+    from factory.synth.diffusion import Generator
 
     path = os.environ["RESUME_COST_TALLY"]
-    original = DiffusionSynth.generate
+    original = Generator.generate
 
     def generate(self, prompts, seeds):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -81,7 +81,7 @@ def _tally_synthesis():
             os.close(fd)
         return original(self, prompts, seeds)
 
-    DiffusionSynth.generate = generate
+    Generator.generate = generate
 
 
 def child(output: str, input_path: str, tally: str) -> None:
@@ -89,11 +89,12 @@ def child(output: str, input_path: str, tally: str) -> None:
     import ray
 
     from factory.config import compose
+    from factory.job import load_job
     from factory.run import run
 
     env = {"RESUME_COST_TALLY": tally, "PYTHONPATH": str(ROOT), "FACTORY_CACHE": os.environ["FACTORY_CACHE"]}
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env, "worker_process_setup_hook": _tally_synthesis})
-    m = run(compose([f"input={input_path}", f"output={output}", *OVERRIDES]))
+    m = run(load_job(compose([f"input={input_path}", f"output={output}", *OVERRIDES])))
     print(json.dumps(m["counts"]))
 
 

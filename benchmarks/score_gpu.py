@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Timer, captions, header, say
+from _common import Timer, captions, clip_scorer, header, say
 
 import torch
 
-from factory.score.scorer import ClipSsimScorer
 
 
 def parse(argv=None):
@@ -66,8 +65,8 @@ def main(argv=None) -> float:
             compiled = mode != "none"
             label = f"compile({mode})" if compiled else "eager"
             with Timer(args.device) as t:
-                scorer = ClipSsimScorer(arch=arch, pretrained=None, device=args.device, dtype=dtype,
-                                        chunk_size=args.chunk_size, compile=compiled, compile_mode=mode if compiled else "default")
+                scorer = clip_scorer(arch, pretrained=None, device=args.device, dtype=dtype,
+                                     chunk_size=args.chunk_size, compile=compiled, compile_mode=mode if compiled else "default")
                 scorer.score(images[: args.chunk_size], caps[: args.chunk_size])  # compiles here, once
             say(f"{arch} {label}: {sum(p.numel() for p in scorer.clip.model.parameters()):,} parameters, {dtype}, "
                 f"input {scorer.clip.size}², chunks of {args.chunk_size}; set-up + first call {t.s:.1f} s")

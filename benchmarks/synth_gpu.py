@@ -1,7 +1,7 @@
 """Images/s of SDXL base (exact architecture, random weights): SynthVLM's loop vs the factory's stage.
 
 (a) reference: one prompt per call, fp16, eager, PIL output, as SynthVLM's code does it;
-(b) the factory's DiffusionSynth at its best settings: batched prompts (both guidance branches in
+(b) the factory's generator stage (SDXL) at its best settings: batched prompts (both guidance branches in
     one UNet call), bf16, SDPA attention, channels-last, fused QKV, torch.compile of UNet and VAE
     decoder (compilation paid once, in the constructor: reported, not timed), uint8 output.
 `--ablate` adds each lever in turn; each `--variant key=value[,key=value]` recompiles (b) with those
@@ -35,8 +35,10 @@ import torch
 from benchmarks.arch import exact
 from benchmarks.arch.sdxl_arch import build_sdxl_pipeline, sdxl_arch, unet_forward_flops, vae_decode_flops
 from factory import schema as S
-from factory.synth.diffusion import DiffusionSynth, torch_dtype
+from factory.devices import torch_dtype
+from factory.synth.diffusion import SDXL
 from factory.synth.families import CFG, FAMILIES, call_arguments
+from factory.synth.tiny import build_tiny_sdxl
 from factory.synth.tiny_families import build_tiny
 
 PEAK_BF16_TFLOPS = 790.0  # dense bf16 matrix products measured on the H100/H200 here (KINDS.md)
@@ -117,7 +119,7 @@ def stage_batch(prompts: list[str], start: int) -> dict:
     }
 
 
-def stage_rate(synth: DiffusionSynth, bs: int, args, label: str, batches: int | None = None) -> float:
+def stage_rate(synth: SDXL, bs: int, args, label: str, batches: int | None = None) -> float:
     """Images/s through the stage's __call__ (uint8 on the host), after one untimed batch."""
     batches = batches or args.timed_batches
     prompts = captions(bs * (batches + 1))
@@ -247,8 +249,6 @@ def main(argv=None) -> float:
     ref_dtype = torch.float32 if args.tiny else torch.float16
     best_dtype = "float32" if args.tiny else "bfloat16"
     if args.tiny:
-        from factory.synth.tiny import build_tiny_sdxl
-
         pipe = build_tiny_sdxl(sample_size=args.size // 8).to(args.device)
         pipe.set_progress_bar_config(disable=True)
     else:
@@ -281,12 +281,12 @@ def main(argv=None) -> float:
     compile_opts = dict(compile=not args.no_compile, compile_mode=args.compile_mode, batch_size=bs)
     # The headline figure first (a time limit may cut the run short), then the variants and the ablation.
     best_opts = dict(channels_last=True, fuse_qkv=True, **compile_opts)
-    synth = DiffusionSynth.from_pipeline(pipe, **best_opts, **common)
+    synth = SDXL.from_pipeline(pipe, **best_opts, **common)
     if synth.warmup_s is not None:
         say(f"torch.compile ({args.compile_mode}) warm-up in the constructor: {synth.warmup_s:.1f} s (not timed)")
     best = stage_rate(synth, bs, args, "best")
     label = f"{best_dtype}, batch {bs}, SDPA, channels_last, fused QKV" + ("" if args.no_compile else f", compile({args.compile_mode})")
-    say(f"(b) factory DiffusionSynth [{label}], uint8 out: {best:.3f} images/s "
+    say(f"(b) factory generator stage [{label}], uint8 out: {best:.3f} images/s "
         f"(UNet {tflops(best):.0f} TFLOP/s" + ("" if args.tiny else f", {100 * tflops(best) / PEAK_BF16_TFLOPS:.0f}% of {PEAK_BF16_TFLOPS:.0f}") + ")")
     say(f"ratio (b)/(a) = {best / ref:.3f}")
     for change in args.variant:
@@ -294,7 +294,7 @@ def main(argv=None) -> float:
         undo_speedups(pipe)
         torch._dynamo.reset()  # each variant compiles afresh (and never hits the recompilation limit)
         opts = {**best_opts, **change}
-        synth = DiffusionSynth.from_pipeline(pipe, **opts, **common)
+        synth = SDXL.from_pipeline(pipe, **opts, **common)
         rate = stage_rate(synth, opts["batch_size"], args, f"variant {change}")
         warm = f"; warm-up {synth.warmup_s:.1f} s" if synth.warmup_s is not None else ""
         say(f"(b) with {change}: {rate:.3f} images/s (UNet {tflops(rate):.0f} TFLOP/s, {rate / best:.3f}× (b){warm})")
@@ -303,15 +303,15 @@ def main(argv=None) -> float:
         undo_speedups(pipe)
         torch._dynamo.reset()
         rates = {}
-        synth = DiffusionSynth.from_pipeline(pipe, **common)
+        synth = SDXL.from_pipeline(pipe, **common)
         rates["bf16 eager batch 1"] = stage_rate(synth, 1, args, "bf16 b1", 2 * args.ablate_batches)
         say(f"    bf16, eager, stage, batch 1: {rates['bf16 eager batch 1']:.3f} images/s")
         rates[f"+ batch {bs}"] = stage_rate(synth, bs, args, f"b{bs}", args.ablate_batches)
         say(f"    + batch {bs}: {rates[f'+ batch {bs}']:.3f} images/s")
-        synth = DiffusionSynth.from_pipeline(pipe, channels_last=True, **common)
+        synth = SDXL.from_pipeline(pipe, channels_last=True, **common)
         rates["+ channels_last"] = stage_rate(synth, bs, args, "channels_last", args.ablate_batches)
         say(f"    + channels_last: {rates['+ channels_last']:.3f} images/s")
-        synth = DiffusionSynth.from_pipeline(pipe, fuse_qkv=True, **common)
+        synth = SDXL.from_pipeline(pipe, fuse_qkv=True, **common)
         rates["+ fused QKV"] = stage_rate(synth, bs, args, "fuse_qkv", args.ablate_batches)
         say(f"    + fused QKV: {rates['+ fused QKV']:.3f} images/s")
         say("ablation (images/s): " + f"reference {ref:.3f}; " + "; ".join(f"{k} {v:.3f}" for k, v in rates.items())

@@ -13,7 +13,7 @@ from factory.engine.ray_setup import stop_ray
 from factory.errors import user_error
 from factory.job import load_job
 from factory.run import run
-from factory.stages import stage_lines
+from factory.stages import generator_lines, stage_lines
 
 log = logging.getLogger("factory")
 
@@ -49,6 +49,8 @@ def summary_lines(m: dict) -> list[str]:
         )
     lines.append("wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["wall_seconds"].items()))
     lines.extend(stage_lines(m.get("stages") or []))
+    if len(m.get("by_generator") or {}) > 1:
+        lines.extend(generator_lines(m["by_generator"]))
     if m.get("report"):
         lines.append(f"report: {m['report'].get('index') or 'FAILED: ' + str(m['report'].get('error'))}")
     lines.append(f"output: {m['config']['output']}")

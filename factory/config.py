@@ -30,11 +30,24 @@ def register() -> None:
     register_schemas()
 
 
+def generator_groups(overrides: list[str]) -> list[str]:
+    """`synth.generators=[a,b]` brings conf/model/a.yaml and b.yaml in as `generators.a` and
+    `generators.b`: the config group overrides that do it."""
+    out = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.key_or_group == "synth.generators" and not o.is_delete():
+            value = o.value()
+            names = value if isinstance(value, list) else [] if value is None else [value]
+            out += [f"+model@generators.{n}={n}" for n in names]
+    return out
+
+
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """conf/config.yaml with `overrides`, typed (not yet resolved: interpolations stay live)."""
     register()
+    overrides = list(overrides or [])
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+        cfg = hydra_compose(config_name="config", overrides=overrides + generator_groups(overrides))
     with_hydra = "hydra" in cfg
     if with_hydra:
         OmegaConf.set_struct(cfg, False)

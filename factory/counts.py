@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from factory import schema as S
 from factory.curate.dedup import text_hash
+from factory.candidates import read_candidates, with_generator
 from factory.io import files
 from factory.select import is_current
 
@@ -37,35 +38,43 @@ def settled(reasons: pa.ChunkedArray | pa.Array):
     return pc.invert(pc.fill_null(pc.is_in(reasons, value_set=pa.array(S.RETRY_ON_RESUME)), False))
 
 
-def count_candidates(candidates_dir: str) -> dict:
+def count_candidates(candidates_dir: str, legacy: str | None = None) -> dict:
     """Samples in candidates/, each counted once by its best outcome: usable, else unusable for a
     reason that stays, else one a resumed run tries again (S.RETRY_ON_RESUME). A sample can sit
-    there twice: made again after running out of memory, or by two runs at once (resume.take_over)."""
-    t = files.read_parquet_dir(candidates_dir, [S.ID, S.SAMPLE, S.REASON])
-    if t is None:
-        return {"rows": 0, "usable": 0, "unusable": {}}
+    there twice: made again after running out of memory, or by two runs at once (resume.take_over).
+    Also by generator: samples made and usable."""
+    paths = files.list_files(candidates_dir, ".parquet")
+    if not paths:
+        return {"rows": 0, "usable": 0, "unusable": {}, "by_generator": {}}
+    t = read_candidates(paths, [S.ID, S.SAMPLE, S.GENERATOR, S.REASON], legacy)
     rank = pc.if_else(pc.is_null(t.column(S.REASON)), 0, pc.if_else(settled(t.column(S.REASON)), 1, 2))
     t = t.append_column("_rank", rank).sort_by("_rank")
     # "first" skips nulls: a sample's reason is that of its best unusable row, read only where it has no usable one.
-    best = t.group_by([S.ID, S.SAMPLE], use_threads=False).aggregate([("_rank", "min"), (S.REASON, "first")])
+    best = t.group_by([S.ID, S.SAMPLE, S.GENERATOR], use_threads=False).aggregate([("_rank", "min"), (S.REASON, "first")])
     bad = best.filter(pc.greater(best.column("_rank_min"), 0))
     reasons = collections.Counter(bad.column(f"{S.REASON}_first").to_pylist())
-    return {"rows": best.num_rows, "usable": best.num_rows - bad.num_rows, "unusable": dict(reasons.most_common())}
+    made = collections.Counter(best.column(S.GENERATOR).to_pylist())
+    usable = collections.Counter(best.filter(pc.equal(best.column("_rank_min"), 0)).column(S.GENERATOR).to_pylist())
+    by_generator = {str(g): {"samples": n, "usable": usable.get(g, 0)} for g, n in sorted(made.items(), key=lambda kv: str(kv[0]))}
+    return {"rows": best.num_rows, "usable": best.num_rows - bad.num_rows, "unusable": dict(reasons.most_common()),
+            "by_generator": by_generator}
 
 
-def candidate_keys(paths: list[str]) -> tuple[pa.Table, pa.Table]:
-    """(id, sample) of every candidate in the files `paths` that is done for good (a resumed run
-    makes the rest again: S.RETRY_ON_RESUME), and (id, norm_hash) of the caption each id's samples
-    were made from, read a batch at a time (captions of millions of rows never sit in memory)."""
+def candidate_keys(paths: list[str], legacy: str | None = None) -> tuple[pa.Table, pa.Table]:
+    """(id, sample, generator) of every candidate in the files `paths` that is done for good (a
+    resumed run makes the rest again: S.RETRY_ON_RESUME), and (id, norm_hash) of the caption each
+    id's samples were made from, read a batch at a time (captions of millions of rows never sit in memory)."""
     keys, made = [], {}
     if paths:
-        for batch in files.parquet_dataset(paths).to_batches(columns=[S.ID, S.SAMPLE, S.CAPTION, S.REASON]):
+        columns = [S.ID, S.SAMPLE, S.GENERATOR, S.CAPTION, S.REASON]
+        for batch in files.parquet_dataset(paths, schema=S.CANDIDATES).to_batches(columns=columns):
             done = settled(batch.column(S.REASON))
-            keys.append(pa.table({S.ID: batch.column(S.ID), S.SAMPLE: batch.column(S.SAMPLE)}).filter(done))
+            part = pa.table({c: batch.column(c) for c in (S.ID, S.SAMPLE, S.GENERATOR)})
+            keys.append(with_generator(part, legacy).filter(done))
             for i, caption in zip(batch.column(S.ID).to_pylist(), batch.column(S.CAPTION).to_pylist()):
                 if i not in made:
                     made[i] = text_hash(caption)
-    empty = pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32())})
+    empty = pa.table({S.ID: pa.array([], pa.string()), S.SAMPLE: pa.array([], pa.int32()), S.GENERATOR: pa.array([], pa.string())})
     made_from = pa.table({S.ID: pa.array(list(made), pa.string()), S.NORM_HASH: pa.array(list(made.values()), pa.int64())})
     return (pa.concat_tables(keys) if keys else empty), made_from
 
@@ -77,7 +86,7 @@ def changed_captions(kept: pa.Table, made_from: pa.Table) -> pa.Table:
     return both.filter(pc.not_equal(both.column(S.NORM_HASH), both.column(S.NORM_HASH + "_on_disk")))
 
 
-def count_current(keys: np.ndarray, on_disk: pa.Table, ids: pa.Array, repeat: int) -> int:
+def count_current(keys: np.ndarray, on_disk: pa.Table, ids: pa.Array, repeat: int, generators: list[str]) -> int:
     """Samples on disk (`keys` per row of `on_disk`) that count toward a run of captions `ids`
-    at `repeat`: what the manifest calls `resumed`."""
-    return len(np.unique(keys[is_current(on_disk, ids, repeat).to_numpy(zero_copy_only=False)]))
+    at `repeat` with `generators`: what the manifest calls `resumed`."""
+    return len(np.unique(keys[is_current(on_disk, ids, repeat, generators).to_numpy(zero_copy_only=False)]))

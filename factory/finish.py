@@ -2,6 +2,7 @@
 folder), the manifest's summary and the report."""
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -20,36 +21,38 @@ from factory.job import Job
 from factory.layout import Manifest
 from factory.report import report_after_run
 from factory.select import current_samples, read_scores, select_top_k
-from factory.stages import stage_summary
+from factory.stages import generator_summary, stage_summary
 
 log = logging.getLogger("factory")
 
 
 def record_counts(job: Job, scan: Scan, dirs: dict, counts: dict) -> None:
     n_rejected, by_reason = count_rejects(dirs["rejects"])
-    cands = count_candidates(dirs["candidates"])
+    cands = count_candidates(dirs["candidates"], scan.legacy)
     for f in job.pipeline.late_filters():
         if (side := f.side_counts(dirs["output"])) is not None:
             counts[f.name] = side
     counts.update(rejected=n_rejected, rejected_by_reason=by_reason, curated=scan.prepass.n_read - n_rejected,
                   synthesized=cands["rows"], scored=cands["usable"], unusable=cands["unusable"])
+    counts["by_generator"] = cands["by_generator"]
 
 
 def competing(job: Job, scan: Scan, dirs: dict, candidate_paths: list[str], counts: dict) -> pa.Table:
     """The score rows (their `file` indexing `candidate_paths`) that compete: this run's curated captions at this synth.repeat. Candidates made
     before the input, the curation or synth.repeat changed stay on disk but are not selected, so a
     resumed run selects what a fresh run with today's settings would."""
-    repeat = job.settings.synth.repeat
+    repeat, generators = job.settings.synth.repeat, job.pipeline.generator_names()
     kept = scan.kept_ids
     curated = pc.filter(kept, pc.invert(pc.is_in(kept, value_set=curation_rejected_ids(dirs["rejects"], job.pipeline.curation_reasons()))))
     if len(curated) < len(kept):  # a late filter rejected some: their samples on disk no longer count
-        counts["resumed"] = count_current(scan.on_disk_keys, scan.on_disk, curated, repeat)
-    scores, counts["not_competing"] = current_samples(read_scores(candidate_paths), curated, repeat)
+        counts["resumed"] = count_current(scan.on_disk_keys, scan.on_disk, curated, repeat, generators)
+    scores, counts["not_competing"] = current_samples(read_scores(candidate_paths, scan.legacy), curated, repeat, generators)
     # What competes, for the report: candidates of other captions stay on disk (and come back if they do).
     files.write_parquet_atomic(dirs["curated_ids"], pa.table({S.ID: curated}))
     if counts["not_competing"]:
         log.warning("%d candidates in %s do not compete: their caption is no longer curated (the input or the curation "
-                    "changed since they were made) or their sample index is beyond synth.repeat", counts["not_competing"], dirs["candidates"])
+                    "changed since they were made), their sample index is beyond synth.repeat or their generator is not in "
+                    "this run", counts["not_competing"], dirs["candidates"])
     return scores
 
 
@@ -64,7 +67,7 @@ def select_into_dataset(job: Job, scan: Scan, dirs: dict, manifest: Manifest) ->
     files.delete_dir(staging)
     row_bytes = sum(sizes.values()) / max(1, counts["synthesized"])
     n_selected = write_selected(list(sizes), chosen, staging, float(job.config["resources"]["cpu_task_cpus"]),
-                                s.ray.local_select_mb, sizes=sizes, row_bytes=row_bytes) if chosen.num_rows else 0
+                                s.ray.local_select_mb, sizes=sizes, row_bytes=row_bytes, legacy=scan.legacy) if chosen.num_rows else 0
     if n_selected != chosen.num_rows:
         raise RunError(f"selection chose {chosen.num_rows} pairs but {n_selected} were written: a candidates file changed or "
                        "vanished during selection; run again to resume")
@@ -93,16 +96,27 @@ def selection_summary(chosen: pa.Table, threshold: float | None, n_competing: in
             "mean_clip_score": mean(S.CLIP_SCORE), "mean_ssim": mean(S.SSIM), "mean_score": mean(S.SCORE)}
 
 
+def made_this_run(dirs: dict, scan: Scan) -> dict[str, int]:
+    """Samples per generator in the candidates files this run wrote."""
+    new = [p for p in files.list_files(dirs["candidates"], ".parquet") if p not in scan.files_before]
+    if not new:
+        return {}
+    names = files.read_parquet_files(new, [S.GENERATOR], schema=S.CANDIDATES).column(S.GENERATOR).to_pylist()
+    return dict(collections.Counter(str(g) for g in names))
+
+
 def finish(job: Job, scan: Scan, dirs: dict, manifest: Manifest, generated: dict, t_start: float) -> dict:
     """Counts, selection, the stage summary, status complete, and the report; returns the manifest."""
     data, wall = manifest.data, manifest.data["wall_seconds"]
     record_counts(job, scan, dirs, data["counts"])
     manifest.guard()  # a fresh look at the lock: the next steps replace the run's outputs
-    select_into_dataset(job, scan, dirs, manifest)
+    chosen = select_into_dataset(job, scan, dirs, manifest)
     wall["total"] = round(time.perf_counter() - t_start, 3)
     data["busy_seconds"] = {k: round(v, 3) for k, v in generated["busy"].items()}
     data["ray_operators"] = generated["operators"]
     data["stages"] = stage_summary(data, job.pipeline, generated["operators"], generated["unusable"])
+    data["generators"] = job.pipeline.generator_names()
+    data["by_generator"] = generator_summary(job.pipeline, data, generated, made_this_run(dirs, scan), chosen)
     data.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     manifest.save()
     if job.settings.report.enabled:

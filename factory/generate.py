@@ -36,6 +36,7 @@ class Scan:
     on_disk: pa.Table  # (id, sample) of every candidate row before this run that is done for good
     on_disk_keys: np.ndarray  # the sample key of each of those rows
     files_before: frozenset  # the candidates files before this run
+    legacy: str | None = None  # the generator of candidates made before the generator column
 
     @property
     def kept_ids(self) -> pa.Array:
@@ -55,7 +56,8 @@ def scan_input(job: Job, paths: list[str], dirs: dict, manifest: Manifest) -> Sc
     log.info("read %d caption rows from %d file(s); %d duplicates", pre.n_read, len(paths), pre.losers.num_rows)
 
     files_before = files.list_files(dirs["candidates"], ".parquet")
-    done_table, made_from = candidate_keys(files_before)
+    legacy, generators = manifest.data["legacy_generator"], job.pipeline.generator_names()
+    done_table, made_from = candidate_keys(files_before, legacy)
     changed = changed_captions(pre.kept, made_from)
     if changed.num_rows:
         raise RunError(
@@ -64,8 +66,8 @@ def scan_input(job: Job, paths: list[str], dirs: dict, manifest: Manifest) -> Sc
             "captions; give changed captions new ids (or drop the id column), or use a new output="
         )
     on_disk = sample_keys(done_table)
-    scan = Scan(paths, pre, np.unique(on_disk), done_table, on_disk, frozenset(files_before))
-    counts["resumed"] = count_current(on_disk, done_table, scan.kept_ids, s.synth.repeat)  # before the late filters
+    scan = Scan(paths, pre, np.unique(on_disk), done_table, on_disk, frozenset(files_before), legacy)
+    counts["resumed"] = count_current(on_disk, done_table, scan.kept_ids, s.synth.repeat, generators)  # before the late filters
     if len(scan.done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(scan.done), dirs["candidates"],
                  counts["resumed"])
@@ -100,7 +102,8 @@ def generate(job: Job, scan: Scan, dirs: dict, manifest: Manifest, places: dict,
         raise
     counts["generated"] = progress.done
     manifest.data["progress"] = progress.figures()
-    return {"busy": busy, "unusable": unusable, "operators": operator_stats(gen)}
+    gpus = {g.stage.name: places[id(g.stage)].gpus for g in job.pipeline.generators}
+    return {"busy": busy, "unusable": unusable, "operators": operator_stats(gen), "gpus": gpus}
 
 
 def generated_so_far(driver_count: int, dirs: dict, scan: Scan) -> int:

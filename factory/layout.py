@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the manifest is read by `status` too, which needs no stage 
     from factory.pipeline import Pipeline
 
 PARTS = ("candidates", "dataset", "rejects", "report", "llm_judge")
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 # What fingerprints of version 1 (before the stage contract) wrote differently: the embedded tiny
 # models were named by magic values; they are classes now (conf/model/tiny.yaml: TinySDXL with
 # path null, tiny_refiner; conf/scorer/tiny.yaml: TinyClipScorer, whose arch is factory-tiny-clip).
@@ -60,23 +60,57 @@ def leaves(fp: dict) -> dict:
     return flat
 
 
+def legacy_generator(manifest: dict) -> str | None:
+    """The generator of the candidates an output holds from before the generator column (version
+    1 and 2 fingerprints: one generator, `model`); carried forward by every later manifest."""
+    if "legacy_generator" in manifest:
+        return manifest["legacy_generator"]
+    if manifest.get("fingerprint_version", 1) >= 3:
+        return None
+    return str(leaves(manifest.get("fingerprint", {})).get("model.name", "generator"))
+
+
 def recorded_fingerprint(manifest: dict) -> dict:
     """The fingerprint a manifest records, in today's keys and values."""
     fp = leaves(manifest.get("fingerprint", {}))
-    if manifest.get("fingerprint_version", 1) >= FINGERPRINT_VERSION:
+    version = manifest.get("fingerprint_version", 1)
+    if version >= FINGERPRINT_VERSION:
         return fp
-    out = {k: V1_VALUES.get((k, v), v) if isinstance(v, str) else v for k, v in fp.items()}
-    if fp.get("model.refiner_path") == "tiny":
-        out["model.tiny_refiner"] = True
+    if version < 2:
+        raw, fp = fp, {k: V1_VALUES.get((k, v), v) if isinstance(v, str) else v for k, v in fp.items()}
+        if raw.get("model.refiner_path") == "tiny":
+            fp["model.tiny_refiner"] = True
+    # Before version 3 the one generator's keys were model.*, and synth.steps, .guidance and
+    # .negative_prompt held what it used.
+    name = legacy_generator(manifest)
+    out = {f"generators.{name}.{k[6:]}" if k.startswith("model.") else k: v for k, v in fp.items()}
+    for alias in ("steps", "guidance", "negative_prompt"):
+        if f"synth.{alias}" in out:
+            out[f"generators.{name}.{alias}"] = out.pop(f"synth.{alias}")
     return out
 
 
+def recorded_generators(fingerprint: dict) -> set[str]:
+    return {k.split(".")[1] for k in fingerprint if k.startswith("generators.")}
+
+
+def fingerprint_to_record(pipeline: "Pipeline", previous: dict | None) -> dict:
+    """This run's fingerprint, plus the keys of generators an earlier run of the output ran and this
+    one does not (their samples stay on disk: a later run that lists them again is checked)."""
+    mine = pipeline.fingerprint()
+    old = recorded_fingerprint(previous) if previous else {}
+    gone = recorded_generators(old) - set(pipeline.generator_names())
+    return {**{k: v for k, v in old.items() if k.startswith("generators.") and k.split(".")[1] in gone}, **mine}
+
+
 def changed_settings(pipeline: "Pipeline", manifest: dict) -> list[str]:
-    """The fingerprinted keys whose values differ from what the manifest recorded; a key it lacks
-    counts at the stage's default for it. Keys it has that are no longer fingerprinted are ignored."""
+    """The fingerprinted keys whose values differ from what the manifest recorded, as the config
+    spells them; a key it lacks counts at the stage's default for it. Keys it has that are no
+    longer fingerprinted are ignored, and so is a generator it never ran (it starts afresh)."""
     mine, theirs, implied = pipeline.fingerprint(), recorded_fingerprint(manifest), pipeline.fingerprint_defaults()
-    missing = object()
-    return sorted(k for k in mine if mine[k] != theirs.get(k, implied.get(k, missing)))
+    ran, spelling, missing = recorded_generators(theirs), pipeline.spelling(), object()
+    compared = [k for k in mine if not k.startswith("generators.") or k.split(".")[1] in ran]
+    return sorted(spelling.get(k, k) for k in compared if mine[k] != theirs.get(k, implied.get(k, missing)))
 
 
 def check_resume(pipeline: "Pipeline", dirs: dict, output: str, allow_change: bool) -> dict | None:
@@ -124,6 +158,7 @@ class Manifest:
             "fingerprint_version": FINGERPRINT_VERSION,
             "versions": package_versions(),
             "runs": (previous or {}).get("runs", 0) + 1,
+            "legacy_generator": legacy_generator(previous) if previous else None,
             "counts": {},
             "wall_seconds": {},
         }

@@ -34,9 +34,18 @@ class Slot:
 
     stage: Stage
     keys: dict[str, str]
+    prefix: str | None = None  # a generator's: its fingerprint keys are generators.<name>.<field>
+
+    def key(self, name: str) -> str:
+        """The fingerprint key of a field."""
+        return f"{self.prefix}.{name}" if self.prefix else self.keys[name]
 
     def fingerprint(self) -> dict:
-        return {self.keys[name]: value for name, value in self.stage.params().items()}
+        return {self.key(name): value for name, value in self.stage.params().items()}
+
+    def spelling(self) -> dict:
+        """Fingerprint key → the config key a user sets it by."""
+        return {self.key(name): self.keys[name] for name in self.stage.params()}
 
     def defaults(self) -> dict:
         """What each fingerprinted key was before it existed: the field's default (a new setting's
@@ -46,7 +55,7 @@ class Slot:
             if f.name in self.stage.speed_only or f.name not in self.keys:
                 continue
             if f.default is not dataclasses.MISSING:
-                out[self.keys[f.name]] = f.default
+                out[self.key(f.name)] = f.default
         return out
 
 
@@ -63,11 +72,22 @@ def slot(node: dict, key: str, cfg: dict, bound_from: dict[str, str] | None = No
     return Slot(stage, config_keys(stage, key, bound))
 
 
+def generator_slots(cfg: dict) -> list[Slot]:
+    """`model`, or each of `generators` (synth.generators=[a,b]: conf/model/ entries named by their key)."""
+    named = cfg.get("generators") or {}
+    if not named:
+        s = slot(cfg["model"], "model", cfg, GENERATOR_FROM)
+        # synth.steps and the like default to model.steps (conf/config.yaml): changes are named model.*
+        return [Slot(s.stage, config_keys(s.stage, "model"), f"generators.{s.stage.name}")]
+    return [Slot(s.stage, s.keys, f"generators.{name}")
+            for name, node in named.items() for s in [slot({**node, "name": name}, f"generators.{name}", cfg)]]
+
+
 @dataclass
 class Pipeline:
     filters: list[Slot]  # caption filters, in config order
     dedup: list[Slot]  # deduplicators, in config order
-    generator: Slot
+    generators: list[Slot]  # one or more, each its own pool
     scorer: Slot
     expand: Slot
     writer: Slot
@@ -86,11 +106,11 @@ class Pipeline:
             else:
                 raise SettingError(f"curate.{name}._target_", f"={node['_target_']!r} is neither a caption filter nor a deduplicator")
         synth, image = settings.synth, settings.image
-        expand = ExpandSamples(repeat=synth.repeat, seed=synth.seed)
+        generators = generator_slots(cfg)
+        expand = ExpandSamples(repeat=synth.repeat, seed=synth.seed, generators=tuple(g.stage.name for g in generators))
         writer = CandidateWriter(image_format=image.format, quality=image.quality, batch_size=settings.score.batch_size)
         pipeline = cls(
-            filters=filters, dedup=dedup,
-            generator=slot(cfg["model"], "model", cfg, GENERATOR_FROM),
+            filters=filters, dedup=dedup, generators=generators,
             scorer=slot(cfg["scorer"], "scorer", cfg, SCORER_FROM),
             expand=Slot(expand, {"seed": "synth.seed"}),  # its other fields are speed-only
             writer=Slot(writer, {"image_format": "image.format", "quality": "image.quality"}),
@@ -111,12 +131,26 @@ class Pipeline:
     def deduplicators(self) -> list[Deduplicator]:
         return [s.stage for s in self.dedup if s.stage.enabled]
 
+    @property
+    def generator(self) -> Slot:
+        """The first generator (the only one unless synth.generators lists several)."""
+        return self.generators[0]
+
+    def generator_names(self) -> list[str]:
+        return [g.stage.name for g in self.generators]
+
     def sample_slots(self) -> list[Slot]:
         """The stages that make a sample what it is: their parameters are the resume fingerprint."""
-        return [self.expand, self.generator, self.scorer, self.writer]
+        return [self.expand, *self.generators, self.scorer, self.writer]
 
     def fingerprint(self) -> dict:
+        """One value per key; a generator's keys are generators.<name>.<field>, so that each
+        generator of a run resumes on its own (a generator new to an output is free)."""
         return {k: v for s in self.sample_slots() for k, v in s.fingerprint().items()}
+
+    def spelling(self) -> dict:
+        """Fingerprint key → the config key that sets it (model.steps for a single generator)."""
+        return {k: v for s in self.sample_slots() for k, v in s.spelling().items()}
 
     def fingerprint_defaults(self) -> dict:
         return {k: v for s in self.sample_slots() for k, v in s.defaults().items()}
@@ -128,16 +162,17 @@ class Pipeline:
 
     def model_stages(self) -> list[Stage]:
         """Every stage of this run with an actor pool of its own, in stream order."""
-        stages = self.late_filters() + [self.generator.stage, self.scorer.stage]
+        stages = self.late_filters() + [g.stage for g in self.generators] + [self.scorer.stage]
         return [s for s in stages if s.engine() == "actors"]
 
     def stream_pools(self) -> list[Stage]:
         """The pools that hold their CPUs for the whole stream (after the repartition step)."""
-        return [self.generator.stage, self.scorer.stage]
+        return [g.stage for g in self.generators] + [self.scorer.stage]
 
     def check_pools(self, cfg: dict) -> None:
         """resources.<pool> must name the pool of a configured stage (a typo would size nothing)."""
-        known = {stage_class(node, "").pool for node in [cfg["model"], cfg["scorer"], *cfg["curate"].values()]}
+        nodes = [*(cfg.get("generators") or {}).values(), cfg["model"], cfg["scorer"], *cfg["curate"].values()]
+        known = {stage_class(node, "").pool for node in nodes}
         for key, pool in cfg["resources"].items():
             if key == "cpu_task_cpus":
                 continue
@@ -151,8 +186,8 @@ class Pipeline:
         lines = [f"{'filter (before dedup)':<22} {type(s).__name__:<18} {s.name}" for s in self.early_filters()]
         lines += [f"{'deduplicate':<22} {type(s).__name__:<18} {s.name}" for s in self.deduplicators()]
         lines += [f"{'filter':<22} {type(s).__name__:<18} {s.name}" for s in self.late_filters()]
-        lines += [f"{'generate':<22} {type(self.generator.stage).__name__:<18} {self.generator.stage.name}",
-                  f"{'score':<22} {type(self.scorer.stage).__name__:<18} {self.scorer.stage.name}"]
+        lines += [f"{'generate':<22} {type(g.stage).__name__:<18} {g.stage.name}" for g in self.generators]
+        lines += [f"{'score':<22} {type(self.scorer.stage).__name__:<18} {self.scorer.stage.name}"]
         return lines
 
 

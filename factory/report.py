@@ -6,6 +6,8 @@ the image bytes of the files that hold the 32 pairs it shows, and keeps only tho
 """
 from __future__ import annotations
 
+import argparse
+import collections
 import html
 import io
 import json
@@ -13,13 +15,23 @@ import logging
 import sys
 import textwrap
 
+import matplotlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from PIL import Image
 
 from factory import schema as S
+from factory.candidates import with_generator
+from factory.export.common import dataset_files
 from factory.io import files
+from factory.layout import read_manifest, run_dirs
+from factory.select import is_current
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
 
 log = logging.getLogger("factory")
 
@@ -38,42 +50,49 @@ def _read(path: str, columns: list[str]) -> pa.Table:
         return pq.read_table(f, columns=columns)
 
 
-def candidate_scores(candidate_paths: list[str]) -> pa.Table:
+def _read_as(path: str, schema: pa.Schema, columns: list[str], legacy: str | None) -> pa.Table:
+    """`columns` of a file of `schema` of any age (a column it lacks: nulls), its generator named."""
+    return with_generator(files.read_parquet_files([path], columns, schema=schema), legacy)
+
+
+def candidate_scores(candidate_paths: list[str], legacy: str | None = None) -> pa.Table:
     """Score columns of every usable candidate, with the file (index in `candidate_paths`) and row
     it sits at (no image bytes). The caller keeps the list: a run still writing adds files, so a
     second listing could shift the indices."""
     parts = []
     for i, path in enumerate(candidate_paths):
-        t = _read(path, [S.ID, S.SAMPLE, S.CAPTION, *SCORES, S.REASON])
+        t = _read_as(path, S.CANDIDATES, [S.ID, S.SAMPLE, S.GENERATOR, S.CAPTION, *SCORES, S.REASON], legacy)
         t = t.append_column("_file", pa.array(np.full(t.num_rows, i, np.int32))).append_column("_row", pa.array(np.arange(t.num_rows, dtype=np.int32)))
         parts.append(t)
     if not parts:
-        return pa.table({c: pa.array([], pa.float64()) for c in SCORES})
+        return pa.table({S.GENERATOR: pa.array([], pa.string()), **{c: pa.array([], pa.float64()) for c in SCORES}})
     t = pa.concat_tables(parts)
     t = t.filter(pc.and_(pc.is_null(t.column(S.REASON)), pc.is_finite(t.column(S.SCORE))))
     # A sample written twice (two runs at once, resume.take_over) is one candidate: its first row.
     first = t.append_column("_i", pa.array(np.arange(t.num_rows, dtype=np.int64))).group_by(
-        [S.ID, S.SAMPLE], use_threads=False).aggregate([("_i", "min")]).column("_i_min")
+        [S.ID, S.SAMPLE, S.GENERATOR], use_threads=False).aggregate([("_i", "min")]).column("_i_min")
     return t.take(np.sort(first.to_numpy())) if len(first) < t.num_rows else t
 
 
 def competing(cands: pa.Table, curated_ids_path: str, m: dict) -> pa.Table:
     """The candidates that competed in the run's selection: samples below its synth.repeat of the
     captions it curated (curated_ids.parquet; an output without it: all its candidates)."""
-    from factory.select import is_current
-
     if not cands.num_rows or not files.exists(curated_ids_path):
         return cands
     ids = _read(curated_ids_path, [S.ID]).column(S.ID).combine_chunks()
     repeat = int(m.get("config", {}).get("synth", {}).get("repeat", 1))
-    return cands.filter(is_current(cands, ids, repeat))
+    return cands.filter(is_current(cands, ids, repeat, run_generators(m)))
 
 
-def dataset_scores(dataset_dir: str) -> pa.Table:
-    from factory.export.common import dataset_files
+def run_generators(m: dict) -> list[str]:
+    """The generators of the run a manifest records (older manifests: the one `model`)."""
+    return m.get("generators") or [m.get("legacy_generator") or m.get("config", {}).get("model", {}).get("name", "")]
 
-    parts = [_read(p, [S.ID, S.SAMPLE, *SCORES, S.RANK]) for p in dataset_files(dataset_dir)]
-    return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.float64()) for c in SCORES + [S.RANK]})
+
+def dataset_scores(dataset_dir: str, legacy: str | None = None) -> pa.Table:
+    parts = [_read_as(p, S.DATASET, [S.ID, S.SAMPLE, S.GENERATOR, *SCORES, S.RANK], legacy) for p in dataset_files(dataset_dir)]
+    return pa.concat_tables(parts) if parts else pa.table(
+        {S.GENERATOR: pa.array([], pa.string()), **{c: pa.array([], pa.float64()) for c in SCORES + [S.RANK]}})
 
 
 def _png(fig) -> bytes:
@@ -84,11 +103,6 @@ def _png(fig) -> bytes:
 
 def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
     """CLIP score, SSIM and score: candidates vs selected, each as a density over shared bins."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     titles = {S.CLIP_SCORE: "CLIP score", S.SSIM: "SSIM (round trip)", S.SCORE: "score = CLIP + λ·SSIM"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), layout="constrained")
@@ -125,6 +139,34 @@ def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
     return data
 
 
+def generators_png(cands: pa.Table, chosen: pa.Table) -> bytes:
+    """The score of each generator's competing candidates, one colour per generator, with the
+    share of the selected dataset each won in its legend."""
+    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+    gens = sorted({str(g) for g in cands.column(S.GENERATOR).to_pylist()}) if cands.num_rows else []
+    won = collections.Counter(str(g) for g in chosen.column(S.GENERATOR).to_pylist()) if chosen.num_rows else {}
+    if not gens:
+        ax.text(0.5, 0.5, "no scored pairs", ha="center", va="center", transform=ax.transAxes)
+    else:
+        scores = cands.column(S.SCORE).to_numpy()
+        lo, hi = float(scores.min()), float(scores.max())
+        bins = np.linspace(lo - 0.005, hi + 0.005, 41) if hi - lo < 1e-9 else np.linspace(lo, hi, 41)
+        names = np.array([str(g) for g in cands.column(S.GENERATOR).to_pylist()], dtype=object)
+        for g, color in zip(gens, plt.get_cmap("tab10").colors):
+            mine = scores[names == g]
+            share = won.get(g, 0) / max(1, chosen.num_rows)
+            ax.hist(mine, bins=bins, density=True, color=color, alpha=0.45, histtype="stepfilled", edgecolor=color,
+                    label=f"{g}: {len(mine)} candidates, won {share:.0%} of the dataset")
+        ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.set_title("score by generator")
+    ax.set_xlabel(S.SCORE)
+    ax.set_ylabel("density")
+    ax.grid(alpha=0.25)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def sheet_rows(cands: pa.Table, n: int = SHEET_N) -> tuple[pa.Table, pa.Table]:
     """(top n, bottom n) candidates by score; the bottom never repeats a pair of the top."""
     order = cands.sort_by([(S.SCORE, "descending"), (S.ID, "ascending"), (S.SAMPLE, "ascending")])
@@ -136,7 +178,7 @@ def sheet_rows(cands: pa.Table, n: int = SHEET_N) -> tuple[pa.Table, pa.Table]:
 
 def load_images(paths: list[str], rows: pa.Table) -> list:
     """The PIL images of `rows` (from candidate_scores over the same `paths`), reading only the files they sit in."""
-    from PIL import Image
+
 
     out: dict[tuple[int, int], object] = {}
     want = list(zip(rows.column("_file").to_pylist(), rows.column("_row").to_pylist()))
@@ -158,12 +200,8 @@ def _caption_text(caption: str, width: int = 30, lines: int = 4) -> str:
 
 
 def contact_sheet_png(candidate_paths: list[str], top: pa.Table, bottom: pa.Table, ranks: dict) -> bytes:
-    """Two panels of up to 16 pairs (8 a row): image, caption (wrapped, cut at 4 lines) and scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Two panels of up to 16 pairs (8 a row): image, caption (wrapped, cut at 4 lines), its
+    generator and scores."""
     cols = 8
     panels = [(f"Top {top.num_rows} candidates by score", top), (f"Bottom {bottom.num_rows} candidates by score", bottom)]
     panels = [p for p in panels if p[1].num_rows]
@@ -180,8 +218,8 @@ def contact_sheet_png(candidate_paths: list[str], top: pa.Table, bottom: pa.Tabl
         sub.suptitle(title, fontsize=14, fontweight="bold", x=0.005, ha="left")
         axes = np.atleast_2d(sub.subplots(nr, cols))
         images = load_images(candidate_paths, rows)
-        by_id = {i: r for (i, _), r in ranks.items()}  # a caption selected with another of its samples
-        recs = rows.select([S.ID, S.SAMPLE, S.CAPTION, *SCORES]).to_pylist()
+        by_id = {i: r for (i, _, _), r in ranks.items()}  # a caption selected with another of its samples
+        recs = rows.select([S.ID, S.SAMPLE, S.GENERATOR, S.CAPTION, *SCORES]).to_pylist()
         for k, ax in enumerate(axes.flat):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -190,10 +228,11 @@ def contact_sheet_png(candidate_paths: list[str], top: pa.Table, bottom: pa.Tabl
                 continue
             r, im = recs[k], images[k]
             ax.imshow(im, interpolation="nearest" if max(im.size) < 256 else "antialiased")
-            rank = ranks.get((r[S.ID], r[S.SAMPLE]))
+            rank = ranks.get((r[S.ID], r[S.SAMPLE], r[S.GENERATOR]))
             other = by_id.get(r[S.ID])
             tag = f"selected #{rank}" if rank else f"its caption's #{other}" if other else "not selected"
-            ax.set_title(f"score {r[S.SCORE]:.4f} · {tag}\nclip {r[S.CLIP_SCORE]:.4f} · ssim {r[S.SSIM]:.4f}", fontsize=7.5,
+            ax.set_title(f"{r[S.GENERATOR]} · score {r[S.SCORE]:.4f}\n{tag} · clip {r[S.CLIP_SCORE]:.4f} · ssim {r[S.SSIM]:.4f}",
+                         fontsize=7.5,
                          color=SELECTED_COLOR if rank else "#333333")
             ax.set_xlabel(_caption_text(r[S.CAPTION]), fontsize=7, linespacing=1.15)
             for spine in ax.spines.values():
@@ -241,6 +280,12 @@ def index_html(m: dict, n_cands: int, n_chosen: int) -> str:
         "busy seconds are the time spent inside the stage's actors.</p>",
         ("<details><summary>Ray Data operators</summary>" + _table(["operator", "rows in", "rows out", "span s", "task s"], ops) + "</details>") if ops else "",
         "<h2>Selection</h2>" + _table(["", ""], sel_rows),
+        "<h2>Generators</h2>" + _table(
+            ["generator", "model", "samples", "made this run", "busy s/sample", "GPU-s/sample", "share of dataset", "GPU-s/selected pair"],
+            [[g, v.get("model"), v.get("samples"), v.get("made_this_run"), _fmt(v.get("busy_s_per_sample"), ".3f"),
+              _fmt(v.get("gpu_s_per_sample"), ".3f"), _fmt(v.get("share_selected"), ".1%"), _fmt(v.get("gpu_s_per_selected"), ".3f")]
+             for g, v in (m.get("by_generator") or {}).items()])
+        + "<img src='generators.png' alt='score by generator'>",
         ("<h2>Exports</h2>" + _table(["export", "written"], exports)) if exports else "",
         f"<h2>Scores: {n_cands} competing candidates vs {n_chosen} selected</h2><img src='histograms.png' alt='score histograms'>",
         "<h2>Best and worst pairs</h2><p class=note>Blue frames: pairs in the dataset, with their rank.</p><img src='contact_sheet.png' alt='contact sheet'>",
@@ -255,20 +300,21 @@ def index_html(m: dict, n_cands: int, n_chosen: int) -> str:
 
 def build_report(output: str) -> str:
     """Write report/ for the run in `output`; returns the path of index.html."""
-    from factory.layout import read_manifest, run_dirs
-
     dirs = run_dirs(output)
     if not files.exists(dirs["manifest"]):
         raise ReportError(f"no manifest.json in {output}: not a run of this factory")
     m = read_manifest(dirs["manifest"])
     candidate_paths = files.list_files(dirs["candidates"], ".parquet")  # one listing for scores and images
-    cands = competing(candidate_scores(candidate_paths), dirs["curated_ids"], m)
-    chosen = dataset_scores(dirs["dataset"])
-    ranks = {(i, s): r for i, s, r in zip(*(chosen.column(c).to_pylist() for c in (S.ID, S.SAMPLE, S.RANK)))} if chosen.num_rows else {}
+    legacy = m.get("legacy_generator") or (None if m.get("generators") else run_generators(m)[0])
+    cands = competing(candidate_scores(candidate_paths, legacy), dirs["curated_ids"], m)
+    chosen = dataset_scores(dirs["dataset"], legacy)
+    key = (S.ID, S.SAMPLE, S.GENERATOR, S.RANK)
+    ranks = {(i, s, g): r for i, s, g, r in zip(*(chosen.column(c).to_pylist() for c in key))} if chosen.num_rows else {}
     top, bottom = sheet_rows(cands) if cands.num_rows else (cands, cands)
     report = dirs["report"]
     files.write_bytes_atomic(files.join(report, "histograms.png"), histograms_png(cands, chosen))
     files.write_bytes_atomic(files.join(report, "contact_sheet.png"), contact_sheet_png(candidate_paths, top, bottom, ranks))
+    files.write_bytes_atomic(files.join(report, "generators.png"), generators_png(cands, chosen))
     index = files.join(report, "index.html")
     files.write_bytes_atomic(index, index_html(m, cands.num_rows, chosen.num_rows).encode("utf-8"))
     return index
@@ -284,7 +330,7 @@ def report_after_run(output: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+
 
     parser = argparse.ArgumentParser(prog="python -m factory.report", description="Rebuild report/ of a finished run.")
     parser.add_argument("output", help="the run's folder (output= of the run), local or a URI")

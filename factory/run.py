@@ -13,7 +13,7 @@ from factory.io import files
 from factory.io.read import list_inputs
 from factory.job import Job
 from factory.jobs import OutputLock, remove_stale_staging, resolve_output
-from factory.layout import Manifest, check_resume, run_dirs
+from factory.layout import Manifest, check_resume, fingerprint_to_record, run_dirs
 from factory.paths import SAMPLE_INPUT
 from factory.prepass import write_losers
 
@@ -42,7 +42,7 @@ def run(job: Job) -> dict:
         for d in ("candidates", "rejects"):
             files.remove_stale_temp(dirs[d])
         remove_stale_staging(output)  # a run killed while writing dataset/
-        manifest = Manifest(dirs["manifest"], job.config, job.pipeline.fingerprint(), previous,
+        manifest = Manifest(dirs["manifest"], job.config, fingerprint_to_record(job.pipeline, previous), previous,
                             guard=lambda: lock.check(fresh=True))
         manifest.data["nodes_sharing_paths"] = nodes_checked
         return run_locked(job, paths, dirs, manifest, places, previous, lock, t_start)

@@ -14,6 +14,7 @@ DETAIL = "detail"  # string or null: the measured value behind a reason, or the 
 
 # Candidates: one row per generated sample.
 SAMPLE = "sample"  # int32: 0..repeat-1
+GENERATOR = "generator"  # string: the generator (its model group's name) that made the sample; null in outputs made before it
 SEED = "seed"  # int64: the generator seed of this (id, sample)
 IMAGE = "image"  # binary: encoded image bytes (PNG by default)
 WIDTH = "width"
@@ -50,6 +51,7 @@ CANDIDATES = pa.schema(
         pa.field(ID, pa.string()),
         pa.field(CAPTION, pa.string()),
         pa.field(SAMPLE, pa.int32()),
+        pa.field(GENERATOR, pa.string()),
         pa.field(SEED, pa.int64()),
         pa.field(IMAGE, pa.binary()),
         pa.field(WIDTH, pa.int32()),
@@ -63,8 +65,11 @@ CANDIDATES = pa.schema(
 
 DATASET = pa.schema(list(CANDIDATES) + [pa.field(RANK, pa.int64())])
 
+# curated/: the captions curation kept, what generation reads (and `python -m factory curate` leaves).
+CURATED = pa.schema([pa.field(ID, pa.string()), pa.field(CAPTION, pa.string()), pa.field(SOURCE, pa.string())])
+
 # The columns selection reads: never the image bytes.
-SELECT_COLUMNS = [ID, SAMPLE, SCORE, CLIP_SCORE, SSIM, REASON]
+SELECT_COLUMNS = [ID, SAMPLE, GENERATOR, SCORE, CLIP_SCORE, SSIM, REASON]
 # Prefix of the per-row seconds a stage with a pool spent on a batch (added in flight by the engine,
 # summed into the candidates writer's summary rows): the run's busy seconds per stage.
 BUSY = "_busy_"

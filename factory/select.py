@@ -13,28 +13,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
-from factory.io import files
+from factory.expand import sample_keys
+from factory.candidates import read_candidates
 
 
-def read_scores(candidate_paths: list[str]) -> pa.Table:
+def read_scores(candidate_paths: list[str], legacy: str | None = None) -> pa.Table:
     """id, sample, score, clip_score, ssim of every usable candidate (reason null, finite score),
     and `file`: the index in `candidate_paths` of the file the row is in."""
     if not candidate_paths:
         return pa.schema([S.CANDIDATES.field(c) for c in S.SELECT_COLUMNS if c != S.REASON] + [pa.field(S.FILE, pa.int32())]).empty_table()
-    t = files.read_parquet_files(candidate_paths, S.SELECT_COLUMNS + ["__fragment_index"], filter=pc.field(S.REASON).is_null())
+    t = read_candidates(candidate_paths, S.SELECT_COLUMNS + ["__fragment_index"], legacy, filter=pc.field(S.REASON).is_null())
     t = t.rename_columns([S.FILE if c == "__fragment_index" else c for c in t.column_names])
     t = t.filter(pc.is_finite(t.column(S.SCORE)))
     return t.drop_columns([S.REASON])
 
 
-def is_current(table: pa.Table, ids: pa.Array, repeat: int):
-    """Per row of `table` (id, sample columns): whether it is a sample of the captions `ids` below `repeat`."""
-    return pc.and_(pc.is_in(table.column(S.ID), value_set=ids), pc.less(table.column(S.SAMPLE), repeat))
+def is_current(table: pa.Table, ids: pa.Array, repeat: int, generators: list[str]):
+    """Per row of `table` (id, sample, generator columns): whether it is a sample of the captions
+    `ids` below `repeat`, by one of `generators`."""
+    of_run = pc.and_(pc.is_in(table.column(S.ID), value_set=ids), pc.less(table.column(S.SAMPLE), repeat))
+    return pc.and_(of_run, pc.fill_null(pc.is_in(table.column(S.GENERATOR), value_set=pa.array(generators, pa.string())), False))
 
 
-def current_samples(scores: pa.Table, ids: pa.Array, repeat: int) -> tuple[pa.Table, int]:
-    """The score rows of the captions `ids` with sample < `repeat`, and how many rows were left out."""
-    kept = scores.filter(is_current(scores, ids, repeat))
+def current_samples(scores: pa.Table, ids: pa.Array, repeat: int, generators: list[str]) -> tuple[pa.Table, int]:
+    """The score rows of the captions `ids` with sample < `repeat` by `generators`, and how many rows were left out."""
+    kept = scores.filter(is_current(scores, ids, repeat, generators))
     return kept, scores.num_rows - kept.num_rows
 
 
@@ -48,10 +51,11 @@ def check_best_by(by: str) -> None:
 
 def best_of_n(scores: pa.Table, by: str = S.SCORE) -> pa.Table:
     """One row per id: the highest `by` (score, or clip_score as SynthVLM's own `repeat` option
-    picks), ties to the lower sample index (duplicates collapse too).
+    picks), ties to the lower sample index, then to the generator first in string order
+    (duplicates collapse too).
 
     Linear time: a per-id maximum, then the lowest sample among the rows that reach it, then the
-    first such row; rows come out in order of each id's first appearance. Scores must be finite
+    lowest generator, then the first such row; rows come out in order of each id's first appearance. Scores must be finite
     (read_scores guarantees it).
     """
     if scores.num_rows == 0:
@@ -68,6 +72,13 @@ def best_of_n(scores: pa.Table, by: str = S.SCORE) -> pa.Table:
     low = np.full(n_ids, np.iinfo(np.int64).max)
     np.minimum.at(low, codes[rows], sample[rows])
     rows = rows[sample[rows] == low[codes[rows]]]
+    if S.GENERATOR in scores.column_names:  # across generators: the first name in string order
+        gens = scores.column(S.GENERATOR).to_pylist()
+        order = {g: r for r, g in enumerate(sorted(set(gens), key=lambda g: (g is None, g or "")))}
+        gen = np.array([order[g] for g in gens], dtype=np.int64)
+        least = np.full(n_ids, np.iinfo(np.int64).max)
+        np.minimum.at(least, codes[rows], gen[rows])
+        rows = rows[gen[rows] == least[codes[rows]]]
     first = np.full(n_ids, len(score), dtype=np.int64)  # exact duplicates: the first row wins
     np.minimum.at(first, codes[rows], rows)
     return scores.take(pa.array(first[first < len(score)]))
@@ -124,8 +135,6 @@ class PickSelected:
     one output) still lands in the dataset once."""
 
     def __init__(self, chosen: pa.Table):
-        from factory.expand import sample_keys
-
         keys = sample_keys(chosen)
         file = chosen.column(S.FILE).to_numpy()
         order = np.lexsort((keys, file))
@@ -136,8 +145,6 @@ class PickSelected:
         return np.unique(self.file, return_counts=True)
 
     def __call__(self, file_index: int, table: pa.Table) -> pa.Table:
-        from factory.expand import sample_keys
-
         lo, hi = np.searchsorted(self.file, file_index, "left"), np.searchsorted(self.file, file_index, "right")
         keys, ranks = self.keys[lo:hi], self.ranks[lo:hi]
         k = sample_keys(table)

@@ -7,7 +7,7 @@ instead (factory/registry.py), and `resources.<pool>` by `Pool` when the pipelin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import II
 
@@ -26,8 +26,13 @@ class SynthSettings:
     seed: int = 0  # with (id, sample) gives each image's seed: reruns reproduce images
     batch_size: int = II("model.batch_size")
     negative_prompt: str = ""
+    # Several generators in one run: conf/model/ names, each its own pool (the key `generators.<name>`;
+    # per-generator overrides as generators.<name>.steps=20). null: the one generator `model`.
+    generators: Optional[List[str]] = None
 
     def check(self) -> None:
+        if self.generators is not None and len(set(self.generators)) != len(self.generators):
+            raise SettingError("synth.generators", f"={list(self.generators)} names a generator twice")
         for key in ("repeat", "steps", "batch_size"):
             number(f"synth.{key}", getattr(self, key), whole=True, low=1)
         number("synth.guidance", self.guidance, low=0)
@@ -155,6 +160,7 @@ class Config:
     output: str = "runs/default"  # the run's folder, local or URI; running again on it resumes
     progress_every_s: float = 60  # a progress line in the log this often; 0: none
     model: Any = None
+    generators: Any = field(default_factory=dict)  # filled from synth.generators (factory/config.py)
     scorer: Any = None
     curate: Any = field(default_factory=dict)
     synth: SynthSettings = field(default_factory=SynthSettings)

@@ -5,6 +5,9 @@ stream together inside Ray Data, each operator's span from Ray Data's own statis
 """
 from __future__ import annotations
 
+import collections
+
+from factory import schema as S
 from factory.curate.dedup import MarkDuplicates
 from factory.pipeline import Pipeline
 
@@ -42,13 +45,16 @@ def stage_summary(manifest: dict, pipeline: Pipeline, operators: list[dict] | No
         op = _op(operators, f"MapBatches({stage.label()})")
         return (op.get("rows_in"), op.get("rows_out")) if op else (None, None)
 
-    generator, scorer = pipeline.generator.stage, pipeline.scorer.stage
+    scorer = pipeline.scorer.stage
+    synthesize = [_stage("synthesize" if len(pipeline.generators) == 1 else f"synthesize:{g.stage.name}",
+                         *((None, None) if len(pipeline.generators) > 1 else  # per generator: manifest by_generator
+                           (max(0, c.get("curated", 0) * repeat - c.get("resumed", 0)), c.get("generated"))),
+                         span(g.stage), busy.get(g.stage.label()), note=g.stage.label()) for g in pipeline.generators]
     stages = [
         _stage("scan", None, c.get("read"), wall.get("scan"), note="read + duplicates pre-pass"),
         _stage("curate", c.get("read"), c.get("curated"), span(MarkDuplicates()), note="filters, duplicates marked, rejects/ written"),
         *[_stage(f.name, *rows(f), span(f), busy.get(f.label())) for f in pipeline.late_filters() if f.engine() == "actors"],
-        _stage("synthesize", max(0, c.get("curated", 0) * repeat - c.get("resumed", 0)), c.get("generated"), span(generator),
-               busy.get(generator.label()), note=generator.label()),
+        *synthesize,
         _stage("score", c.get("generated"), c.get("generated", 0) - unusable_this_run, span(scorer), busy.get(scorer.label()),
                note=scorer.label()),
         _stage("select", None if c.get("scored") is None else c["scored"] - c.get("not_competing", 0), c.get("selected"),
@@ -57,6 +63,36 @@ def stage_summary(manifest: dict, pipeline: Pipeline, operators: list[dict] | No
     if "export" in wall:
         stages.append(_stage("export", c.get("selected"), c.get("selected"), wall["export"]))
     return stages
+
+
+def generator_summary(pipeline: Pipeline, manifest: dict, generated: dict, made_now: dict[str, int], chosen) -> dict:
+    """Which generator is worth its GPUs: per generator, the samples on disk and made by this run,
+    its pool's busy seconds and GPU-seconds (busy × GPUs per actor) in this run, per sample made,
+    the share of the selected dataset it won, and its GPU-seconds per selected pair it won."""
+    on_disk = manifest.get("counts", {}).get("by_generator", {})
+    won = collections.Counter(str(g) for g in chosen.column(S.GENERATOR).to_pylist()) if chosen.num_rows else {}
+    out = {}
+    for g in pipeline.generators:
+        name, stage = g.stage.name, g.stage
+        busy = float(generated["busy"].get(stage.label(), 0.0))
+        gpu_s = busy * float(generated.get("gpus", {}).get(name, 0.0))
+        made = int(made_now.get(name, 0))
+        out[name] = {
+            "model": stage.path, "samples": on_disk.get(name, {}).get("samples", 0), "usable": on_disk.get(name, {}).get("usable", 0),
+            "made_this_run": made, "busy_s": round(busy, 3), "gpu_s": round(gpu_s, 3),
+            "busy_s_per_sample": round(busy / made, 4) if made else None,
+            "gpu_s_per_sample": round(gpu_s / made, 4) if made else None,
+            "selected": won.get(name, 0), "share_selected": round(won.get(name, 0) / chosen.num_rows, 4) if chosen.num_rows else None,
+            "gpu_s_per_selected": round(gpu_s / won[name], 4) if won.get(name) else None,
+        }
+    return out
+
+
+def generator_lines(by_generator: dict) -> list[str]:
+    """One line per generator: samples, busy and GPU seconds per sample, share of the dataset won."""
+    return [f"{name:<14} samples {v['samples']:>7}  made {v['made_this_run']:>7}  busy/sample {_num(v['busy_s_per_sample'], '.3f'):>7} s"
+            f"  GPU-s/sample {_num(v['gpu_s_per_sample'], '.3f'):>7}  won {_num(v['share_selected'], '.1%'):>6} of the dataset"
+            f"  GPU-s/selected {_num(v['gpu_s_per_selected'], '.3f'):>7}" for name, v in by_generator.items()]
 
 
 def _num(v, fmt: str) -> str:

@@ -52,8 +52,8 @@ def test_a_changed_setting_is_named_by_its_own_key_and_speed_settings_are_free(t
     for free in ("model.compile=true", "model.batch_size=3", "scorer.chunk_size=4", "model.attention_backend=math",
                  "score.batch_size=4", "synth.repeat=3", "resources.synth.actors=2"):
         assert resume(pipeline(free), dirs) is not None, free
-    # synth.guidance follows model.guidance (conf/config.yaml): the key that sets what the stage uses is named
-    with pytest.raises(RunError, match=r"other settings \(scorer\.dtype, synth\.guidance, synth\.seed\)"):
+    # a generator's settings are named by the key that sets them (model.*, one generator; generators.<name>.*, several)
+    with pytest.raises(RunError, match=r"other settings \(model\.guidance, scorer\.dtype, synth\.seed\)"):
         resume(pipeline("model.guidance=3.0", "scorer.dtype=float16", "synth.seed=2"), dirs)
     assert resume(pipeline("model.guidance=3.0"), dirs, allow=True) is not None
 
@@ -63,9 +63,9 @@ def test_the_fingerprint_is_every_sample_making_parameter_but_the_speed_only_one
     fp = p.fingerprint()
     for s in p.sample_slots():
         fields = {f.name for f in dataclasses.fields(s.stage)}
-        assert {s.keys[f] for f in fields - s.stage.speed_only} <= set(fp)
-        assert not {s.keys.get(f) for f in s.stage.speed_only} & set(fp)
-    assert fp["synth.steps"] == 4 and fp["model.path"] is None and fp["image.format"] == "png"
+        assert {s.key(f) for f in fields - s.stage.speed_only} <= set(fp)
+        assert not {s.key(f) for f in s.stage.speed_only & fields if s.prefix or f in s.keys} & set(fp)
+    assert fp["generators.tiny.steps"] == 4 and fp["generators.tiny.path"] is None and fp["image.format"] == "png"
 
 
 def test_a_parameter_added_to_a_stage_joins_the_fingerprint_and_older_outputs_resume_at_its_default(tmp_path):
@@ -76,11 +76,11 @@ def test_a_parameter_added_to_a_stage_joins_the_fingerprint_and_older_outputs_re
     p = pipeline()
     old = json.loads(json.dumps(p.fingerprint()))
     stage = Sharper(**{f.name: getattr(p.generator.stage, f.name) for f in dataclasses.fields(TinySDXL)})
-    p.generator = Slot(stage, {**p.generator.keys, "sharpness": "model.sharpness"})
-    assert p.fingerprint()["model.sharpness"] == 0.0
+    p.generators = [Slot(stage, {**p.generator.keys, "sharpness": "model.sharpness"}, p.generator.prefix)]
+    assert p.fingerprint()["generators.tiny.sharpness"] == 0.0
     dirs = write_manifest(tmp_path / "out", old)
     assert resume(p, dirs) is not None  # the older run lacks the key: counted at the default
-    p.generator = Slot(dataclasses.replace(stage, sharpness=0.5), p.generator.keys)
+    p.generators = [Slot(dataclasses.replace(stage, sharpness=0.5), p.generator.keys, p.generator.prefix)]
     with pytest.raises(RunError, match=r"other settings \(model\.sharpness\)"):
         resume(p, dirs)
 

@@ -255,7 +255,7 @@ def _dataset_dir(tmp_path: Path, fmt: str, n: int = 5) -> Path:
     images = [encode_image(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), fmt, 90) for _ in range(n)]
     table = pa.table({
         S.ID: [f"a.b/{i}" for i in range(n)], S.CAPTION: [f"caption number {i}" for i in range(n)], S.SAMPLE: pa.array([0] * n, pa.int32()),
-        S.SEED: pa.array(range(n), pa.int64()), S.IMAGE: images, S.WIDTH: pa.array([16] * n, pa.int32()), S.HEIGHT: pa.array([16] * n, pa.int32()),
+        S.GENERATOR: pa.array(["g"] * n, pa.string()), S.SEED: pa.array(range(n), pa.int64()), S.IMAGE: images, S.WIDTH: pa.array([16] * n, pa.int32()), S.HEIGHT: pa.array([16] * n, pa.int32()),
         S.CLIP_SCORE: [0.1 * i for i in range(n)], S.SSIM: [0.9] * n, S.SCORE: [0.1 * i + 0.45 for i in range(n)],
         S.REASON: pa.array([None] * n, pa.string()), S.RANK: pa.array(range(n, 0, -1), pa.int64())}, schema=S.DATASET)
     folder = tmp_path / "dataset"
@@ -483,7 +483,8 @@ def test_status_of_no_run(tmp_path):
 def candidates_table(ids: list[str], samples: list[int], reasons: list, scores: list, image: bytes = b"x") -> pa.Table:
     """Rows of candidates/ as a run writes them (4×4 images, the one score in every score column)."""
     n = len(ids)
-    return pa.table({S.ID: ids, S.CAPTION: ids, S.SAMPLE: pa.array(samples, pa.int32()), S.SEED: pa.array([0] * n, pa.int64()),
+    return pa.table({S.ID: ids, S.CAPTION: ids, S.SAMPLE: pa.array(samples, pa.int32()),
+                     S.GENERATOR: pa.array(["g"] * n, pa.string()), S.SEED: pa.array([0] * n, pa.int64()),
                      S.IMAGE: [image] * n, S.WIDTH: pa.array([4] * n, pa.int32()), S.HEIGHT: pa.array([4] * n, pa.int32()),
                      S.CLIP_SCORE: scores, S.SSIM: scores, S.SCORE: scores, S.REASON: pa.array(reasons, pa.string())},
                     schema=S.CANDIDATES)

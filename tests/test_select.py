@@ -88,7 +88,7 @@ def test_dataset_written_in_the_driver_equals_the_one_written_by_ray_tasks(tmp_p
     n = t.num_rows
     full = pa.table({
         S.ID: t.column(S.ID), S.CAPTION: [f"caption {i}" for i in t.column(S.ID).to_pylist()], S.SAMPLE: t.column(S.SAMPLE),
-        S.SEED: pa.array(range(n), pa.int64()), S.IMAGE: [b"\x89PNG" + bytes([i % 256]) for i in range(n)],
+        S.GENERATOR: pa.array(["g"] * n, pa.string()), S.SEED: pa.array(range(n), pa.int64()), S.IMAGE: [b"\x89PNG" + bytes([i % 256]) for i in range(n)],
         S.WIDTH: pa.array([8] * n, pa.int32()), S.HEIGHT: pa.array([8] * n, pa.int32()),
         S.CLIP_SCORE: t.column(S.SCORE), S.SSIM: pa.array([0.0] * n, pa.float64()), S.SCORE: t.column(S.SCORE),
         S.REASON: pa.array([None] * n, pa.string()),
@@ -120,7 +120,9 @@ def test_current_samples_keeps_the_given_ids_below_repeat():
     from factory.select import current_samples
 
     t = candidates(n_ids=50, repeat=3, seed=5)
+    gens = pa.array([["a", "b", None][i % 3] for i in range(t.num_rows)], pa.string())  # None: no generator named
+    t = t.append_column(S.GENERATOR, gens)
     ids = pa.array(sorted(set(t.column(S.ID).to_pylist()))[::3] + ["not-there"])
-    kept, dropped = current_samples(t, ids, 2)
-    want = [r for r in t.to_pylist() if r[S.ID] in set(ids.to_pylist()) and r[S.SAMPLE] < 2]  # plain Python as the reference
+    kept, dropped = current_samples(t, ids, 2, ["a", "c"])
+    want = [r for r in t.to_pylist() if r[S.ID] in set(ids.to_pylist()) and r[S.SAMPLE] < 2 and r[S.GENERATOR] == "a"]  # plain Python as the reference
     assert kept.to_pylist() == want and dropped == t.num_rows - len(want) > 0

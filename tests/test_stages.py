@@ -14,7 +14,7 @@ from factory.synth.tiny import TinySDXL
 
 @pytest.fixture(scope="module")
 def synth():
-    return TinySDXL(device="cpu", steps=2, guidance=5.0).loaded()
+    return TinySDXL(name="tiny", device="cpu", steps=2, guidance=5.0).loaded()
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def batch(ids, samples, caption="A lighthouse surrounded by fog near a busy harb
         S.ID: np.array(ids, dtype=object),
         S.CAPTION: np.array([caption] * len(ids), dtype=object),
         S.SAMPLE: np.array(samples, np.int32),
+        S.GENERATOR: np.array(["tiny"] * len(ids), dtype=object),
         S.SEED: np.array([sample_seed(0, i, s) for i, s in zip(ids, samples)], np.int64),
     }
 
@@ -44,6 +45,22 @@ def test_images_depend_on_seed_not_on_batching(synth):
     assert np.abs(together[S.IMAGE][0].astype(int) - together[S.IMAGE][1].astype(int)).mean() > 1
     assert list(together[S.REASON]) == ["", "", ""]
     assert list(together[S.WIDTH]) == [64] * 3
+
+
+def test_a_generator_makes_only_its_rows_and_passes_the_others_on(synth):
+    """Several generators in one run are chained pools: each fills its own rows."""
+    mixed = batch(["a", "b", "c"], [0, 0, 1])
+    mixed[S.GENERATOR] = np.array(["tiny", "small", "tiny"], dtype=object)
+    first = synth(mixed)
+    assert [im.shape for im in first[S.IMAGE]] == [(64, 64, 3), (0, 0, 3), (64, 64, 3)]
+    small = TinySDXL(name="small", device="cpu", steps=2, guidance=5.0, height=32, width=32)
+    both = small(first)
+    assert [im.shape for im in both[S.IMAGE]] == [(64, 64, 3), (32, 32, 3), (64, 64, 3)]
+    assert list(both[S.WIDTH]) == [64, 32, 64] and list(both[S.REASON]) == ["", "", ""]
+    own = synth(batch(["a", "c"], [0, 1]))  # the same rows alone: the same images (same batch size)
+    np.testing.assert_array_equal(np.stack([both[S.IMAGE][0], both[S.IMAGE][2]]), own[S.IMAGE])
+    alone = small(batch(["b"], [0]) | {S.GENERATOR: np.array(["small"], dtype=object)})
+    np.testing.assert_array_equal(both[S.IMAGE][1], alone[S.IMAGE][0])
 
 
 def test_bad_images_are_flagged():

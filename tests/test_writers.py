@@ -23,7 +23,7 @@ def scored_batch(n: int = 3) -> dict:
         S.ID: np.array([f"id{i}" for i in range(n)], dtype=object),
         S.CAPTION: np.array([f"caption {i}" for i in range(n)], dtype=object),
         S.SAMPLE: np.zeros(n, np.int32),
-        S.SEED: np.arange(n, dtype=np.int64),
+        S.GENERATOR: np.array(["g"] * n, dtype=object), S.SEED: np.arange(n, dtype=np.int64),
         S.IMAGE: rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
         S.WIDTH: np.full(n, 16, np.int32),
         S.HEIGHT: np.full(n, 16, np.int32),

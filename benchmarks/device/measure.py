@@ -2,9 +2,9 @@
 
     python benchmarks/device/measure.py RUN/manifest.json CAPTIONS --images N [--json F] [--summary F]
 
-Builds DiffusionSynth with the very arguments the run's actors got (the run's resolved config in
-manifest.json, through factory.stage_args.synth_kwargs), so it loads the same folder the same way
-and compiles and warms up in its constructor; then one untimed batch, then N of the run's captions
+Builds the generator stage from the run's resolved config in manifest.json through the pipeline's
+own code (factory.pipeline: the model node and the synth.* keys bound into it), so it loads the
+same folder the same way and compiles and warms up in its setup, as the run's actors did; then one untimed batch, then N of the run's captions
 timed in batches of synth.batch_size. Prints the device, the end-to-end rates from the manifest,
 the stage-alone rate and, last, their ratio (steady end to end / stage alone).
 """
@@ -22,8 +22,8 @@ sys.path.insert(0, str(BENCH))  # the benchmark scripts import their helpers as 
 from _common import Timer, device_name  # noqa: E402
 from synth_gpu import stage_batch  # noqa: E402
 
-from factory.stage_args import synth_kwargs  # noqa: E402
-from factory.synth.diffusion import DiffusionSynth, resolve_device  # noqa: E402
+from factory.devices import resolve_device  # noqa: E402
+from factory.pipeline import GENERATOR_FROM, slot  # noqa: E402
 
 
 def read_captions(path: Path) -> list[str]:
@@ -31,12 +31,12 @@ def read_captions(path: Path) -> list[str]:
 
 
 def time_stage(cfg: dict, prompts: list[str], images: int) -> dict:
-    """Images/s of DiffusionSynth alone on `images` of `prompts`, after its warm-up and one untimed batch."""
-    kwargs = synth_kwargs(cfg)
-    device = resolve_device(kwargs["device"])
-    bs = int(kwargs["batch_size"])
+    """Images/s of the generator stage alone on `images` of `prompts`, after its warm-up and one untimed batch."""
+    synth = slot(cfg["model"], "model", cfg, GENERATOR_FROM).stage
+    device = resolve_device(synth.device)
+    bs = int(synth.batch_size)
     t0 = time.perf_counter()
-    synth = DiffusionSynth(**kwargs)  # loads; with model.compile, compiles and warms up here
+    synth.loaded()  # loads; with model.compile, compiles and warms up here
     ready_s = time.perf_counter() - t0
     synth(stage_batch(prompts[:bs], 0))  # untimed: the first full batch (allocator, cuDNN/cuBLAS choices)
     images = min(images, len(prompts))
@@ -44,7 +44,7 @@ def time_stage(cfg: dict, prompts: list[str], images: int) -> dict:
         for start in range(0, images, bs):
             out = synth(stage_batch(prompts[start : min(start + bs, images)], start))
     assert out["image"].ndim == 4, out["image"].shape
-    return {"device": device_name(device), "images": images, "seconds": round(t.s, 3), "images_per_s": images / t.s,
+    return {"device": device_name(device), "stage": type(synth).__name__, "images": images, "seconds": round(t.s, 3), "images_per_s": images / t.s,
             "batch_size": bs, "ready_s": round(ready_s, 1),
             "warmup_s": None if synth.warmup_s is None else round(synth.warmup_s, 1), "oom_retries": synth.oom_retries}
 
@@ -74,7 +74,7 @@ def report(run: dict, alone: dict) -> list[str]:
         f"end to end, steady (manifest: stages.synthesize rows_per_s, generated / Ray Data's span of the synthesis "
         f"operator, scoring and writing alongside): {run['span_rate']:.3f} images/s ({run['generated']} in {run['span_s']:.1f} s"
         + ("" if run["busy_s"] is None else f"; the synthesis actor busy {run['busy_s']:.1f} s of it") + ")",
-        f"synthesis stage alone (DiffusionSynth, the run's settings, batch {alone['batch_size']}{warm}): "
+        f"synthesis stage alone ({alone['stage']}, the run's settings, batch {alone['batch_size']}{warm}): "
         f"{rate:.3f} images/s ({alone['images']} in {alone['seconds']:.1f} s)",
         f"ratio whole phase / stage alone: {run['phase_rate'] / rate:.3f}",
         "ratio end-to-end steady / synthesis stage alone:",

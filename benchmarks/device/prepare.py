@@ -29,7 +29,7 @@ CLIP_FILE = "open_clip_model.safetensors"
 def sdxl_builder():
     """The function that builds SDXL base 1.0's exact architecture with random weights:
     `build(device, dtype)` → a StableDiffusionXLPipeline. The one place to repoint if it moves."""
-    from factory.synth.sdxl_arch import build_sdxl_pipeline
+    from benchmarks.arch.sdxl_arch import build_sdxl_pipeline
 
     return build_sdxl_pipeline
 
@@ -51,7 +51,7 @@ def save_clip(path: Path, cpu: bool) -> None:
     from safetensors.torch import save_file
 
     if cpu:
-        from factory.synth.tiny import register_tiny_clip
+        from factory.score.tiny import register_tiny_clip
 
         arch, device, dtype = register_tiny_clip(), "cpu", torch.float32
     else:  # stored in fp16, the dtype scorer=clip_l14_336 runs in; the loader copies it into the model

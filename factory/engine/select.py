@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import ray
 
 from factory import schema as S
+from factory.candidates import with_generator
 from factory.io import files
 from factory.io.write import keys_digest
 from factory.select import PickSelected
@@ -15,12 +16,13 @@ DATASET_PART_MB = 256
 
 
 def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: str, cpu: float, local_max_mb: float = 0,
-                   sizes: dict[str, int] | None = None, row_bytes: float | None = None) -> int:
+                   sizes: dict[str, int] | None = None, row_bytes: float | None = None, legacy: str | None = None) -> int:
     """Copy the chosen rows (`chosen[file]` indexes `candidate_paths`) with their rank into
     `staging_dir`, reading only the files that hold them; groups of files make one dataset file of
     about DATASET_PART_MB (at `row_bytes` a row; unknown: a whole file's bytes a row, so parts stay
     small). In Ray tasks, or in this process when those files hold at most `local_max_mb` (tasks
-    would cost more). `sizes`: bytes per path where known (one listing instead of a request each)."""
+    would cost more). `sizes`: bytes per path where known (one listing instead of a request each);
+    `legacy`: the generator of samples written before the generator column (see factory/candidates.py)."""
     files.makedirs(staging_dir)  # here on the driver; the tasks only write into it
     if chosen.num_rows == 0:
         return 0
@@ -36,10 +38,11 @@ def write_selected(candidate_paths: list[str], chosen: pa.Table, staging_dir: st
         parts = []
         for i in batch.column("files").to_pylist()[0]:
             fs, path = files.resolve(candidate_paths[i])
-            parts.append(pick(i, pq.read_table(path, filesystem=fs, partitioning=None)))
+            table = files.conform(pq.read_table(path, filesystem=fs, partitioning=None), S.CANDIDATES)
+            parts.append(pick(i, with_generator(table, legacy)))
         out = pa.concat_tables(parts).cast(S.DATASET) if parts else S.DATASET.empty_table()
         if out.num_rows:
-            name = f"part-{keys_digest(out.column(S.ID).to_pylist(), out.column(S.SAMPLE).to_pylist())}.parquet"
+            name = f"part-{keys_digest(*(out.column(c).to_pylist() for c in (S.ID, S.SAMPLE, S.GENERATOR)))}.parquet"
             files.write_parquet_atomic(files.join(staging_dir, name), out, make_parent=False)
         return pa.table({"rows": [out.num_rows]})
 

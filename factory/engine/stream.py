@@ -31,7 +31,7 @@ def map_files(paths: list[str], stages: list[Stage], cpu: float) -> Iterator[pa.
 
 def with_filter(ds, f: CaptionFilter, places: dict[int, Placement], output: str):
     """`ds` through one caption filter and its side log, if it keeps one."""
-    ds = vllm.apply(ds, f) if f.engine() == "vllm" else adapter.apply(ds, f, places[id(f)])
+    ds = vllm.apply(ds, f) if f.engine() == "vllm" else adapter.apply(ds, f, places.get(id(f), places["tasks"]))
     side = f.side_log(output)
     return adapter.apply(ds, side, places["tasks"]) if side is not None else ds
 
@@ -56,12 +56,14 @@ def generation_dataset(paths: list[str], pipeline: Pipeline, losers_path: str, d
     summary row per written candidates file; everything streams."""
     ds = curated_captions(paths, pipeline, losers_path, dirs, places)
     ds = adapter.apply(ds, dataclasses.replace(pipeline.expand.stage, done=done), places["tasks"])
-    generator = pipeline.generator.stage
     # One block per synthesis batch: the unit that streams to the GPUs, and all a crash can cost.
     # (Fused CPU stages coalesce their small outputs into one big block otherwise, which would
     # reach the writer only once all of it is synthesized.)
-    ds = ds.repartition(target_num_rows_per_block=generator.batch_size, strict=True)
-    ds = adapter.apply(ds, generator, places[id(generator)])
+    ds = ds.repartition(target_num_rows_per_block=pipeline.generator.stage.batch_size, strict=True)
+    # Several generators: one pool each, chained; each makes its own rows' images and passes the
+    # others on (factory/synth/diffusion.py Generator.process).
+    for g in pipeline.generators:
+        ds = adapter.apply(ds, g.stage, places[id(g.stage)])
     ds = adapter.apply(ds, pipeline.scorer.stage, places[id(pipeline.scorer.stage)])
     writer = dataclasses.replace(pipeline.writer.stage, directory=dirs["candidates"])
     return adapter.apply(ds, writer, places["tasks"])

@@ -10,6 +10,7 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 
@@ -74,27 +75,32 @@ def file_sizes(directory: str, suffix: str = "") -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def parquet_dataset(paths: list[str]):
+def parquet_dataset(paths: list[str], schema: pa.Schema | None = None):
     """The Parquet files `paths` (all on one filesystem, at least one) as one pyarrow dataset, in
     that order (its column "__fragment_index" says which of `paths` a row came from). Hive-style
-    `key=value` folders in the paths add no columns."""
-    import pyarrow.dataset as pads
-
+    `key=value` folders in the paths add no columns. With `schema`, a column a file lacks (written
+    before it existed) reads as nulls."""
     fs, _ = resolve(paths[0])
-    return pads.dataset([resolve(p)[1] for p in paths], format="parquet", filesystem=fs, partitioning=None)
+    return pads.dataset([resolve(p)[1] for p in paths], format="parquet", filesystem=fs, partitioning=None, schema=schema)
 
 
-def read_parquet_files(paths: list[str], columns: list[str], filter=None) -> pa.Table:
+def read_parquet_files(paths: list[str], columns: list[str], filter=None, schema: pa.Schema | None = None) -> pa.Table:
     """`columns` of the Parquet files `paths` as one table, rows matching the pyarrow.dataset
     expression `filter` (see parquet_dataset)."""
-    return parquet_dataset(paths).to_table(columns=columns, filter=filter)
+    return parquet_dataset(paths, schema).to_table(columns=columns, filter=filter)
 
 
-def read_parquet_dir(directory: str, columns: list[str], filter=None) -> pa.Table | None:
+def read_parquet_dir(directory: str, columns: list[str], filter=None, schema: pa.Schema | None = None) -> pa.Table | None:
     """`columns` of the visible Parquet files below `directory` as one table (rows matching the
     pyarrow.dataset expression `filter`), or None when there are no such files."""
     paths = list_files(directory, ".parquet")
-    return read_parquet_files(paths, columns, filter) if paths else None
+    return read_parquet_files(paths, columns, filter, schema) if paths else None
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in `schema`'s columns and types; a column it lacks (an older file) comes as nulls."""
+    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def expand_input(pattern: str) -> list[str]:

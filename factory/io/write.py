@@ -78,6 +78,25 @@ class RejectsSplit(Stage):
 
 
 @dataclass
+class CuratedWriter(Stage):
+    """Stage: the captions curation kept (id, caption, source) → curated/ Parquet → one summary row."""
+
+    name: ClassVar[str] = "curated"
+
+    directory: str = ""
+
+    def prepare(self) -> None:
+        files.makedirs(self.directory)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        table = batch.select(S.CURATED.names).cast(S.CURATED)
+        if table.num_rows:
+            name = f"part-{keys_digest(table.column(S.SOURCE).to_pylist())}.parquet"
+            files.write_parquet_atomic(files.join(self.directory, name), table, make_parent=False)
+        return pa.table({"rows": [table.num_rows]})
+
+
+@dataclass
 class CandidateWriter(Stage):
     """Stage: scored samples → candidates/ Parquet (images encoded here, on CPU) → one summary row."""
 
@@ -103,7 +122,8 @@ class CandidateWriter(Stage):
         with ThreadPoolExecutor(self.threads) as pool:  # zlib/libwebp release the GIL
             encoded = list(pool.map(lambda im: encode_image(im, self.image_format, self.quality), images))
         table = candidates_table(batch, encoded)
-        name = f"part-{keys_digest(table.column(S.ID).to_pylist(), table.column(S.SAMPLE).to_pylist())}.parquet"
+        keys = (table.column(c).to_pylist() for c in (S.ID, S.SAMPLE, S.GENERATOR))
+        name = f"part-{keys_digest(*keys)}.parquet"
         files.write_parquet_atomic(files.join(self.directory, name), table, compression="none", make_parent=False)
         reasons = [str(r) for r in batch[S.REASON] if str(r)]
         summary = {
@@ -123,6 +143,7 @@ def candidates_table(batch: dict, encoded: list[bytes]) -> pa.Table:
             S.ID: pa.array([str(x) for x in batch[S.ID]], pa.string()),
             S.CAPTION: pa.array([str(x) for x in batch[S.CAPTION]], pa.string()),
             S.SAMPLE: pa.array(batch[S.SAMPLE], pa.int32()),
+            S.GENERATOR: pa.array([str(g) for g in batch[S.GENERATOR]], pa.string()),
             S.SEED: pa.array(batch[S.SEED], pa.int64()),
             S.IMAGE: pa.array(encoded, pa.binary()),
             S.WIDTH: pa.array(batch[S.WIDTH], pa.int32()),

@@ -25,6 +25,7 @@ from factory.devices import resolve_device, torch_dtype
 from factory.errors import SettingError
 from factory.retry import run_in_halves
 from factory.stage import GiB, PROCESS_BYTES, Resources, Stage
+from factory.synth.families import FAMILIES, NONE, Family
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,40 @@ def folder_bytes(path: str | None) -> int | None:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.suffix in (".safetensors", ".bin") and f.is_file())
 
 
+def check_family_settings(g: "Generator") -> None:
+    """Settings the family has no use for are refused, not silently ignored."""
+    fam = g.family
+    if g.negative_prompt and not fam.negative_prompt:
+        raise SettingError("negative_prompt", f" is set, but {fam.name} takes no negative prompt ({fam.guidance} guidance)")
+    if fam.guidance == NONE and g.guidance:
+        raise SettingError("guidance", f"={g.guidance}: {fam.name} is timestep-distilled and ignores guidance; leave it 0")
+    if g.channels_last and fam.denoiser != "unet":
+        raise SettingError("channels_last", f"=true: it speeds up a UNet's convolutions; {fam.name}'s denoiser is a transformer")
+    if g.max_sequence_length is not None and fam.max_sequence_length is None:
+        raise SettingError("max_sequence_length", f" is set, but {fam.name} reads prompts through CLIP's 77 tokens only")
+
+
+def check_folder(g: "Generator") -> None:
+    """A local model folder must hold the family's pipeline (read from model_index.json, before
+    anything loads); a hub id is checked when it loads."""
+    index = os.path.join(g.path or "", "model_index.json")
+    if not (g.path and os.path.isfile(index)):
+        return
+    try:
+        with open(index) as f:
+            found = json.load(f).get("_class_name")
+    except (OSError, ValueError) as exc:
+        raise SettingError("path", f"={g.path}: its model_index.json cannot be read ({exc})") from None
+    check_pipeline_class(g, found)
+
+
+def check_pipeline_class(g: "Generator", found: str | None) -> None:
+    if found != g.family.pipeline:
+        hint = next((f" (model={f.name}?)" for f in FAMILIES.values() if f.pipeline == found), "")
+        what = "not a text-to-image pipeline this factory runs" if not hint else f"{found}"
+        raise SettingError("path", f"={g.path} holds {found or 'no pipeline'}: {what}; {g.family.name} needs {g.family.pipeline}{hint}")
+
+
 @dataclass
 class Generator(Stage):
     """Stage: batch with id, caption, sample, seed → + image (uint8 N×H×W×3), width, height, reason ("" = ok).
@@ -92,10 +127,11 @@ class Generator(Stage):
     size) kernels may round differently and move pixels slightly (one grey level seen on CPU).
     A batch that runs out of device memory is retried in halves.
 
-    A family (a subclass) declares what differs: `denoiser` (the attribute compile and
-    channels_last act on), `size_multiple` (VAE scale × patch size), `guidance_kind` ("cfg":
-    classifier-free with a negative prompt; "embedded": a guidance input, no negative; "none"),
-    `weights_bytes` (its weights, for the memory it asks Ray for when they are not local).
+    A family (a subclass) declares what differs in `family` (factory/synth/families.py: the
+    pipeline class, the denoiser that compile and channels_last act on, the size multiple, the
+    guidance kind, whether it takes a negative prompt, its text length and extra call arguments)
+    and `weights_bytes` (its weights, for the memory it asks Ray for when they are not local).
+    Settings that do not apply to the family are refused when the stage is built.
     """
 
     pool: ClassVar[str] = "synth"
@@ -105,9 +141,7 @@ class Generator(Stage):
     speed_only: ClassVar[frozenset[str]] = frozenset({
         "device", "batch_size", "channels_last", "fuse_qkv", "compile", "compile_mode", "attention_backend",
         "inductor_tuning", "warmup_steps"})
-    denoiser: ClassVar[str] = "unet"
-    size_multiple: ClassVar[int] = 8
-    guidance_kind: ClassVar[str] = "cfg"
+    family: ClassVar[Family] = FAMILIES["sdxl"]
     weights_bytes: ClassVar[int] = 8 * GiB
 
     name: str = "generator"  # the generator's name in outputs (the model group's name)
@@ -129,20 +163,25 @@ class Generator(Stage):
     attention_backend: str = "auto"  # auto | flash | efficient | cudnn | math: the SDPA kernel every attention uses
     inductor_tuning: bool = False  # with compile: inductor's diffusion-fast settings (longer compilation)
     warmup_steps: int = 2
+    max_sequence_length: Optional[int] = None  # text tokens (T5 / Gemma) per prompt; null: the family's own
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        m = self.family.size_multiple
         for key in ("height", "width"):
             v = getattr(self, key)
-            number(key, v, whole=True, low=self.size_multiple, nullable=True)
-            if v is not None and v % self.size_multiple:
-                raise SettingError(key, f" must be a multiple of {self.size_multiple} (the VAE's scale), got {v}")
+            number(key, v, whole=True, low=m, nullable=True)
+            if v is not None and v % m:
+                raise SettingError(key, f" must be a multiple of {m} ({self.family.name}'s VAE scale × patch size), got {v}")
         number("steps", self.steps, whole=True, low=1)
         number("batch_size", self.batch_size, whole=True, low=1)
         number("guidance", self.guidance, low=0)
+        number("max_sequence_length", self.max_sequence_length, whole=True, low=1, nullable=True)
         if self.attention_backend != "auto" and self.attention_backend not in SDPA_BACKENDS:
             raise SettingError("attention_backend", f"={self.attention_backend!r}: expected auto or one of {sorted(SDPA_BACKENDS)}")
         torch_dtype(self.dtype, "model.dtype")
+        check_family_settings(self)
+        check_folder(self)
 
     # ---- declarations ---------------------------------------------------------------------
 
@@ -155,16 +194,16 @@ class Generator(Stage):
             raise SettingError("path", " is not set: a hub id or a local diffusers folder")
         return self.path
 
-    def native_side(self) -> int | None:
-        """The image side the model makes by default (its denoiser's sample size times the VAE's
-        scale), read from a local folder's configs without loading it; None for a hub id."""
+    def native_side(self) -> int:
+        """The image side the model makes by default: its denoiser's sample size times the VAE's
+        scale, read from a local folder's configs without loading it, else the family's."""
         try:
-            with open(os.path.join(self.path or "", self.denoiser, "config.json")) as f:
+            with open(os.path.join(self.path or "", self.family.denoiser, "config.json")) as f:
                 sample = int(json.load(f)["sample_size"])
             with open(os.path.join(self.path or "", "vae", "config.json")) as f:
                 levels = len(json.load(f)["block_out_channels"])
         except (OSError, KeyError, TypeError, ValueError):
-            return None
+            return self.family.size  # a hub id (nothing read offline), or a config without it: the model card's size
         return sample * 2 ** (levels - 1)
 
     def memory_bytes(self) -> int:
@@ -180,16 +219,18 @@ class Generator(Stage):
         self.attach(self.load(device), device)
 
     def load(self, device: str):
-        return load_text_to_image(self.model_folder(), self.dtype, device, self.variant)
+        pipe = load_text_to_image(self.model_folder(), self.dtype, device, self.variant)
+        check_pipeline_class(self, type(pipe).__name__)
+        return pipe
 
     @classmethod
-    def from_pipeline(cls, pipe, device: str | None = None, parts: dict | None = None, **fields) -> "Generator":
+    def from_pipeline(cls, pipe, parts: dict | None = None, **fields) -> "Generator":
         """The stage around a pipeline already in memory (benchmarks build exact architectures in
         place); `parts`: a family's other loaded parts (SDXL's refiner)."""
-        self = cls(**fields)
+        self = cls(**{"device": str(pipe.device), **fields})
         self.__dict__.update(parts or {})
         pipe.set_progress_bar_config(disable=True)
-        self.attach(pipe, device or str(pipe.device))
+        self.attach(pipe, resolve_device(self.device))
         self._ready = True
         return self
 
@@ -205,16 +246,16 @@ class Generator(Stage):
 
     def _speedups(self) -> None:
         pipe = self.pipe
-        denoiser = getattr(pipe, self.denoiser)
-        if self.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
-            pipe.fuse_qkv_projections()
+        denoiser = getattr(pipe, self.family.denoiser)
+        if self.fuse_qkv:  # SDXL's pipeline fuses its UNet's and VAE's; the transformers fuse their own
+            (pipe if hasattr(pipe, "fuse_qkv_projections") else denoiser).fuse_qkv_projections()
         if self.channels_last:
             denoiser.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
         if self.vae_tiling:  # only when a batch's decode does not fit: tiles cost time and leave seams
             pipe.vae.enable_tiling()
         if self.compile:
-            setattr(pipe, self.denoiser, torch.compile(denoiser, mode=self.compile_mode, fullgraph=True))
+            setattr(pipe, self.family.denoiser, torch.compile(denoiser, mode=self.compile_mode, fullgraph=True))
             pipe.vae.decode = torch.compile(pipe.vae.decode, mode=self.compile_mode, fullgraph=True)
 
     def warm_up(self, batch_size: int, steps: int = 2) -> float:
@@ -231,16 +272,15 @@ class Generator(Stage):
         return warm
 
     def call_kwargs(self, prompts: list[str], generators: list) -> dict:
-        """The pipeline's arguments for one batch (a family adds or drops its own)."""
-        return dict(
-            prompt=prompts,
-            negative_prompt=[self.negative_prompt] * len(prompts) if self.guidance > 1 else None,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance,
-            generator=generators,
-            height=self.height,
-            width=self.width,
-        )
+        """The pipeline's arguments for one batch, as the family takes them."""
+        fam = self.family
+        kwargs = dict(prompt=prompts, num_inference_steps=self.steps, guidance_scale=self.guidance, generator=generators,
+                      height=self.height, width=self.width, **fam.call_kwargs)
+        if fam.negative_prompt:  # only with guidance is there a negative branch to condition
+            kwargs["negative_prompt"] = [self.negative_prompt] * len(prompts) if self.guidance > 1 else None
+        if fam.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = self.max_sequence_length or fam.max_sequence_length
+        return kwargs
 
     def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         """(N,3,H,W) float images in [0,1], on the device."""
@@ -262,7 +302,7 @@ class Generator(Stage):
         if self.height and self.width:
             return self.height, self.width
         pipe = self.pipe
-        sample = getattr(pipe, "default_sample_size", None) or getattr(pipe, self.denoiser).config.sample_size
+        sample = getattr(pipe, "default_sample_size", None) or getattr(pipe, self.family.denoiser).config.sample_size
         default = int(sample) * int(pipe.vae_scale_factor)
         return self.height or default, self.width or default
 
@@ -288,6 +328,18 @@ class Generator(Stage):
             torch.cuda.empty_cache()
 
     def process(self, batch: dict) -> dict:
+        """Images for the rows of this generator; rows of other generators (several in one run,
+        one pool each, chained) pass through as they are."""
+        names = batch.get(S.GENERATOR)
+        mine = np.flatnonzero(np.asarray([str(g) == self.name for g in names])) if names is not None else None
+        if mine is None or len(mine) == len(batch[S.CAPTION]):
+            return self.synthesize(batch)
+        if not len(mine):
+            return with_placeholders(batch)
+        made = self.synthesize({k: np.asarray(v)[mine] for k, v in batch.items()})
+        return merge_rows(with_placeholders(batch), made, mine)
+
+    def synthesize(self, batch: dict) -> dict:
         prompts = [str(c) for c in batch[S.CAPTION]]
         seeds = [int(s) for s in batch[S.SEED]]
         n = len(prompts)
@@ -298,6 +350,44 @@ class Generator(Stage):
 
         results, _ = run_in_halves(run, range(n), on_oom=self._after_oom)
         return with_images(batch, results, self.output_size())
+
+
+IMAGE_COLUMNS = (S.IMAGE, S.HEIGHT, S.WIDTH, S.REASON, S.DETAIL)
+WAITING = np.zeros((0, 0, 3), np.uint8)  # the image of a row whose generator has not run yet
+
+
+def with_placeholders(batch: dict) -> dict:
+    """`batch` with the image columns, kept where an earlier generator filled them."""
+    n = len(batch[S.CAPTION])
+    out = dict(batch)
+    if S.IMAGE not in batch:
+        out[S.IMAGE] = object_array([WAITING] * n)
+        out[S.HEIGHT] = np.zeros(n, np.int32)
+        out[S.WIDTH] = np.zeros(n, np.int32)
+        out[S.REASON] = np.array([""] * n, dtype=object)
+        out[S.DETAIL] = np.array([""] * n, dtype=object)
+    return out
+
+
+def object_array(items: list) -> np.ndarray:
+    a = np.empty(len(items), dtype=object)
+    a[:] = items
+    return a
+
+
+def merge_rows(out: dict, made: dict, rows: np.ndarray) -> dict:
+    """`out` with `made`'s image columns written into `rows`: images of several shapes become
+    an object column (Ray keeps it as a variable-shaped tensor column)."""
+    images = object_array(list(out[S.IMAGE]))
+    for j, i in enumerate(rows):
+        images[i] = made[S.IMAGE][j]
+    shapes = {im.shape for im in images}
+    out[S.IMAGE] = np.stack(list(images)) if len(shapes) == 1 else images
+    for col in IMAGE_COLUMNS[1:]:
+        column = np.array(out[col], dtype=made[col].dtype)
+        column[rows] = made[col]
+        out[col] = column
+    return out
 
 
 def with_images(batch: dict, results: list, size: tuple[int, int]) -> dict:

@@ -42,7 +42,9 @@ class Family:
 # PixArt-Σ and SANA snap height/width to a trained aspect-ratio bin, generate there and resize
 # back (`use_resolution_binning=True` by default); the factory asks for exact sizes that are
 # multiples of size_multiple, so it turns that off: at 1024² the result is the same.
-NO_BINNING = {"use_resolution_binning": False}
+# clean_caption=False: the captions are curated already, and cleaning would need beautifulsoup4 and
+# ftfy on every worker (without them diffusers warns and skips it: the same prompt, two behaviours).
+NO_BINNING = {"use_resolution_binning": False, "clean_caption": False}
 
 FAMILIES = MappingProxyType({f.name: f for f in [
     Family("sdxl", "StableDiffusionXLPipeline", "stabilityai/stable-diffusion-xl-base-1.0", "unet", 8, CFG, True,

@@ -16,8 +16,9 @@ import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import GemmaTokenizer, T5Tokenizer
 
-from factory.synth.tiny import _save_once, tiny_cache_dir
+from factory.cache import save_once, tiny_cache_dir
 
 CAPTIONS_FILE = Path(__file__).resolve().parent.parent / "data" / "sample_captions.jsonl"
 T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
@@ -80,7 +81,6 @@ def _tokenizer_folder(name: str, folder: str | Path | None) -> Path:
 
 def t5_tokenizer(folder: str | Path | None = None, model_max_length: int = 512):
     """T5's tokenizer (Unigram, T5's special tokens and 100 sentinels), saved once, loaded back."""
-    from transformers import T5Tokenizer
 
     folder = _tokenizer_folder("t5-tokenizer", folder)
 
@@ -88,13 +88,12 @@ def t5_tokenizer(folder: str | Path | None = None, model_max_length: int = 512):
         tok = T5Tokenizer(vocab=train_t5_vocab(), extra_ids=T5_EXTRA_IDS, model_max_length=model_max_length)
         tok.save_pretrained(str(tmp))
 
-    _save_once(folder, save)
+    save_once(folder, save)
     return T5Tokenizer.from_pretrained(str(folder))
 
 
 def gemma_tokenizer(folder: str | Path | None = None, model_max_length: int = 8192):
     """Gemma's tokenizer (byte-fallback BPE, <bos> added in front), saved once, loaded back."""
-    from transformers import GemmaTokenizer
 
     folder = _tokenizer_folder("gemma-tokenizer", folder)
 
@@ -104,5 +103,5 @@ def gemma_tokenizer(folder: str | Path | None = None, model_max_length: int = 81
                              add_eos_token=False)  # as Gemma's tokenizer_config.json
         tok.save_pretrained(str(tmp))
 
-    _save_once(folder, save)
+    save_once(folder, save)
     return GemmaTokenizer.from_pretrained(str(folder))

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar

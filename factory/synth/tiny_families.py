@@ -12,13 +12,41 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import torch
+from diffusers import (
+    AutoencoderDC,
+    AutoencoderKL,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
+    SanaPipeline,
+    SanaTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    Gemma2Config,
+    Gemma2Model,
+    T5Config,
+    T5EncoderModel,
+)
 
+from factory.cache import save_once, tiny_cache_dir
+from factory.stage import GiB
 from factory.synth import offline_tokenizers, tiny
-from factory.synth.tiny import TINY_SEED, _save_once, tiny_cache_dir
+from factory.synth.generators import SD3, FluxSchnell, PixArtSigma, Sana
+from factory.synth.tiny import TINY_SEED, build_tiny_sdxl, ensure_tiny_sdxl
 
 # Side of the tiny pipelines' images: a multiple of every family's size multiple (SANA's 32). Pass
 # it as height and width: the pipelines' own defaults differ (FLUX and SANA default to 1024², as
@@ -49,7 +77,6 @@ def tokenizer(kind: str):
 
 def tiny_vae_kl(latent_channels: int, scaling_factor: float, shift_factor: float | None, quant_conv: bool):
     """AutoencoderKL with 4 levels (scale factor 8, as SDXL's, SD3's and FLUX's), 8–32 channels."""
-    from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=latent_channels, sample_size=64,
@@ -62,7 +89,6 @@ def tiny_vae_kl(latent_channels: int, scaling_factor: float, shift_factor: float
 
 def tiny_clip(seed: int, projection: bool):
     """CLIP's text tower (49408 tokens, 77 positions) at width 32, as in factory/synth/tiny.py."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32,
                          intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
@@ -73,7 +99,6 @@ def tiny_clip(seed: int, projection: bool):
 
 def tiny_t5(seed: int, vocab_size: int, d_model: int):
     """T5 v1.1's encoder (gated GELU, relative positions) at toy width."""
-    from transformers import T5Config, T5EncoderModel
 
     cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0,
@@ -85,7 +110,6 @@ def tiny_t5(seed: int, vocab_size: int, d_model: int):
 def build_tiny_sd3(seed: int = TINY_SEED, version: str = "3"):
     """StableDiffusion3Pipeline: MMDiT (patch 2, 16 latent channels), CLIP-L, CLIP-G with projection,
     T5. version "3.5" adds SD3.5's QK RMS-norm and one MMDiT-X dual-attention layer."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     extra = {"qk_norm": "rms_norm", "dual_attention_layers": (0,)} if version == "3.5" else {}
     torch.manual_seed(seed)
@@ -108,7 +132,6 @@ def build_tiny_sd3(seed: int = TINY_SEED, version: str = "3"):
 def build_tiny_flux(seed: int = TINY_SEED, guidance_embeds: bool = False):
     """FluxPipeline: 1 double-stream + 2 single-stream blocks, 16 latent channels packed 2×2 (64 in),
     CLIP-L (pooled) + T5. guidance_embeds: True as FLUX.1-dev, False as FLUX.1-schnell."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
@@ -131,7 +154,6 @@ def build_tiny_flux(seed: int = TINY_SEED, guidance_embeds: bool = False):
 def build_tiny_pixart_sigma(seed: int = TINY_SEED):
     """PixArtSigmaPipeline: DiT with adaLN-single (patch 2, 4 latent channels, learned sigma: 8 out),
     SDXL's VAE layout, T5, DPM-Solver++ as PixArt-Σ's scheduler_config.json."""
-    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
@@ -151,7 +173,6 @@ def build_tiny_pixart_sigma(seed: int = TINY_SEED):
 
 def tiny_dc_ae(seed: int):
     """AutoencoderDC with SANA's 6 levels (scale factor 32, 32 latent channels) at 8–32 channels."""
-    from diffusers import AutoencoderDC
 
     torch.manual_seed(seed)
     blocks = ("ResBlock",) * 3 + ("EfficientViTBlock",) * 3
@@ -168,8 +189,6 @@ def tiny_dc_ae(seed: int):
 def build_tiny_sana(seed: int = TINY_SEED):
     """SanaPipeline: linear-attention DiT (patch 1, 32 latent channels), DC-AE (scale 32), Gemma-2
     decoder as text encoder, DPM-Solver++ on flow sigmas as SANA's scheduler_config.json."""
-    from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     torch.manual_seed(seed)
     transformer = SanaTransformer2DModel(
@@ -203,8 +222,6 @@ TINY_BUILDERS = {
 def build_tiny(family: str, seed: int = TINY_SEED):
     """The tiny pipeline of a family (sdxl: factory/synth/tiny.py's)."""
     if family == "sdxl":
-        from factory.synth.tiny import build_tiny_sdxl
-
         return build_tiny_sdxl(seed)
     try:
         return TINY_BUILDERS[family](seed)
@@ -225,8 +242,6 @@ def _use_hub_tokenizer_names(folder: Path) -> None:
 def ensure_tiny(family: str, folder: str | Path | None = None, seed: int = TINY_SEED) -> Path:
     """Build a family's tiny pipeline and `save_pretrained` it (once per node); returns the folder."""
     if family == "sdxl":
-        from factory.synth.tiny import ensure_tiny_sdxl
-
         return ensure_tiny_sdxl(folder, seed)
     folder = Path(folder) if folder else tiny_cache_dir() / f"tiny-{family.replace('_', '-')}-s{seed}"
 
@@ -234,4 +249,37 @@ def ensure_tiny(family: str, folder: str | Path | None = None, seed: int = TINY_
         build_tiny(family, seed).save_pretrained(tmp)
         _use_hub_tokenizer_names(tmp)
 
-    return _save_once(folder, save)
+    return save_once(folder, save)
+
+
+class TinyFamily:
+    """The embedded tiny build of a family (random weights, 64 px): `path` null builds it once per
+    node and loads it back through from_pretrained, as a local folder of the real model loads."""
+
+    weights_bytes: ClassVar[int] = GiB // 8
+
+    def model_folder(self) -> str:
+        return self.path or str(ensure_tiny(self.family.name))
+
+    def native_side(self) -> int:
+        return super().native_side() if self.path else TINY_SIZE
+
+
+@dataclass
+class TinySD3(TinyFamily, SD3):
+    config_name: ClassVar[str] = "tiny_sd3"
+
+
+@dataclass
+class TinyFlux(TinyFamily, FluxSchnell):
+    config_name: ClassVar[str] = "tiny_flux"
+
+
+@dataclass
+class TinyPixArt(TinyFamily, PixArtSigma):
+    config_name: ClassVar[str] = "tiny_pixart"
+
+
+@dataclass
+class TinySana(TinyFamily, Sana):
+    config_name: ClassVar[str] = "tiny_sana"
