@@ -111,13 +111,13 @@ def main(argv=None) -> float:
     extra = texts[args.captions :]
 
     # Synthesis alone, after one untimed batch.
-    synth(stage_batch(extra[:bs], 10_000))
+    synth(stage_batch(extra[:bs], 10_000, synth.name))
     with Timer(args.device) as t:
         for b in range(1, args.synth_only_batches + 1):
-            synth(stage_batch(extra[b * bs : (b + 1) * bs], 10_000 + b * bs))
+            synth(stage_batch(extra[b * bs : (b + 1) * bs], 10_000 + b * bs, synth.name))
     synth_only = bs * args.synth_only_batches / t.s
     say(f"synthesis alone (batch {bs}): {synth_only:.3f} images/s")
-    scorer(synth(stage_batch(extra[:bs], 20_000)))  # scorer warm-up at this batch shape
+    scorer(synth(stage_batch(extra[:bs], 20_000, synth.name)))  # scorer warm-up at this batch shape
 
     out_dir = tempfile.mkdtemp(prefix="pipeline_gpu_")
     writer = CandidateWriter(out_dir, "png", threads=args.encode_threads)
@@ -152,7 +152,7 @@ def main(argv=None) -> float:
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-            batch = synth(stage_batch(texts[b : b + bs], b))
+            batch = synth(stage_batch(texts[b : b + bs], b, synth.name))
             if cuda:
                 end.record()
                 spans.append((start, end))

@@ -109,12 +109,14 @@ def reference_rate(pipe, prompts, args) -> float:
     return args.ref_images / t.s
 
 
-def stage_batch(prompts: list[str], start: int) -> dict:
+def stage_batch(prompts: list[str], start: int, generator: str) -> dict:
+    """Sample rows for the generator named `generator` (rows of another name would pass through it)."""
     n = len(prompts)
     return {
         S.ID: np.array([str(start + i) for i in range(n)], dtype=object),
         S.CAPTION: np.array(prompts, dtype=object),
         S.SAMPLE: np.zeros(n, np.int32),
+        S.GENERATOR: np.array([generator] * n, dtype=object),
         S.SEED: np.arange(start, start + n, dtype=np.int64),
     }
 
@@ -124,12 +126,12 @@ def stage_rate(synth: SDXL, bs: int, args, label: str, batches: int | None = Non
     batches = batches or args.timed_batches
     prompts = captions(bs * (batches + 1))
     with Timer(args.device) as t:
-        out = synth(stage_batch(prompts[:bs], 0))
+        out = synth(stage_batch(prompts[:bs], 0, synth.name))
     say(f"  {label}: first batch (untimed) {t.s:.1f} s")
     assert out[S.IMAGE].dtype == np.uint8 and out[S.IMAGE].shape == (bs, args.size, args.size, 3), out[S.IMAGE].shape
     with Timer(args.device) as t:
         for b in range(1, batches + 1):
-            out = synth(stage_batch(prompts[b * bs : (b + 1) * bs], b * bs))
+            out = synth(stage_batch(prompts[b * bs : (b + 1) * bs], b * bs, synth.name))
     n = bs * batches
     if synth.oom_retries:
         say(f"  {label}: {synth.oom_retries} out-of-memory retries (batch halved)")

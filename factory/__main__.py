@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from factory import estimate, report, status
 from factory.config import check_overrides, compose, override_error
+from factory.curation import curate_summary
 from factory.engine.ray_setup import stop_ray
 from factory.errors import user_error
 from factory.job import load_job
@@ -18,6 +19,7 @@ from factory.stages import generator_lines, stage_lines
 log = logging.getLogger("factory")
 
 HELP = """usage: python -m factory [key=value ...]          run the factory (resumes an output it finds)
+       python -m factory curate [key=value ...]   curation only: OUTPUT/curated/, rejects/, manifest.json
        python -m factory estimate [key=value ...] what a run will cost, before it runs
        python -m factory status OUTPUT            where a run stands (files only, no Ray)
        python -m factory report OUTPUT            rebuild OUTPUT/report/
@@ -92,13 +94,13 @@ def stopped(exc: BaseException) -> None:
     os._exit(128 + signal_number)
 
 
-def run_command(overrides: list[str]) -> int:
-    """Compose, check and run; one `error:` line (exit 2) for what the user can fix."""
+def run_command(overrides: list[str], curate_only: bool = False) -> int:
+    """Compose, check and run (or only curate); one `error:` line (exit 2) for what the user can fix."""
     if error := check_overrides(overrides):
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        manifest = run(load_job(compose(overrides)))
+        manifest = run(load_job(compose(overrides)), curate_only)
     except (KeyboardInterrupt, SystemExit) as exc:
         stopped(exc)
     except Exception as exc:
@@ -107,13 +109,15 @@ def run_command(overrides: list[str]) -> int:
             raise
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    for line in summary_lines(manifest):
+    for line in (curate_summary if curate_only else summary_lines)(manifest):
         print(line)
     return 0
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    if argv[:1] == ["curate"]:
+        return run_command(argv[1:], curate_only=True)
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     if argv[:1] in (["-h"], ["--help"], ["help"]):

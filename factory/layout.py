@@ -21,7 +21,7 @@ from factory.io import files
 if TYPE_CHECKING:  # the manifest is read by `status` too, which needs no stage code
     from factory.pipeline import Pipeline
 
-PARTS = ("candidates", "dataset", "rejects", "report", "llm_judge")
+PARTS = ("candidates", "dataset", "rejects", "report", "llm_judge", "curated")
 FINGERPRINT_VERSION = 3
 # What fingerprints of version 1 (before the stage contract) wrote differently: the embedded tiny
 # models were named by magic values; they are classes now (conf/model/tiny.yaml: TinySDXL with
@@ -149,6 +149,7 @@ class Manifest:
 
     def __init__(self, path: str, config: dict, fingerprint: dict, previous: dict | None, guard: Callable[[], None] = lambda: None):
         self.path, self.guard = path, guard  # guard raises when the output is no longer this run's
+        self.started = False  # set once the run changes output=: from then on a stop is recorded
         self.data = {
             "status": "running",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

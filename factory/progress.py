@@ -27,8 +27,8 @@ class ProgressLog:
     may reject more: so "at most", and the estimate of time left errs long.
     """
 
-    def __init__(self, at_most: int, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self.at_most, self.every_s, self.clock = max(0, at_most), every_s, clock
+    def __init__(self, at_most: int, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic, what: str = "samples"):
+        self.at_most, self.every_s, self.clock, self.what = max(0, at_most), every_s, clock, what
         self.done = 0
         self.t0 = self.last_t = clock()
         self.last_done = 0
@@ -44,7 +44,7 @@ class ProgressLog:
         interval = self.interval_s = now - self.last_t
         rate = self.rate = (self.done - self.last_done) / max(interval, 1e-9)
         self.last_t, self.last_done = now, self.done
-        line = f"progress: {self.done:,} of at most {self.at_most:,} samples"
+        line = f"progress: {self.done:,} of at most {self.at_most:,} {self.what}"
         if self.at_most:
             line += f" ({100 * min(self.done / self.at_most, 1):.1f}%)"
         line += f", {rate:.3g}/s over the last {duration(interval)}, {duration(now - self.t0)} so far"

@@ -13,15 +13,17 @@ from factory.io import files
 from factory.io.read import list_inputs
 from factory.job import Job
 from factory.jobs import OutputLock, remove_stale_staging, resolve_output
-from factory.layout import Manifest, check_resume, fingerprint_to_record, run_dirs
+from factory.curation import curate_locked, refuse_full_run
+from factory.layout import Manifest, check_resume, fingerprint_to_record, read_manifest, run_dirs
 from factory.paths import SAMPLE_INPUT
 from factory.prepass import write_losers
 
 log = logging.getLogger("factory")
 
 
-def run(job: Job) -> dict:
-    """Run the factory on a checked job (factory/job.py); returns the manifest."""
+def run(job: Job, curate_only: bool = False) -> dict:
+    """Run the factory on a checked job (factory/job.py), or only its curation
+    (`python -m factory curate`, factory/curation.py); returns the manifest."""
     t_start = time.perf_counter()
     s = job.settings
     if not s.output:
@@ -30,64 +32,68 @@ def run(job: Job) -> dict:
     job.config["input"] = s.input or SAMPLE_INPUT
     paths = list_inputs(job.config["input"])
     dirs = run_dirs(output)
-    previous = check_resume(job.pipeline, dirs, output, s.resume.allow_config_change)
+    if curate_only:
+        refuse_full_run(dirs, output)
+        previous = read_manifest(dirs["manifest"]) if files.exists(dirs["manifest"]) else None
+    else:
+        previous = check_resume(job.pipeline, dirs, output, s.resume.allow_config_change)
     lock = OutputLock(output)  # before anything in output= changes: one run at a time
     if taken := lock.acquire(s.resume.take_over):
         log.warning("%s was locked by a run on %s (pid %s) that %s; this run takes over", output, taken["host"], taken["pid"],
                     "may still run (resume.take_over=true)" if s.resume.take_over else "is gone")
     try:
-        places = start_ray(job)
+        places = start_ray(job, curate_only)
         nodes_checked = check_paths_shared(output, paths)
         lock.check()
         for d in ("candidates", "rejects"):
             files.remove_stale_temp(dirs[d])
         remove_stale_staging(output)  # a run killed while writing dataset/
-        manifest = Manifest(dirs["manifest"], job.config, fingerprint_to_record(job.pipeline, previous), previous,
-                            guard=lambda: lock.check(fresh=True))
+        fingerprint = {} if curate_only else fingerprint_to_record(job.pipeline, previous)
+        manifest = Manifest(dirs["manifest"], job.config, fingerprint, previous, guard=lambda: lock.check(fresh=True))
         manifest.data["nodes_sharing_paths"] = nodes_checked
-        return run_locked(job, paths, dirs, manifest, places, previous, lock, t_start)
+        body = curate_locked if curate_only else run_locked
+        try:
+            return body(job, paths, dirs, manifest, places, lock, t_start)
+        except OutputInUseError:
+            raise  # manifest.json is the other run's now
+        except BaseException as exc:
+            if manifest.started or previous is None:
+                record_stop(manifest, exc)
+            raise
     finally:
         lock.release()
 
 
-def start_ray(job: Job) -> dict:
+def start_ray(job: Job, curate_only: bool = False) -> dict:
     """Join or start Ray and place every stage on it; refuse pools that cannot stream on a local Ray."""
     s = job.settings
     ray_setup.init_ray(s.ray)
     ray_setup.configure_data_context(s.ray)
-    stages = job.pipeline.model_stages()
+    curation = [f for f in job.pipeline.late_filters() if f.engine() == "actors"]
+    stages = curation if curate_only else job.pipeline.model_stages()
     places = placement.plan(stages, job.config["resources"], ray_setup.cluster_gpus())
     places["tasks"] = placement.Placement(cpus=float(job.config["resources"]["cpu_task_cpus"]))
-    curation = [f for f in job.pipeline.late_filters() if f.engine() == "actors"]
-    placement.check_cpus(job.pipeline.stream_pools(), curation, places, ray_setup.cluster_cpus(), ray_setup.is_local_ray(s.ray))
+    stream = [] if curate_only else job.pipeline.stream_pools()
+    placement.check_cpus(stream, curation, places, ray_setup.cluster_cpus(), ray_setup.is_local_ray(s.ray))
     return places
 
 
-def run_locked(job: Job, paths: list[str], dirs: dict, manifest: Manifest, places: dict, previous: dict | None, lock,
-               t_start: float) -> dict:
-    """The run once the output is ours; the manifest says how it ended, candidates/ stays for a resume."""
-    started = False
-    try:
-        # The pre-pass and the resume checks change nothing in output=: a run refused here leaves a
-        # finished run's manifest, rejects/ and dataset/ as they were.
-        scan = scan_input(job, paths, dirs, manifest)
-        # Rejects are re-derived from the whole input on every run, so the old ones go first, and
-        # so do the side logs of the filters (the judge's verdicts).
-        files.delete_dir(dirs["rejects"])
-        files.delete_dir(dirs["llm_judge"])
-        write_losers(scan.prepass.losers, dirs["losers"])
-        started = True
-        manifest.save()
-        t = time.perf_counter()
-        generated = generate(job, scan, dirs, manifest, places, lock.check)
-        manifest.data["wall_seconds"]["generate"] = round(time.perf_counter() - t, 3)
-        return finish(job, scan, dirs, manifest, generated, t_start)
-    except OutputInUseError:
-        raise  # manifest.json is the other run's now
-    except BaseException as exc:
-        if started or previous is None:
-            record_stop(manifest, exc)
-        raise
+def run_locked(job: Job, paths: list[str], dirs: dict, manifest: Manifest, places: dict, lock, t_start: float) -> dict:
+    """The run once the output is ours; candidates/ stays for a resume."""
+    # The pre-pass and the resume checks change nothing in output=: a run refused here leaves a
+    # finished run's manifest, rejects/ and dataset/ as they were.
+    scan = scan_input(job, paths, dirs, manifest)
+    # Rejects are re-derived from the whole input on every run, so the old ones go first, and
+    # so do the side logs of the filters (the judge's verdicts).
+    files.delete_dir(dirs["rejects"])
+    files.delete_dir(dirs["llm_judge"])
+    write_losers(scan.prepass.losers, dirs["losers"])
+    manifest.started = True
+    manifest.save()
+    t = time.perf_counter()
+    generated = generate(job, scan, dirs, manifest, places, lock.check)
+    manifest.data["wall_seconds"]["generate"] = round(time.perf_counter() - t, 3)
+    return finish(job, scan, dirs, manifest, generated, t_start)
 
 
 def record_stop(manifest: Manifest, exc: BaseException) -> None:

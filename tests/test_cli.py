@@ -189,7 +189,7 @@ def test_multi_node_run_refuses_paths_a_node_does_not_see(tmp_path, monkeypatch)
     ("curate.llm.backend=sglang", "curate.llm.backend='sglang': expected hf or vllm"),
     ("score.lam=-1", "score.lam must be a number ≥ 0, got -1"),
     ("score.lam=inf", "score.lam must be a number ≥ 0, got inf"),
-    ("model.height=100", "model.height must be a multiple of 8 (the VAE's scale), got 100"),
+    ("model.height=100", "model.height must be a multiple of 8 (sdxl's VAE scale × patch size), got 100"),
     ("scorer.chunk_size=0", "scorer.chunk_size must be a whole number ≥ 1 or null, got 0"),
     ("resources.score.num_gpus=-0.25", "resources.score.num_gpus must be a number ≥ 0 or null, got -0.25"),
     ("model.tiny_refiner=true model.high_noise_frac=1.2", "model.high_noise_frac must be a number between 0 and 1 with a refiner, got 1.2"),
@@ -250,7 +250,7 @@ def test_a_stage_that_cannot_start_in_ray_is_one_line_naming_it(ray_local):
 
 @pytest.mark.parametrize("bad, words", [
     ("select.kk=3", "Could not override 'select.kk'. Key 'kk' not in 'SelectSettings'"),
-    ("model=nope", "Could not find 'model/nope' Available options in 'model': sdxl tiny"),
+    ("model=nope", "Could not find 'model/nope' Available options in 'model': flux_dev flux_schnell"),
 ])
 def test_a_bad_override_is_one_line_from_hydra_itself(tmp_path, bad, words):
     proc = run_cli(bad, f"output={tmp_path}/o")

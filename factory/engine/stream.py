@@ -11,7 +11,8 @@ from factory.curate.dedup import MarkDuplicates
 from factory.engine import adapter, vllm
 from factory.engine.placement import Placement
 from factory.io.read_files import ReadFiles
-from factory.io.write import RejectsSplit
+from factory import schema as S
+from factory.io.write import CuratedWriter, RejectsSplit
 from factory.pipeline import Pipeline
 from factory.stage import CaptionFilter, Stage
 
@@ -36,10 +37,11 @@ def with_filter(ds, f: CaptionFilter, places: dict[int, Placement], output: str)
     return adapter.apply(ds, side, places["tasks"]) if side is not None else ds
 
 
-def curated_captions(paths: list[str], pipeline: Pipeline, losers_path: str, dirs: dict, places: dict):
-    """read → early filters → duplicates marked → late filters → rejects/ written: the (id, caption)
-    rows curation keeps. Rows rejected so far go to rejects/ before each late filter, so the models
-    spend time on live captions only."""
+def curated_captions(paths: list[str], pipeline: Pipeline, losers_path: str, dirs: dict, places: dict,
+                     columns: tuple = (S.ID, S.CAPTION)):
+    """read → early filters → duplicates marked → late filters → rejects/ written: the rows
+    curation keeps (their `columns`). Rows rejected so far go to rejects/ before each late filter,
+    so the models spend time on live captions only."""
     task = places["tasks"]
     ds = adapter.apply(files_dataset(paths), ReadFiles(again=True), task)
     for f in pipeline.early_filters():
@@ -48,7 +50,13 @@ def curated_captions(paths: list[str], pipeline: Pipeline, losers_path: str, dir
     for f in pipeline.late_filters():
         ds = adapter.apply(ds, RejectsSplit(directory=dirs["rejects"], pass_columns=None), task)
         ds = with_filter(ds, f, places, dirs["output"])
-    return adapter.apply(ds, RejectsSplit(directory=dirs["rejects"]), task)
+    return adapter.apply(ds, RejectsSplit(directory=dirs["rejects"], pass_columns=tuple(columns)), task)
+
+
+def curation_dataset(paths: list[str], pipeline: Pipeline, losers_path: str, dirs: dict, places: dict):
+    """curated captions → curated/ (`python -m factory curate`): one summary row per file written."""
+    ds = curated_captions(paths, pipeline, losers_path, dirs, places, columns=tuple(S.CURATED.names))
+    return adapter.apply(ds, CuratedWriter(directory=dirs["curated"]), places["tasks"])
 
 
 def generation_dataset(paths: list[str], pipeline: Pipeline, losers_path: str, done, dirs: dict, places: dict):
