@@ -16,7 +16,7 @@ import torch
 
 from factory import schema as S
 from factory.config import compose, override_error, unknown_added_key
-from factory.errors import user_error
+from factory.errors import SettingError, user_error
 from factory.io.read import list_inputs
 from factory.io.write import encode_image
 from factory.job import Job, load_job
@@ -29,6 +29,10 @@ log = logging.getLogger("factory")
 # Bytes per pixel of an encoded image when none was measured: rough figures for photographs.
 ASSUMED_BYTES_PER_PIXEL = {"png": 1.5, "webp": 0.25, "jpeg": 0.3, "jpg": 0.3}
 ROW_OVERHEAD_BYTES = 64  # the score, seed and size columns of one Parquet row
+# Figures measured on a named device (benchmarks/RESULTS.md, the table at its top): (device, the
+# generator's family, the scorer's architecture) → (images/s of synthesis, pairs/s of scoring),
+# each at the model config's own settings (model=sdxl: 1024², 30 steps, bf16, compiled).
+MEASURED = {("h200", "sdxl", "ViT-L-14-336"): (1.131, 517.0)}
 
 
 def device_name(device: str) -> str:
@@ -79,11 +83,32 @@ def calibrate(job: Job, captions: list[str], batches: int = 1) -> dict:
     }
 
 
+def measured(job: Job, device: str) -> tuple[float, dict]:
+    """Seconds per image from the figures measured on `device` for this generator and scorer."""
+    key = (device.lower(), job.pipeline.generator.stage.family.name, getattr(job.pipeline.scorer.stage, "arch", None))
+    if key not in MEASURED:
+        known = ", ".join(f"estimate.device={d} with model={m} scorer arch {a}" for d, m, a in MEASURED)
+        raise SettingError("estimate.device", f"={device!r}: nothing measured for {key[1]} and {key[2]} on it "
+                           f"(benchmarks/RESULTS.md has: {known}); give estimate.seconds_per_image instead")
+    synth, score = MEASURED[key]
+    spi = 1 / synth + 1 / score
+    return spi, {"seconds_per_image": spi, "device": f"{device} as measured in benchmarks/RESULTS.md: synthesis {synth} "
+                 f"images/s, scoring {score:g} pairs/s"}
+
+
 def seconds_per_image(job: Job, sample: list[str]) -> tuple[float, dict]:
-    """estimate.seconds_per_image when given, else a calibration on this machine."""
+    """estimate.seconds_per_image when given, else the figures measured on estimate.device, else a
+    calibration on this machine (which needs the device the model asks for)."""
     est = job.settings.estimate
     if est.seconds_per_image is not None:
         return float(est.seconds_per_image), {"seconds_per_image": est.seconds_per_image, "device": "given (estimate.seconds_per_image)"}
+    if est.device:
+        return measured(job, est.device)
+    stages = [g.stage for g in job.pipeline.generators] + [job.pipeline.scorer.stage]
+    if any(s.on_gpu() for s in stages) and not torch.cuda.is_available():
+        raise SettingError("estimate.seconds_per_image", " is not set and this machine has no CUDA device to time the "
+                           "model on (model.device=cuda): give estimate.seconds_per_image=S, or estimate.device=h200 for "
+                           "the figures measured in benchmarks/RESULTS.md")
     cal = calibrate(job, sample, est.calibration_batches)
     return cal["seconds_per_image"], cal
 
@@ -114,7 +139,7 @@ def estimate(job: Job) -> dict:
     reader = {r: n for r, n in pre.rejected_by_reason.items() if r not in rule_reasons}
     valid = pre.n_read - sum(reader.values())
     curated = pre.kept.num_rows
-    images = curated * s.synth.repeat
+    images = curated * s.synth.repeat * len(pipeline.generators)
     selected = resolve_k(curated, s.select.k, s.select.fraction)
     spi, cal = seconds_per_image(job, pre.sample)
     image_b, bytes_from = image_bytes(job, cal)
@@ -126,7 +151,7 @@ def estimate(job: Job) -> dict:
         "input_files": len(paths), "captions_in": pre.n_read, "reader_rejects": reader, "duplicates": pre.duplicates_by_reason(),
         "rules_pass_rate": 1.0 - sum(failed.values()) / valid if valid else 1.0, "rules_failed": failed,
         "curated": curated, "curation_not_counted": [f.name for f in pipeline.late_filters()],
-        "repeat": s.synth.repeat, "images": images, "selected": selected,
+        "repeat": s.synth.repeat, "generators": len(pipeline.generators), "images": images, "selected": selected,
         "seconds_per_image": spi, "calibration": cal, "gpu_hours": gpu_hours, "gpus": s.estimate.gpus,
         "wall_hours": gpu_hours / s.estimate.gpus, "image_bytes": image_b, "image_bytes_from": bytes_from,
         "image_format": s.image.format, "candidates_bytes": images * row_bytes, "dataset_bytes": selected * row_bytes,
@@ -155,7 +180,8 @@ def table_lines(e: dict) -> list[str]:
         ("rules pass rate", f"{e['rules_pass_rate']:.1%}", "failed " + (", ".join(f"{k} {v}" for k, v in e["rules_failed"].items()) or "none")),
         ("captions after curation", f"{e['curated']:,}", "reader, rules and dedup, as the run counts them"
          + (f"; at most: {', '.join(e['curation_not_counted'])} not counted" if e["curation_not_counted"] else "")),
-        ("images to generate", f"{e['images']:,}", f"{e['curated']:,} captions × repeat {e['repeat']}"),
+        ("images to generate", f"{e['images']:,}", f"{e['curated']:,} captions × repeat {e['repeat']}"
+         + (f" × {e['generators']} generators (timed: the first)" if e["generators"] > 1 else "")),
         ("pairs selected", f"{e['selected']:,}", "select.k / select.fraction"),
         ("seconds per image", f"{e['seconds_per_image']:.4g}", cal["device"] if "images" not in cal else
          f"synth {cal['synth_s_per_image']:.4g} + score {cal['score_s_per_image']:.4g}, {cal['image_size']}, batch {cal['batch_size']}, on {cal['device']}"),

@@ -125,6 +125,7 @@ class EstimateSettings:
     gpus: float = 1
     sample_rows: int = 2000
     calibration_batches: int = 1
+    device: Optional[str] = None  # e.g. h200: seconds per image from benchmarks/RESULTS.md's figures for it
 
     def check(self) -> None:
         number("estimate.seconds_per_image", self.seconds_per_image, low=0, nullable=True, above=True)

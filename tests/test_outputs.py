@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -361,6 +362,27 @@ def test_estimate_cli_with_given_seconds(captions_path):
     assert table["storage: dataset/"].endswith("MiB") and float(table["storage: dataset/"].split()[0]) == pytest.approx(4.0, abs=0.01)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA (a laptop) says")
+def test_estimate_without_cuda_is_one_line_or_takes_the_measured_figures(captions_path):
+    from factory.estimate import MEASURED
+
+    real = ["model=sdxl", "scorer=clip_l14_336", f"input={captions_path}"]
+    proc = cli("factory", "estimate", *real, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "estimate.seconds_per_image" in lines[0] and "estimate.device=h200" in lines[0]
+    proc = cli("factory", "estimate", *real, "estimate.device=H200", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    synth, score = MEASURED[("h200", "sdxl", "ViT-L-14-336")]
+    table = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line)[1:] for line in proc.stdout.splitlines()}
+    assert float(table["seconds per image"][0]) == pytest.approx(1 / synth + 1 / score, abs=1e-4)
+    assert "benchmarks/RESULTS.md" in table["seconds per image"][1]
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()  # the figures are RESULTS.md's own
+    assert f"{synth} images/s" in results and f"{score:g} pairs/s" in results
+    proc = cli("factory", "estimate", *real, "estimate.device=h100", timeout=120)
+    assert proc.returncode == 2 and "estimate.device='h100': nothing measured" in proc.stderr
+
+
 def test_estimate_assumes_the_models_own_image_size_when_it_measures_none(captions_path):
     """Without calibration the image size comes from the model's configs (what the synthesis stage
     itself makes), not SDXL's 1024² for every model."""
@@ -370,7 +392,7 @@ def test_estimate_assumes_the_models_own_image_size_when_it_measures_none(captio
     folder = str(ensure_tiny_sdxl())
     side = SDXL(path=folder, device="cpu", steps=1).native_side()
     assert side == TinySDXL().native_side() == SDXL(path=folder, device="cpu", steps=1).loaded().output_size()[0]
-    assert SDXL(path="stabilityai/stable-diffusion-xl-base-1.0").native_side() is None  # a hub id: not read offline
+    assert SDXL(path="stabilityai/stable-diffusion-xl-base-1.0").native_side() == 1024  # a hub id: the family's own size
     proc = cli("factory", "estimate", f"input={captions_path}", "estimate.seconds_per_image=1", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"per png image (assumed {side}x{side})" in proc.stdout
