@@ -16,7 +16,8 @@ from factory.retry import run_in_halves
 from factory.score.clip import ClipScore
 from factory.score.ssim import round_trip_ssim
 from factory.score.upload import HostToDevice
-from factory.stage import GiB, PROCESS_BYTES, Resources, Stage
+from factory.stage import PROCESS_BYTES, GiB, Resources, Stage
+from factory.weights import check_weight_file
 
 
 def shape_groups(images, rows: list[int]) -> list[list[int]]:
@@ -75,6 +76,8 @@ class ClipSsimScorer(Stage):
         if self.compile and not self.chunk_size:
             raise SettingError("compile", "=true needs scorer.chunk_size: the compiled graphs are built for one batch shape")
         torch_dtype(self.dtype, "scorer.dtype")
+        if self.pretrained:
+            check_weight_file(self.pretrained, "pretrained")
 
     def label(self) -> str:
         return f"score_{self.name}"

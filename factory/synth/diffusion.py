@@ -24,8 +24,9 @@ from factory.checks import number
 from factory.devices import resolve_device, torch_dtype
 from factory.errors import SettingError
 from factory.retry import run_in_halves
-from factory.stage import GiB, PROCESS_BYTES, Resources, Stage
+from factory.stage import PROCESS_BYTES, GiB, Resources, Stage
 from factory.synth.families import FAMILIES, NONE, Family
+from factory.weights import check_weight_folder
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def check_folder(g: "Generator") -> None:
     except (OSError, ValueError) as exc:
         raise SettingError("path", f"={g.path}: its model_index.json cannot be read ({exc})") from None
     check_pipeline_class(g, found)
+    check_weight_folder(g.path, "path")
 
 
 def check_pipeline_class(g: "Generator", found: str | None) -> None:
