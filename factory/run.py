@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from factory.engine import placement, ray_setup
+from factory.engine import logs, placement, ray_setup
 from factory.errors import OutputInUseError, RunError, error_line
 from factory.finish import finish
 from factory.generate import generate, scan_input
@@ -43,6 +43,7 @@ def run(job: Job, curate_only: bool = False) -> dict:
                     "may still run (resume.take_over=true)" if s.resume.take_over else "is gone")
     try:
         places = start_ray(job, curate_only)
+        ray_data_log = logs.ray_data_to_file(output)
         nodes_checked = check_paths_shared(output, paths)
         lock.check()
         for d in ("candidates", "rejects"):
@@ -51,6 +52,8 @@ def run(job: Job, curate_only: bool = False) -> dict:
         fingerprint = {} if curate_only else fingerprint_to_record(job.pipeline, previous)
         manifest = Manifest(dirs["manifest"], job.config, fingerprint, previous, guard=lambda: lock.check(fresh=True))
         manifest.data["nodes_sharing_paths"] = nodes_checked
+        if ray_data_log:
+            manifest.data["ray_data_log"] = ray_data_log
         body = curate_locked if curate_only else run_locked
         try:
             return body(job, paths, dirs, manifest, places, lock, t_start)

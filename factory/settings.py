@@ -84,6 +84,7 @@ class RaySettings:
     local_scan_mb: float = 16  # inputs up to this size are scanned in the driver, not in Ray tasks
     local_select_mb: float = 64  # candidates/ up to this size is filtered into dataset/ in the driver
     progress_bars: bool = True
+    worker_logs: Optional[bool] = None  # workers' output on the driver's console; null: only with a terminal
     wait_for_min_actors_s: int = 0  # 0: pools start while reading goes on; >0: fail if a pool is not up within this
     max_actor_init_deaths: int = 3  # actors that may die while loading (a lost node) before the run fails
 

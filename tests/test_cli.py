@@ -57,6 +57,20 @@ def test_outputs_and_manifest(finished_run):
     assert lines and f"progress: {c['synthesized']} of at most {c['synthesized']} samples (100.0%)" in lines[-1]
 
 
+def test_without_a_terminal_ray_datas_detail_goes_to_a_log_file(finished_run):
+    """A run whose output is captured (no terminal, as `ray job logs` shows it) prints the factory's
+    own lines; Ray Data's operator progress lands in OUTPUT/logs/ray-data.log."""
+    out, proc = finished_run
+    console = proc.stdout + proc.stderr
+    assert "Running Dataset" not in console and "logging_progress" not in console
+    assert not [ln for ln in console.splitlines() if "(MapWorker(" in ln and " pid=" in ln]  # workers' own output
+    assert "Running Dataset" in (out / "logs" / "ray-data.log").read_text()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["ray_data_log"] == str(out / "logs" / "ray-data.log")
+    factory_lines = [ln for ln in proc.stdout.splitlines() if "[factory]" in ln or "progress: " in ln]
+    assert len(console.splitlines()) < len(factory_lines) + 30, console[-3000:]
+
+
 def test_candidates_and_dataset_read_back(finished_run):
     out, _ = finished_run
     cands = pads.dataset(out / "candidates").to_table()

@@ -8,6 +8,7 @@ import ray
 from ray.data import DataContext
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from factory.engine.logs import has_terminal
 from factory.settings import RaySettings
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,10 @@ def init_ray(settings: RaySettings) -> None:
     """Join the cluster named by ray.address (or RAY_ADDRESS, as `ray job submit` sets), else start a local one."""
     if ray.is_initialized():
         return
-    kwargs = {"ignore_reinit_error": True, "log_to_driver": True}
+    # Workers' own output (model loading bars, library warnings) reaches the console only with a
+    # terminal (ray.worker_logs=null); it stays in Ray's session logs either way.
+    worker_logs = has_terminal() if settings.worker_logs is None else settings.worker_logs
+    kwargs = {"ignore_reinit_error": True, "log_to_driver": bool(worker_logs)}
     if settings.address:
         kwargs["address"] = settings.address
     elif not os.environ.get("RAY_ADDRESS"):
