@@ -64,7 +64,7 @@ def test_without_a_terminal_ray_datas_detail_goes_to_a_log_file(finished_run):
     console = proc.stdout + proc.stderr
     assert "Running Dataset" not in console and "logging_progress" not in console
     assert not [ln for ln in console.splitlines() if "(MapWorker(" in ln and " pid=" in ln]  # workers' own output
-    assert "Running Dataset" in (out / "logs" / "ray-data.log").read_text()
+    assert "Registered dataset logger" in (out / "logs" / "ray-data.log").read_text()  # Ray Data's own lines
     m = json.loads((out / "manifest.json").read_text())
     assert m["ray_data_log"] == str(out / "logs" / "ray-data.log")
     factory_lines = [ln for ln in proc.stdout.splitlines() if "[factory]" in ln or "progress: " in ln]
