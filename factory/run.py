@@ -11,6 +11,7 @@ from factory.finish import finish
 from factory.generate import generate, scan_input
 from factory.io import files
 from factory.io.read import list_inputs
+from factory.io.redact import redact
 from factory.job import Job
 from factory.jobs import OutputLock, remove_stale_staging, resolve_output
 from factory.layout import Manifest, check_resume, fingerprint_to_record, run_dirs
@@ -28,7 +29,7 @@ def run(job: Job) -> dict:
         raise RunError("no output given: pass output=PATH (a folder, local or a URI)")
     output = job.config["output"] = resolve_output(s.output)  # absolute: the manifest says where the data is
     job.config["input"] = s.input or SAMPLE_INPUT
-    paths = list_inputs(job.config["input"])
+    paths = list_inputs(job.config["input"], exclude=[output])  # not the run's own files, where output= lies inside input=
     dirs = run_dirs(output)
     previous = check_resume(job.pipeline, dirs, output, s.resume.allow_config_change)
     lock = OutputLock(output)  # before anything in output= changes: one run at a time
@@ -96,7 +97,7 @@ def record_stop(manifest: Manifest, exc: BaseException) -> None:
     stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
     what = {KeyboardInterrupt: "interrupted (Ctrl-C)", SystemExit: f"stopped by signal {exc}"}.get(
         type(exc), f"{type(exc).__name__}: {error_line(exc)}")
-    manifest.data.update(status="stopped" if stopped else "failed", error=what)
+    manifest.data.update(status="stopped" if stopped else "failed", error=redact(what))
     try:
         manifest.save()
     except OutputInUseError:
