@@ -12,6 +12,7 @@ from factory.config import check_overrides, compose, override_error
 from factory.curation import curate_summary
 from factory.engine.ray_setup import stop_ray
 from factory.errors import user_error
+from factory.io.redact import RedactingFilter, redact
 from factory.job import load_job
 from factory.run import run
 from factory.stages import generator_lines, stage_lines
@@ -62,7 +63,7 @@ def summary_lines(m: dict) -> list[str]:
 def show_config(overrides: list[str]) -> int:
     """`--cfg job`: the composed config (every key, resolved) and the stages that will run."""
     if error := check_overrides(overrides):
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(error)}", file=sys.stderr)
         return 2
     try:
         cfg = compose(overrides)
@@ -70,7 +71,7 @@ def show_config(overrides: list[str]) -> int:
     except Exception as exc:
         if (msg := user_error(exc)) is None:
             raise
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {redact(msg)}", file=sys.stderr)
         return 2
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
     print("# stages, in order:")
@@ -97,7 +98,7 @@ def stopped(exc: BaseException) -> None:
 def run_command(overrides: list[str], curate_only: bool = False) -> int:
     """Compose, check and run (or only curate); one `error:` line (exit 2) for what the user can fix."""
     if error := check_overrides(overrides):
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(error)}", file=sys.stderr)
         return 2
     try:
         manifest = run(load_job(compose(overrides)), curate_only)
@@ -107,15 +108,23 @@ def run_command(overrides: list[str], curate_only: bool = False) -> int:
         msg = override_error(exc) or user_error(exc)
         if msg is None:
             raise
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {redact(msg)}", file=sys.stderr)
         return 2
     for line in (curate_summary if curate_only else summary_lines)(manifest):
-        print(line)
+        print(redact(line))
     return 0
 
 
+def setup_logging(stream=None) -> None:
+    """Log lines to `stream` (stdout), each through factory.io.redact: no URI's credentials in a log."""
+    logging.basicConfig(stream=stream or sys.stdout, level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 def main(argv: list[str]) -> int:
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    setup_logging()
     if argv[:1] == ["curate"]:
         return run_command(argv[1:], curate_only=True)
     if argv[:1] and argv[0] in SUBCOMMANDS:

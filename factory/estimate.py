@@ -131,7 +131,7 @@ def image_bytes(job: Job, cal: dict) -> tuple[float, str]:
 def estimate(job: Job) -> dict:
     """The figures of the estimate table for a checked job: what a run would refuse, the estimate refuses too."""
     s, pipeline = job.settings, job.pipeline
-    paths = list_inputs(s.input or SAMPLE_INPUT)
+    paths = list_inputs(s.input or SAMPLE_INPUT, exclude=[s.output] if s.output else None)  # what the run reads
     pre = run_prepass(paths, pipeline, float(job.config["resources"]["cpu_task_cpus"]), s.ray.local_scan_mb,
                       sample_rows=s.estimate.sample_rows)
     rule_reasons = {r for f in pipeline.early_filters() for r in f.reasons}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from factory.errors import RunError
 from factory.io import files
+from factory.io.redact import redact_all
 
 if TYPE_CHECKING:  # the manifest is read by `status` too, which needs no stage code
     from factory.pipeline import Pipeline
@@ -154,7 +155,7 @@ class Manifest:
             "status": "running",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "started_at": round(time.time(), 3),  # epoch seconds, for `python -m factory status`
-            "config": config,
+            "config": redact_all(config),  # shareable: URIs without their credentials (the run uses its own config)
             "fingerprint": fingerprint,
             "fingerprint_version": FINGERPRINT_VERSION,
             "versions": package_versions(),

@@ -22,6 +22,7 @@ from factory.curate.near_dup import without_rejected
 from factory.engine import stream
 from factory.errors import InputError
 from factory.io import files
+from factory.io.read import compression
 from factory.io.read_files import ReadFiles, file_list
 from factory.pipeline import Pipeline
 from factory.stage import Deduplicator, Stage
@@ -101,10 +102,21 @@ class Prepass:
         return {r: reasons.count(r) for r in dict.fromkeys(reasons)}
 
 
+# What a compressed file counts as, times its size, where the pre-pass decides between this process
+# and tasks: text expands 3-10 times, and a file of repeated lines far more.
+COMPRESSED_EXPANSION = 10
+
+
+def input_bytes(paths: list[str]) -> int:
+    """The input's size as the pre-pass weighs it (compressed files by COMPRESSED_EXPANSION)."""
+    return sum(files.size(p) * (COMPRESSED_EXPANSION if compression(p) else 1) for p in paths)
+
+
 def blocks(paths: list[str], scan: ScanKeys, cpu: float, local_max_mb: float) -> Iterator[pa.Table]:
     """ScanKeys' rows for every file: in this process for inputs up to `local_max_mb` (tasks would
-    cost more than reading them), else in Ray tasks."""
-    if sum(files.size(p) for p in paths) <= local_max_mb * 2**20:
+    cost more than reading them), else in Ray tasks. Either way each file is read as a stream, a
+    batch of rows at a time."""
+    if input_bytes(paths) <= local_max_mb * 2**20:
         reader = ReadFiles()
         for table in reader(file_list(paths)):
             yield scan(table)

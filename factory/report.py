@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import html
 import io
 import json
@@ -26,6 +27,7 @@ from factory import schema as S
 from factory.candidates import with_generator
 from factory.export.common import dataset_files
 from factory.io import files
+from factory.io.redact import redact, redact_all
 from factory.layout import read_manifest, run_dirs
 from factory.select import is_current
 
@@ -95,12 +97,25 @@ def dataset_scores(dataset_dir: str, legacy: str | None = None) -> pa.Table:
         {S.GENERATOR: pa.array([], pa.string()), **{c: pa.array([], pa.float64()) for c in SCORES + [S.RANK]}})
 
 
+def plain_text(draw):
+    """`draw` with every text of its figure drawn as plain text: no mathtext (a caption's `$x^^2$`
+    is no formula, a generator's name no more) and no LaTeX, whatever a matplotlibrc says."""
+
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        with matplotlib.rc_context({"text.usetex": False, "text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapped
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
 
 
+@plain_text
 def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
     """CLIP score, SSIM and score: candidates vs selected, each as a density over shared bins."""
 
@@ -139,6 +154,7 @@ def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
     return data
 
 
+@plain_text
 def generators_png(cands: pa.Table, chosen: pa.Table) -> bytes:
     """The score of each generator's competing candidates, one colour per generator, with the
     share of the selected dataset each won in its legend."""
@@ -186,7 +202,11 @@ def load_images(paths: list[str], rows: pa.Table) -> list:
         col = _read(paths[f], [S.IMAGE]).column(S.IMAGE)
         for ff, r in want:
             if ff == f:
-                out[(f, r)] = Image.open(io.BytesIO(col[r].as_py())).convert("RGB")
+                try:
+                    out[(f, r)] = Image.open(io.BytesIO(col[r].as_py())).convert("RGB")
+                except Exception as e:  # noqa: BLE001 (PIL raises many kinds): the report names the row
+                    raise ReportError(f"contact sheet: the image at row {r} of {redact(paths[f])} cannot be read: "
+                                      f"{type(e).__name__}: {e}") from e
         del col
     return [out[k] for k in want]
 
@@ -199,6 +219,7 @@ def _caption_text(caption: str, width: int = 30, lines: int = 4) -> str:
     return "\n".join(wrapped)
 
 
+@plain_text
 def contact_sheet_png(candidate_paths: list[str], top: pa.Table, bottom: pa.Table, ranks: dict) -> bytes:
     """Two panels of up to 16 pairs (8 a row): image, caption (wrapped, cut at 4 lines), its
     generator and scores."""
@@ -234,13 +255,23 @@ def contact_sheet_png(candidate_paths: list[str], top: pa.Table, bottom: pa.Tabl
             ax.set_title(f"{r[S.GENERATOR]} · score {r[S.SCORE]:.4f}\n{tag} · clip {r[S.CLIP_SCORE]:.4f} · ssim {r[S.SSIM]:.4f}",
                          fontsize=7.5,
                          color=SELECTED_COLOR if rank else "#333333")
-            ax.set_xlabel(_caption_text(r[S.CAPTION]), fontsize=7, linespacing=1.15)
+            label = ax.set_xlabel(_caption_text(r[S.CAPTION]), fontsize=7, linespacing=1.15, parse_math=False)
+            _check_drawable(label, fig, r)
             for spine in ax.spines.values():
                 spine.set_edgecolor(SELECTED_COLOR if rank else "#bbbbbb")
                 spine.set_linewidth(2 if rank else 1)
     data = _png(fig)
     plt.close(fig)
     return data
+
+
+def _check_drawable(label, fig, row: dict) -> None:
+    """Lays the caption's text out now, so that one that cannot be drawn names its pair."""
+    try:
+        label.get_window_extent(renderer=fig.canvas.get_renderer())
+    except Exception as e:  # noqa: BLE001 (font and layout errors of any kind)
+        raise ReportError(f"contact sheet: the caption of id {row[S.ID]!r} sample {row[S.SAMPLE]} ({row[S.GENERATOR]}) cannot be drawn: "
+                          f"{type(e).__name__}: {e}") from e
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -254,7 +285,7 @@ def _fmt(v, spec: str = ".2f"):
 
 
 def index_html(m: dict, n_cands: int, n_chosen: int) -> str:
-    c, sel, cfg = m.get("counts", {}), m.get("selection", {}), m.get("config", {})
+    c, sel, cfg = m.get("counts", {}), m.get("selection", {}), redact_all(m.get("config", {}))  # an older manifest may hold credentials
     count_rows = [[k, v] for k, v in c.items() if not isinstance(v, dict)]
     rejects = [[k, v] for k, v in (c.get("rejected_by_reason") or {}).items()]
     unusable = [[k, v] for k, v in (c.get("unusable") or {}).items()]
@@ -323,10 +354,11 @@ def build_report(output: str) -> str:
 def report_after_run(output: str) -> dict:
     """build_report for the end of a run: a failed report is logged and recorded, the data stays."""
     try:
-        return {"index": build_report(output)}
+        return {"index": redact(build_report(output))}
     except Exception as e:
-        log.error("report failed: %s: %s", type(e).__name__, e)
-        return {"error": f"{type(e).__name__}: {e}"}
+        error = redact(f"{type(e).__name__}: {e}")
+        log.error("report failed: %s", error)
+        return {"error": error}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         print(build_report(args.output))
     # OSError: the output's storage (missing, no credentials); ValueError: a manifest.json that is no JSON object
     except (ReportError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     return 0
 

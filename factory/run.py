@@ -11,6 +11,7 @@ from factory.finish import finish
 from factory.generate import generate, scan_input
 from factory.io import files
 from factory.io.read import list_inputs
+from factory.io.redact import redact
 from factory.job import Job
 from factory.jobs import OutputLock, remove_stale_staging, resolve_output
 from factory.curation import curate_locked, refuse_full_run
@@ -30,7 +31,7 @@ def run(job: Job, curate_only: bool = False) -> dict:
         raise RunError("no output given: pass output=PATH (a folder, local or a URI)")
     output = job.config["output"] = resolve_output(s.output)  # absolute: the manifest says where the data is
     job.config["input"] = s.input or SAMPLE_INPUT
-    paths = list_inputs(job.config["input"])
+    paths = list_inputs(job.config["input"], exclude=[output])  # not the run's own files, where output= lies inside input=
     dirs = run_dirs(output)
     if curate_only:
         refuse_full_run(dirs, output)
@@ -105,7 +106,7 @@ def record_stop(manifest: Manifest, exc: BaseException) -> None:
     stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
     what = {KeyboardInterrupt: "interrupted (Ctrl-C)", SystemExit: f"stopped by signal {exc}"}.get(
         type(exc), f"{type(exc).__name__}: {error_line(exc)}")
-    manifest.data.update(status="stopped" if stopped else "failed", error=what)
+    manifest.data.update(status="stopped" if stopped else "failed", error=redact(what))
     try:
         manifest.save()
     except OutputInUseError:

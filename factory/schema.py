@@ -79,7 +79,11 @@ FILE = "file"
 
 # Reasons a row can be rejected or a sample marked unusable.
 R_UNREADABLE = "unreadable_file"  # a whole file; the scan stops the run on it before anything is generated
-R_MALFORMED = "malformed_row"
+R_MALFORMED = "malformed_row"  # not JSON, not UTF-8, a NUL in the caption, more CSV fields than the header
+# Beyond what the reader takes of one row (io/read.py): a line, CSV record or JSON value over
+# MAX_ROW_BYTES, a caption or id over MAX_FIELD_CHARS, JSON nested too deep for Python's parser, an
+# integer of more than 4300 digits.
+R_TOO_LARGE = "row_too_large"
 R_NO_CAPTION = "missing_caption"
 R_NOT_STRING = "caption_not_string"
 R_BLANK = "blank_caption"

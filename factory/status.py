@@ -9,6 +9,7 @@ import sys
 import time
 
 from factory.io import files
+from factory.io.redact import redact
 from factory.jobs import OutputLock
 from factory.progress import duration
 from factory.layout import read_manifest
@@ -21,7 +22,7 @@ def _ago(epoch: float | None) -> str:
 def aligned(rows: list[tuple[str, str]]) -> list[str]:
     """`key  value` lines, the values in one column."""
     width = max(len(k) for k, _ in rows)
-    return [f"{k:<{width}}  {v}" for k, v in rows]
+    return [f"{k:<{width}}  {redact(v)}" for k, v in rows]  # an older manifest may hold credentials
 
 
 def held_by(watcher: OutputLock, lock: dict) -> tuple[str, str]:
@@ -34,13 +35,35 @@ def held_by(watcher: OutputLock, lock: dict) -> tuple[str, str]:
 def starting_lines(output: str, watcher: OutputLock, lock: dict, m: dict | None) -> list[tuple[str, str]]:
     """A run that holds the output but has not written its manifest yet: Ray's start-up and the
     pre-pass over the input come first (hours, for a big input)."""
-    rows = [("output", output),
+    rows = [("output", redact(output)),
             ("status", f"starting (run {(m or {}).get('runs', 0) + 1}, started {_ago(lock['since'])}): Ray start-up and the pre-pass "
                        "over the input; counts come once it is done"),
             held_by(watcher, lock)]
     if m is not None:
         rows.append(("previous run", f"{m.get('status')}, started {_ago(m.get('started_at'))}"))
     return rows
+
+
+def generated_on_disk(output: str, since: float) -> int:
+    """Samples in the candidates/ files written at or after `since` (epoch seconds), from the files'
+    footers: what a killed run made, also what it had not counted in its manifest yet."""
+    infos = files.file_infos(files.join(output, "candidates"), ".parquet")
+    new = [p for p, info in infos.items() if info.mtime is not None and info.mtime.timestamp() >= since]
+    return files.parquet_dataset(new).count_rows() if new else 0
+
+
+def samples_row(output: str, m: dict, gone: bool) -> tuple[str, str]:
+    """Samples generated of those to make; for a run killed while running, counted from candidates/ now."""
+    c = m.get("counts", {})
+    at_most, resumed, generated = c["samples_at_most"], c.get("resumed", 0), c.get("generated", 0)
+    if m.get("status") == "running" and gone and m.get("started_at"):
+        generated = max(generated, generated_on_disk(output, float(m["started_at"])))
+        when = "; counted in candidates/ now (the run is gone)"
+    else:
+        when = "" if m.get("status") != "running" else f"; counted {_ago(m.get('updated_at'))}"
+    left = max(at_most - resumed, 0)
+    share = f" ({100 * min(generated / left, 1):.1f}%)" if left else ""
+    return "samples", f"{generated:,} generated of at most {left:,}{share}; {resumed:,} resumed{when}"
 
 
 def status_lines(output: str) -> list[str]:
@@ -57,7 +80,7 @@ def status_lines(output: str) -> list[str]:
     if m is None:
         raise FileNotFoundError(f"{manifest_path} not found: no run of this factory has started on {output}")
     c = m.get("counts", {})
-    rows = [("output", output), ("status", f"{m.get('status')} (run {m.get('runs', 1)}, started {_ago(m['started_at']) if m.get('started_at') else m.get('started', '?')})")]
+    rows = [("output", redact(output)), ("status", f"{m.get('status')} (run {m.get('runs', 1)}, started {_ago(m['started_at']) if m.get('started_at') else m.get('started', '?')})")]
     if m.get("error"):
         rows.append(("error", m["error"]))
     if m.get("status") in ("stopped", "failed"):
@@ -69,11 +92,7 @@ def status_lines(output: str) -> list[str]:
     if "read" in c:
         rows.append(("captions", f"{c['read']:,} read" + (f", {c['rejected']:,} rejected" if "rejected" in c else "")))
     if "samples_at_most" in c:
-        at_most, resumed, generated = c["samples_at_most"], c.get("resumed", 0), c.get("generated", 0)
-        left = max(at_most - resumed, 0)
-        share = f" ({100 * min(generated / left, 1):.1f}%)" if left else ""
-        rows.append(("samples", f"{generated:,} generated of at most {left:,}{share}; {resumed:,} resumed"
-                     + ("" if m.get("status") != "running" else f"; counted {_ago(m.get('updated_at'))}")))
+        rows.append(samples_row(output, m, gone=not lock or watcher.looks_gone(lock)))
         p = m.get("progress") or {}
         if m.get("status") == "running" and p.get("rate_per_s"):
             rows.append(("rate", f"{p['rate_per_s']:.3g} samples/s over the last {duration(p.get('interval_s') or m['config'].get('progress_every_s', 60))}"
@@ -104,7 +123,7 @@ def main(argv: list[str]) -> int:
     try:
         lines = status_lines(args[0])
     except (OSError, ValueError) as exc:  # OSError: a missing folder, a bucket without credentials
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0

@@ -86,30 +86,33 @@ def test_glob_and_folder_inputs(tmp_path):
 
 def test_the_generation_pass_stops_on_a_file_it_can_no_longer_read(tmp_path, monkeypatch):
     """The pre-pass read it; losing it later must stop the run (to resume), not drop its captions
-    as one reject row. A hiccup that passes is tried again first."""
+    as one reject row. A hiccup that passes is tried again first, and a try that failed midway
+    passes on no row twice."""
     import pyarrow as pa
 
     from factory.io import read_files
 
     monkeypatch.setattr(read_files, "REREAD_WAIT_S", (0.0, 0.0))
     path = tmp_path / "c.jsonl"
-    path.write_text('{"id": "a", "caption": "A red car parked on a quiet street."}\n')
+    path.write_text("".join(json.dumps({"id": f"r{i}", "caption": f"A red car number {i} on a street."}) + "\n" for i in range(5)))
     batch = pa.table({"path": [str(path)], "file_index": [0]})
-    real, calls = read_files.read_caption_file, []
+    real, calls = read_files.iter_caption_batches, []
 
-    def flaky(p, i):
+    def flaky(p, i):  # batches of 2 rows; the first two tries lose the connection after 1 and 2 batches
         calls.append(p)
-        if len(calls) < 3:
-            raise InputError(f"cannot read {p}: connection reset")
-        return real(p, i)
+        for n, table in enumerate(real(p, i, rows_per_batch=2)):
+            if len(calls) < 3 and n == len(calls):
+                raise InputError(f"cannot read {p}: connection reset")
+            yield table
 
-    monkeypatch.setattr(read_files, "read_caption_file", flaky)
-    rows = list(read_files.ReadFiles(again=True)(batch))
-    assert len(calls) == 3 and [t.column(S.ID).to_pylist() for t in rows] == [["a"]]
+    monkeypatch.setattr(read_files, "iter_caption_batches", flaky)
+    tables = list(read_files.ReadFiles(again=True)(batch))
+    assert len(calls) == 3 and [i for t in tables for i in t.column(S.ID).to_pylist()] == [f"r{i}" for i in range(5)]
+    assert pa.concat_tables(tables).equals(read_caption_file(str(path), 0))  # positions and all, as one read gives them
 
     calls.clear()
     path.unlink()
-    monkeypatch.setattr(read_files, "read_caption_file", lambda p, i: (calls.append(p), real(p, i))[1])
+    monkeypatch.setattr(read_files, "iter_caption_batches", lambda p, i: (calls.append(p), real(p, i))[1])
     with pytest.raises(InputError, match="the pre-pass of this run read it"):
         list(read_files.ReadFiles(again=True)(batch))
     assert len(calls) == 3

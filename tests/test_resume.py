@@ -55,6 +55,12 @@ def kept_ids(workdir: Path) -> list[str]:
     return rows.filter(pc.is_null(rows.column(S.REASON))).column(S.ID).to_pylist()
 
 
+def status_rows(out: Path) -> dict:
+    from factory.status import status_lines
+
+    return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in status_lines(str(out)))
+
+
 @pytest.fixture(scope="module")
 def killed_and_resumed(workdir):
     """The killed run, checked right after the kill, then resumed with the same command."""
@@ -75,6 +81,7 @@ def killed_and_resumed(workdir):
         "rejects": read_dir(out / "rejects"),
         "dataset": (out / "dataset").exists(),
         "lock": (out / LOCK_NAME).exists(),  # SIGKILL: no chance to remove it
+        "status": status_rows(out),
     }
     assert 0 < after_kill["rows"] < total, "the kill should land in the middle of synthesis"
 
@@ -94,6 +101,10 @@ def test_a_killed_run_leaves_only_whole_files(killed_and_resumed):
         assert after_kill["rejects"].schema.equals(S.REJECTS)
     assert not after_kill["dataset"]  # dataset/ only appears after selection
     assert after_kill["lock"]
+    # `status` counts what the killed run left in candidates/, not the manifest's last save
+    assert after_kill["manifest"]["counts"].get("generated", 0) < after_kill["rows"]
+    assert after_kill["status"]["samples"].startswith(f"{after_kill['rows']:,} generated of at most ")
+    assert after_kill["status"]["samples"].endswith("; counted in candidates/ now (the run is gone)")
 
 
 def test_resume_generates_only_what_is_missing(killed_and_resumed, workdir):

@@ -18,6 +18,7 @@ import yaml
 from factory import schema as S
 from factory.export.common import dataset_batches, dataset_files
 from factory.io import files
+from factory.io.redact import redact_all
 
 # The card's features, derived from the dataset schema; image bytes are declared as images.
 _HF_DTYPES = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
@@ -79,6 +80,8 @@ def curation_steps(curate: dict) -> str:
 
 
 def card_text(counts: dict, config: dict, scores: dict, exports: list[str], parts: list[str]) -> str:
+    """The card's text; URIs in `config` (the run's) appear without their credentials: it is made to be shared."""
+    config = redact_all(config)
     n = int(counts.get("selected", 0))
     model, scorer, score, sel = config.get("model", {}), config.get("scorer", {}), config.get("score", {}), config.get("select", {})
     rows = "\n".join(

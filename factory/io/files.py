@@ -6,12 +6,15 @@ import io
 import json
 import os
 import socket
+import urllib.parse
 import uuid
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from factory.io.redact import redact
 
 
 def has_scheme(path: str) -> bool:
@@ -24,7 +27,7 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         try:
             return pafs.FileSystem.from_uri(path)
         except pa.ArrowInvalid as exc:  # a scheme or query pyarrow does not know: the user's to fix, not a bug
-            raise ValueError(f"{path}: {exc}") from None
+            raise ValueError(redact(f"{path}: {exc}")) from None
     return pafs.LocalFileSystem(), os.path.abspath(local_path(path))
 
 
@@ -33,8 +36,16 @@ def local_path(path: str) -> str:
     return os.path.expanduser(path[len("file://") :] if path.startswith("file://") else path)
 
 
+def path_part(path: str) -> str:
+    """A URI without its ?query (pyarrow's options: endpoint_override=..., say); a local path as it is
+    (where `?` may be part of a name, or a glob's wildcard)."""
+    return path.partition("?")[0] if has_scheme(path) else path
+
+
 def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
+    """`base`/`parts`; a URI's ?query stays at the end."""
+    head = path_part(base)
+    return "/".join([head.rstrip("/"), *parts]) + base[len(head) :]
 
 
 def makedirs(path: str) -> None:
@@ -65,13 +76,19 @@ def list_files(directory: str, suffix: str = "") -> list[str]:
 
 def file_sizes(directory: str, suffix: str = "") -> dict[str, int]:
     """{path: bytes} of the visible files below `directory`, from one listing (not a request per file)."""
+    return {path: info.size or 0 for path, info in file_infos(directory, suffix).items()}
+
+
+def file_infos(directory: str, suffix: str = "") -> dict[str, pafs.FileInfo]:
+    """{path: pyarrow FileInfo (size, mtime)} of the visible files below `directory`, sorted by path,
+    from one listing."""
     fs, p = resolve(directory)
     if fs.get_file_info(p).type != pafs.FileType.Directory:
         return {}
     out = {}
     for info in fs.get_file_info(pafs.FileSelector(p, recursive=True)):
         if info.type == pafs.FileType.File and not is_hidden(info.base_name) and info.path.endswith(suffix):
-            out[join(directory, info.path[len(p) :].lstrip("/"))] = info.size or 0
+            out[join(directory, info.path[len(p) :].lstrip("/"))] = info
     return dict(sorted(out.items()))
 
 
@@ -103,29 +120,89 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def expand_input(pattern: str) -> list[str]:
-    """Files named by a path, a directory or a glob, local or URI, sorted; [] when none."""
+def expand_input(pattern: str, exclude: list[str] | None = None) -> list[str]:
+    """Files named by a path, a directory or a glob, local or URI, sorted; [] when none. Files below
+    a folder in `exclude` (a run's own output inside its input folder) are left out; a local file
+    reached through several symlinks is listed once."""
     if has_scheme(pattern):
-        fs, p = resolve(pattern)
-        if any(c in p for c in "*?["):
-            parts = p.split("/")
-            fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
-            root = "/".join(parts[:fixed])
-            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-            # Each match keeps the pattern's scheme and its query (?endpoint_override=..., say).
-            scheme, query = pattern.split("://", 1)[0], pattern.split("://", 1)[1].partition("?")[1:]
-            return sorted(
-                f"{scheme}://{i.path}{''.join(query)}" for i in infos if i.type == pafs.FileType.File and glob_match(i.path, p)
-            )
-        info = fs.get_file_info(p)
-        if info.type == pafs.FileType.Directory:
-            return list_files(pattern)
-        return [pattern] if info.type == pafs.FileType.File else []
+        found = _expand_uri(pattern)
+        scheme = pattern.split("://", 1)[0]
+        skip = [resolve(e)[1].rstrip("/") + "/" for e in exclude or () if e.startswith(scheme + "://")]
+        return [uri for uri, p in found if not any(p.startswith(s) for s in skip)]
     path = local_path(pattern)
     if os.path.isdir(path):
-        return list_files(path)
-    matches = sorted(m for m in glob.glob(path, recursive=True) if os.path.isfile(m))
-    return [os.path.abspath(m) for m in matches]
+        found = walk_local(path)
+    elif "**" in path:  # glob's own ** follows a link back up again and again
+        found = _glob_walk(os.path.abspath(path))
+    else:
+        found = [os.path.abspath(m) for m in sorted(glob.glob(path)) if os.path.isfile(m)]
+    skip = [os.path.realpath(local_path(e)) for e in exclude or () if not has_scheme(e)]
+    out, seen = [], set()
+    for f in found:
+        real = os.path.realpath(f)
+        if real not in seen and not any(real == s or real.startswith(s.rstrip(os.sep) + os.sep) for s in skip):
+            seen.add(real)
+            out.append(f)
+    return sorted(out)
+
+
+def walk_local(directory: str) -> list[str]:
+    """Visible files below a local folder (paths the shape of `directory`), in hidden folders none,
+    following symlinks but entering each real folder once: a link back up reads nothing twice."""
+    out, seen = [], set()
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        rel = os.path.relpath(root, directory)
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            if not is_hidden(name) and os.path.isfile(full):
+                out.append(join(directory, name) if rel == "." else join(directory, rel.replace(os.sep, "/"), name))
+    return out
+
+
+def _glob_walk(pattern: str) -> list[str]:
+    """The files a local absolute `**` pattern matches, by walk_local below its fixed folders."""
+    parts = pattern.split(os.sep)
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    root = os.sep.join(parts[:fixed]) or os.sep
+    rest = "/".join(parts[fixed:])
+    return [f for f in walk_local(root) if glob_match(f[len(root) :], rest)] if os.path.isdir(root) else []
+
+
+def _expand_uri(pattern: str) -> list[tuple[str, str]]:
+    """(URI, path in its filesystem) of each file a URI names: a file, a folder or a glob. Each URI
+    keeps the pattern's user part and ?query (credentials, endpoint_override=...)."""
+    fs, p = resolve(pattern)
+    head, query = path_part(pattern), pattern[len(path_part(pattern)) :]
+    if not any(c in p for c in "*?["):
+        info = fs.get_file_info(p)
+        if info.type == pafs.FileType.Directory:
+            found = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+            return sorted((join(pattern, _quote(i.path[len(p) :].lstrip("/"))), i.path) for i in found
+                          if i.type == pafs.FileType.File and not any(map(is_hidden, i.path[len(p) :].split("/"))))
+        return [(pattern, p)] if info.type == pafs.FileType.File else []
+    parts = p.split("/")
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    root = "/".join(parts[:fixed])
+    tail = p[len(root) :]
+    # The pattern's text up to its first wildcard folder, as the user wrote it (user part, escapes);
+    # a URI that pyarrow spelled otherwise falls back to scheme://path.
+    uri_root = head[: len(head) - len(tail)] if head.endswith(tail) else f"{pattern.split('://', 1)[0]}://{root}"
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(
+        (uri_root + _quote(i.path[len(root) :]) + query, i.path)
+        for i in infos if i.type == pafs.FileType.File and glob_match(i.path, p)
+    )
+
+
+def _quote(key: str) -> str:
+    """A listed object key as a URI's path: what a URI cannot hold raw (space, ?, #, %) escaped."""
+    return urllib.parse.quote(key, safe="/!$&'()*+,;=:@-._~")
 
 
 def glob_match(path: str, pattern: str) -> bool:
@@ -142,6 +219,18 @@ def glob_match(path: str, pattern: str) -> bool:
         return bool(ps) and fnmatch.fnmatchcase(ps[0], qs[0]) and match(ps[1:], qs[1:])
 
     return match(path.strip("/").split("/"), pattern.strip("/").split("/"))
+
+
+def open_input_stream(path: str):
+    """A file's bytes as stored (no decompression by extension), read as a stream."""
+    fs, p = resolve(path)
+    return fs.open_input_stream(p, compression=None)
+
+
+def open_input_file(path: str):
+    """A file opened for random access (Parquet)."""
+    fs, p = resolve(path)
+    return fs.open_input_file(p)
 
 
 def read_bytes(path: str) -> bytes:
