@@ -1,0 +1,69 @@
+"""Distributed selection equals `select.select_top_k` on the same rows, ties and the `file` of exact
+duplicates included, and reads candidates files as `read_scores` does."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from factory import schema as S
+from factory.io import files
+from factory.select import read_scores, select_top_k
+from factory.select_dist import scores_dataset, select_top_k_distributed
+
+
+def score_rows(n_ids: int, repeat: int, seed: int, files_n: int = 7) -> pa.Table:
+    """Rows in (file, row) order: coarse scores (ties within and across ids), ids of mixed forms,
+    and exact duplicates (the same id and sample again, in the same or a later file)."""
+    rng = np.random.default_rng(seed)
+    ids = list(dict.fromkeys([str(rng.integers(0, 10**5)) if rng.random() < 0.5 else f"c{rng.integers(0, 10**5)}" for _ in range(n_ids)]))
+    rows = [(i, s) for i in ids for s in range(repeat)]
+    rows += [rows[j] for j in rng.integers(0, len(rows), len(rows) // 5)]  # duplicates
+    rows = [rows[j] for j in rng.permutation(len(rows))]
+    n = len(rows)
+    clip = rng.integers(0, 8, n) / 8
+    ssim = rng.integers(0, 4, n) / 4
+    file = np.sort(rng.integers(0, files_n, n)).astype(np.int32)
+    row = np.zeros(n, dtype=np.int64)
+    for f in np.unique(file):
+        row[file == f] = np.arange((file == f).sum())
+    return pa.table({S.ID: [r[0] for r in rows], S.SAMPLE: pa.array([r[1] for r in rows], pa.int32()),
+                     S.SCORE: clip + 0.5 * ssim, S.CLIP_SCORE: clip, S.SSIM: ssim, S.FILE: file, S.ROW: row})
+
+
+def blocks_of(ray, t: pa.Table, n: int):
+    """A dataset of `t` cut into n blocks handed over in a shuffled order: no row order to lean on."""
+    step = -(-t.num_rows // n)
+    parts = [t.slice(i, step) for i in range(0, t.num_rows, step)]
+    return ray.data.from_arrow([parts[i] for i in np.random.default_rng(0).permutation(len(parts))])
+
+
+@pytest.mark.parametrize("k,fraction,best_by,seed", [(40, None, S.SCORE, 1), (None, 0.3, S.CLIP_SCORE, 2),
+                                                    (10_000, None, S.SCORE, 3), (0, None, S.SCORE, 4)])
+def test_equals_the_driver_with_heavy_ties(ray_local, k, fraction, best_by, seed):
+    t = score_rows(400, 3, seed)
+    ref, ref_threshold, ref_competing = select_top_k(t.drop_columns([S.ROW]), k, fraction, best_by)
+    chosen, threshold, competing = select_top_k_distributed(blocks_of(ray_local, t, 5), k, fraction, best_by, partitions=3)
+    assert (competing, threshold) == (ref_competing, ref_threshold)
+    assert chosen.schema == ref.schema
+    assert chosen.equals(ref)  # ids, samples, scores, file of duplicates, ranks
+
+
+def test_reads_candidates_files_as_read_scores(ray_local, tmp_path):
+    t = score_rows(200, 2, 5, files_n=4)
+    t = t.append_column(S.REASON, pa.array([None if i % 13 else "bad_image" for i in range(t.num_rows)], pa.string()))
+    paths = []
+    for f in range(4):
+        part = t.filter(pc.equal(t.column(S.FILE), f)).drop_columns([S.FILE, S.ROW])
+        paths.append(str(tmp_path / f"part-{f}.parquet"))
+        files.write_parquet_atomic(paths[-1], part)
+    ref = select_top_k(read_scores(paths), 50)
+    got = select_top_k_distributed(scores_dataset(paths), 50, partitions=2)
+    assert got[0].equals(ref[0]) and got[1:] == ref[1:]
+
+
+def test_missing_order_column_is_one_line(ray_local):
+    t = score_rows(10, 1, 6).drop_columns([S.ROW])
+    with pytest.raises(ValueError, match="lack column"):
+        select_top_k_distributed(ray_local.data.from_arrow(t), 3)
