@@ -11,6 +11,8 @@ list reaches the driver; it reads back one change count per partition and round.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +23,7 @@ from factory.shuffle import column_sum, materialized, per_block, per_key
 
 U, V, A, B, CHANGED = "u", "v", "a", "b", "changed"
 EDGES = pa.schema([pa.field(U, pa.binary()), pa.field(V, pa.binary())])
+log = logging.getLogger(__name__)
 MAX_ROUNDS = 200  # O(log^2 n) rounds are proven; this only guards against a bug looping forever
 
 
@@ -104,8 +107,21 @@ def small_star(part: pa.Table) -> pa.Table:
     return _out(nodes, u, v, int((np.bincount(ui, minlength=len(nodes)) >= 2).sum()))
 
 
-def _round(edges: Dataset, fn, keys: list[str], partitions: int) -> tuple[Dataset, int]:
-    out = materialized(per_key(edges, keys, fn, partitions))
+def small_star_after(part: pa.Table) -> pa.Table:
+    """small_star of the large-star output in `part`, whose changes it adds to its own: one count for both steps."""
+    out = small_star(part.select([U, V]))
+    before = int(pc.sum(part.column(CHANGED)).as_py() or 0) if part.num_rows else 0
+    if out.num_rows:  # edges in, edges out
+        counts = out.column(CHANGED).to_numpy().copy()
+        counts[0] += before
+        out = out.set_column(out.schema.get_field_index(CHANGED), CHANGED, pa.array(counts))
+    return out
+
+
+def _iteration(edges: Dataset, partitions: int) -> tuple[Dataset, int]:
+    """A large-star then a small-star round, in one execution; their changes, summed."""
+    large = per_key(per_block(edges, both_ways), [A], large_star, partitions)
+    out = materialized(per_key(large, [U], small_star_after, partitions))
     return out, column_sum(out, CHANGED)
 
 
@@ -118,10 +134,10 @@ def star_edges(edges: Dataset, partitions: int, local_max_edges: int = 2_000_000
     if edges.count() <= local_max_edges:
         return per_key(edges, [U], contract, 1)
     edges = materialized(per_key(edges, [U], contract, partitions))
-    for _ in range(MAX_ROUNDS):
-        edges, large = _round(per_block(edges, both_ways), large_star, [A], partitions)
-        edges, small = _round(edges.select_columns([U, V]), small_star, [U], partitions)
-        if large == 0 and small == 0:
+    for rounds in range(1, MAX_ROUNDS + 1):
+        edges, changes = _iteration(edges, partitions)
+        log.debug("connected components: iteration %d, %d changes", rounds, changes)
+        if changes == 0:
             return edges.select_columns([U, V])
-    raise RuntimeError(f"connected components did not converge in {MAX_ROUNDS} rounds")
+    raise RuntimeError(f"connected components did not converge in {MAX_ROUNDS} iterations")
 
