@@ -65,8 +65,9 @@ def main(argv=None) -> float:
     p.add_argument("--check", action="store_true", help="also run the driver implementation and compare (small pools)")
     args = p.parse_args(argv)
     near = None if args.no_near else NEAR
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **ONE_WORKER_POOL}})
+    if not ray.is_initialized():  # (a test's Ray may be up already)
+        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **ONE_WORKER_POOL}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

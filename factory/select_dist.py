@@ -24,9 +24,10 @@ from ray.data import Dataset
 from factory import schema as S
 from factory.io import files
 from factory.select import best_of_n, check_best_by, resolve_k, top_k
-from factory.shuffle import cluster_cpus, materialized, per_key
+from factory.shuffle import default_partitions, materialized, per_key
 
 FAN_IN = 4  # tables merged per task: a merge holds FAN_IN * k rows
+ROWS_PER_PARTITION = 2_000_000  # score rows are small (~50 bytes): ~100 MB a partition
 
 
 def read_score_file(batch: pa.Table) -> pa.Table:
@@ -90,7 +91,8 @@ def select_top_k_distributed(scores: Dataset, k: int | None = None, fraction: fl
     version on the rows in (file, row) order, ties and the `file` of exact duplicates included."""
     check_best_by(best_by)
     check_columns(scores)
-    best = materialized(per_key(scores, [S.ID], functools.partial(partition_best, best_by=best_by), partitions or 2 * cluster_cpus()))
+    partitions = partitions or default_partitions(scores, ROWS_PER_PARTITION)
+    best = materialized(per_key(scores, [S.ID], functools.partial(partition_best, best_by=best_by), partitions))
     competing = best.count()
     blocks = best.to_arrow_refs()
     if not blocks:

@@ -61,6 +61,13 @@ def partitions_for(rows: int, rows_per_partition: int = ROWS_PER_PARTITION) -> i
     return max(cluster_cpus(), math.ceil(rows / rows_per_partition))
 
 
+def default_partitions(ds: Dataset, rows_per_partition: int = ROWS_PER_PARTITION) -> int:
+    """Partitions for a shuffle of `ds`: by its row count when it is materialized (metadata), else two per CPU."""
+    if isinstance(ds, MaterializedDataset):
+        return partitions_for(ds.count(), rows_per_partition)
+    return 2 * cluster_cpus()
+
+
 @ray.remote
 def _column_sum(block: pa.Table, column: str) -> int:
     return int(pc.sum(block.column(column)).as_py() or 0) if block.num_rows else 0

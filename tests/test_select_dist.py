@@ -39,12 +39,13 @@ def blocks_of(ray, t: pa.Table, n: int):
     return ray.data.from_arrow([parts[i] for i in np.random.default_rng(0).permutation(len(parts))])
 
 
-@pytest.mark.parametrize("k,fraction,best_by,seed", [(40, None, S.SCORE, 1), (None, 0.3, S.CLIP_SCORE, 2),
-                                                    (10_000, None, S.SCORE, 3), (0, None, S.SCORE, 4)])
-def test_equals_the_driver_with_heavy_ties(ray_local, k, fraction, best_by, seed):
+@pytest.mark.parametrize("k,fraction,best_by,seed,partitions", [(40, None, S.SCORE, 1, 6), (None, 0.3, S.CLIP_SCORE, 2, 2),
+                                                               (10_000, None, S.SCORE, 3, 2), (0, None, S.SCORE, 4, 2)])
+def test_equals_the_driver_with_heavy_ties(ray_local, k, fraction, best_by, seed, partitions):
+    """6 partitions: their top-k tables merge in two levels of tasks."""
     t = score_rows(400, 3, seed)
     ref, ref_threshold, ref_competing = select_top_k(t.drop_columns([S.ROW]), k, fraction, best_by)
-    chosen, threshold, competing = select_top_k_distributed(blocks_of(ray_local, t, 5), k, fraction, best_by, partitions=3)
+    chosen, threshold, competing = select_top_k_distributed(blocks_of(ray_local, t, 3), k, fraction, best_by, partitions)
     assert (competing, threshold) == (ref_competing, ref_threshold)
     assert chosen.schema == ref.schema
     assert chosen.equals(ref)  # ids, samples, scores, file of duplicates, ranks
@@ -67,3 +68,9 @@ def test_missing_order_column_is_one_line(ray_local):
     t = score_rows(10, 1, 6).drop_columns([S.ROW])
     with pytest.raises(ValueError, match="lack column"):
         select_top_k_distributed(ray_local.data.from_arrow(t), 3)
+
+
+def test_benchmark_checks_itself_against_the_driver(ray_local):
+    from benchmarks import topk_scale
+
+    assert topk_scale.main(["--distributed", "--rows", "30000", "--k", "900", "--partitions", "3", "--check"]) > 0
