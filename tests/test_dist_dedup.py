@@ -12,7 +12,8 @@ from factory import schema as S
 from factory.curate import near_dup as nd
 from factory.curate.components import EDGES, contract, edges_table, star_edges
 from factory.curate.dedup import dedup_keys
-from factory.curate.dist_dedup import duplicate_losers
+from factory.curate import dist_near as dn
+from factory.curate.dist_dedup import duplicate_losers, prepare, unmarked
 from factory.curate.keeper_keys import key_pos_id, keeper_keys
 from factory.curate.planted import planted_pool
 
@@ -74,7 +75,7 @@ def test_keeper_keys_sort_as_id_order_and_read_back():
 def test_stars_match_a_reference_union_find(ray_local):
     """Chains longer than any round's reach force many large-star / small-star rounds."""
     rng = np.random.default_rng(2)
-    n = 150
+    n = 80
     names = pa.array([f"n{rng.integers(10**9):09d}-{i}".encode() for i in range(n)], pa.binary())
     chain = np.stack([np.arange(n - 1), np.arange(1, n)], axis=1)[rng.random(n - 1) < 0.97]  # long paths
     extra = rng.integers(0, n, size=(60, 2))
@@ -167,3 +168,35 @@ def test_benchmark_checks_itself_against_the_driver(ray_local):
     from benchmarks import dedup_scale
 
     assert dedup_scale.main(["--captions", "20000", "--check"]) > 0  # exits if the rejected rows differ
+
+
+def test_bucket_pairs_are_the_drivers_candidate_pairs():
+    """Screened at threshold 0, the buckets' pairs are exactly near_dup.candidate_pairs' (as pos),
+    big buckets chained `span` rows deep, however the buckets fall into partitions."""
+    rng = random.Random(8)
+    words = ["red", "blue", "car", "street", "night", "a", "the", "on", "with", "light"]
+    caps = [" ".join(rng.choice(words) for _ in range(6)) for _ in range(600)]
+    keys = pool_keys(caps, [str(i) for i in range(len(caps))], seed=8)
+    sig = nd.signature_column(caps, 128, 1).flatten().to_numpy().reshape(len(caps), 128)  # in pos order
+    rows = unmarked(prepare(keys, bands=16))
+    members = dn.bucket_members(dn.explode(rows))
+    members = dn.attach_sketch(pa.concat_tables([dn.sketch_rows(keys), members]))
+    sizes = []
+    for span in (3, 32):
+        expected = {tuple(p) for p in nd.candidate_pairs(nd.band_keys(sig, 16), span).tolist()}
+        sizes.append(len(expected))
+        part = np.abs(members.column(dn.BKEY).to_numpy()) % 3  # three partitions by band key
+        ends = pa.concat_tables([dn.bucket_candidates(members.filter(pa.array(part == p)), span, 0.0, 128) for p in range(3)])
+        pos, other = ends.column(S.POS).to_numpy(), ends.column(dn.OTHER).to_numpy()
+        assert {(int(a), int(b)) for a, b in zip(pos, other) if a < b} == expected
+    assert len(caps) < sizes[0] < sizes[1]  # buckets far bigger than 3 + 1 rows
+
+
+def test_sketches_never_agree_less_than_signatures():
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 2**32, size=(2000, 127), dtype=np.uint32)  # an odd width: a padding nibble
+    b = np.where(rng.random(a.shape) < rng.random((2000, 1)), a, rng.integers(0, 2**32, size=a.shape, dtype=np.uint32))
+    full = (a == b).mean(axis=1)
+    screen = dn.sketch_agreement(dn.sketch(a).view(np.uint64), dn.sketch(b).view(np.uint64), 127)
+    assert (screen >= full).all()
+    assert np.mean(screen - full) < 0.07  # 4 bits: 1/16 of the differing values agree by chance

@@ -5,9 +5,9 @@ with u > v. First each partition contracts the edges it holds (a local union-fin
 its local minimum), which leaves most near-duplicate groups as finished stars. When the edges left
 fit one worker (`local_max_edges`), one partition holds them all and that contraction is exact.
 Otherwise the large-star / small-star rounds of Kiveris et al. ("Connected Components in MapReduce
-and Beyond", SoCC 2014) run, each one keyed shuffle of the edges, until a large-star and the
-small-star after it change nothing: then every component is a star around its minimum. No edge
-list reaches the driver; it reads back one change count per partition and round.
+and Beyond", SoCC 2014) run, each a keyed shuffle of the edges (a large-star and a small-star per
+execution), until an iteration changes nothing: then every component is a star around its
+minimum. No edge list reaches the driver; it reads back one change count per partition and iteration.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def _ranked(first: pa.Array, second: pa.Array) -> tuple[pa.Array, np.ndarray, np
     return nodes, pc.index_in(first, value_set=nodes).to_numpy(), pc.index_in(second, value_set=nodes).to_numpy()
 
 
-def _distinct(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_pairs(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (i, j) pairs, sorted."""
     if len(i) == 0:
         return i, j
     order = np.lexsort((j, i))
@@ -53,7 +54,7 @@ def _distinct(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _out(nodes: pa.Array, u: np.ndarray, v: np.ndarray, changed: int | None = None) -> pa.Table:
-    u, v = _distinct(u, v)
+    u, v = distinct_pairs(u, v)
     t = pa.table({U: nodes.take(pa.array(u, pa.int64())), V: nodes.take(pa.array(v, pa.int64()))}, schema=EDGES)
     if changed is None:
         return t
@@ -84,7 +85,7 @@ def large_star(part: pa.Table) -> pa.Table:
     if part.num_rows == 0:
         return EDGES.empty_table().append_column(CHANGED, pa.array([], pa.int64()))
     nodes, ai, bi = _ranked(part.column(A).chunk(0), part.column(B).chunk(0))
-    ai, bi = _distinct(ai, bi)
+    ai, bi = distinct_pairs(ai, bi)
     m = np.arange(len(nodes))
     np.minimum.at(m, ai, bi)
     up = bi > ai
@@ -97,7 +98,7 @@ def small_star(part: pa.Table) -> pa.Table:
     if part.num_rows == 0:
         return EDGES.empty_table().append_column(CHANGED, pa.array([], pa.int64()))
     nodes, ui, vi = _ranked(part.column(U).chunk(0), part.column(V).chunk(0))
-    ui, vi = _distinct(ui, vi)
+    ui, vi = distinct_pairs(ui, vi)
     m = np.arange(len(nodes))
     np.minimum.at(m, ui, vi)
     hi = np.unique(ui)

@@ -88,8 +88,8 @@ def duplicate_losers(keys: Dataset, dedup: dict, near_dup: dict | None, partitio
     among the rows left, a near-duplicate group (curate.near_dup, when enabled): as a set, equal to
     `near_dup.find_all_duplicates` on all the keys in one table.
 
-    `keys`: rows (id, pos, norm_hash[, minhash]) with unique pos; it is read twice, so it is
-    materialized first unless it is already. `partitions`: of every shuffle (default: one per
+    `keys`: rows (id, pos, norm_hash[, minhash]) with unique pos; it is materialized first unless it
+    is already (the near-duplicate search reads it three times; its size sets the partitions). `partitions`: of every shuffle (default: one per
     256 MB of keys, at least one per CPU). `local_max_edges`: up to this many verified near-duplicate
     pairs are grouped by one worker in one step, more by distributed rounds.
     """
@@ -101,10 +101,10 @@ def duplicate_losers(keys: Dataset, dedup: dict, near_dup: dict | None, partitio
     rows = per_block(keys, functools.partial(prepare, bands=int(near_dup["bands"]) if near else None))
     for key, reason in exact_steps(dedup):
         rows = per_key(rows, [key], functools.partial(mark, key=key, reason=reason), partitions)
-    rows = materialized(per_block(rows, unmarked))
-    losers = per_block(rows, marked_losers)
+    rows = per_block(rows, unmarked)
     if not near:
-        return losers
+        return per_block(rows, marked_losers)
+    rows = materialized(rows)  # read twice: for its losers, and for the near-duplicate search among the others
     edges = near_edges(keys, rows, near_dup, partitions)
-    return losers.union(per_block(star_edges(edges, partitions, local_max_edges), star_losers))
+    return per_block(rows, marked_losers).union(per_block(star_edges(edges, partitions, local_max_edges), star_losers))
 

@@ -27,7 +27,7 @@ from ray.data import Dataset
 
 from factory import schema as S
 from factory import bloom
-from factory.curate.components import edges_table
+from factory.curate.components import distinct_pairs, edges_table
 from factory.curate.keeper_keys import keeper_keys
 from factory.shuffle import materialized, per_block, per_key
 
@@ -137,14 +137,6 @@ def attach_sketch(part: pa.Table) -> pa.Table:
     members = part.filter(pc.is_null(part.column(SKETCH)))
     at = _lookup(home.column(S.POS).to_numpy(), members.column(S.POS).to_numpy())
     return members.set_column(3, SKETCH, home.column(SKETCH).take(pa.array(at, pa.int64())))
-
-
-def distinct_pairs(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((j, i))
-    i, j = i[order], j[order]
-    new = np.ones(len(i), dtype=bool)
-    new[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
-    return i[new], j[new]
 
 
 def bucket_candidates(part: pa.Table, span: int, threshold: float, width: int) -> pa.Table:
