@@ -30,7 +30,7 @@ from factory.curate.dedup import split_duplicates
 from factory.curate.dist_near import BANDS, near_edges, signature_matrix
 from factory.curate.keeper_keys import key_pos_id
 from factory.curate.near_dup import band_keys, check_params
-from factory.shuffle import cluster_cpus, materialized, per_block, per_key
+from factory.shuffle import cluster_cpus, materialized, per_block, per_key, uncompressed
 
 LOSERS = pa.schema([pa.field(S.POS, pa.int64()), pa.field(S.REASON, pa.string()), pa.field(S.DETAIL, pa.string())])
 PARTITION_BYTES = 256 * 2**20
@@ -96,7 +96,7 @@ def duplicate_losers(keys: Dataset, dedup: dict, near_dup: dict | None, partitio
     near = bool((near_dup or {}).get("enabled"))
     if near:
         check_params(near_dup)
-    keys = materialized(keys)
+    keys = uncompressed(materialized(keys))
     partitions = partitions or max(cluster_cpus(), -(-keys.size_bytes() // PARTITION_BYTES))
     rows = per_block(keys, functools.partial(prepare, bands=int(near_dup["bands"]) if near else None))
     for key, reason in exact_steps(dedup):

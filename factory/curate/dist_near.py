@@ -32,7 +32,7 @@ from factory.curate.keeper_keys import keeper_keys
 from factory.shuffle import materialized, per_block, per_key
 
 BANDS, BAND, BKEY = "bands", "band", "band_key"  # a row's LSH band keys; one (band, key) per exploded row
-SKETCH, OTHER, NODE, SIG = "sketch", "other", "node", "sig"  # low bytes; a pair's other row; keeper key; signature
+SKETCH, OTHER, NODE, SIG = "sketch", "other", "node", "sig"  # low bits; a pair's other row; keeper key; signature
 I, J, SIDE = "i", "j", "side"  # a candidate pair (pos i < pos j), and which of its rows a record holds
 EXPLODED = pa.schema([pa.field(BAND, pa.int16()), pa.field(BKEY, pa.int64()), pa.field(S.POS, pa.int64())])
 MEMBERS = pa.schema(list(EXPLODED) + [pa.field(SKETCH, pa.binary())])
