@@ -26,6 +26,8 @@ from factory.io import files
 from factory.select import best_of_n, check_best_by, resolve_k, top_k
 from factory.shuffle import default_partitions, materialized, per_key
 
+SCORES = pa.schema([S.CANDIDATES.field(c) for c in S.SELECT_COLUMNS if c != S.REASON]
+                   + [pa.field(S.FILE, pa.int32()), pa.field(S.ROW, pa.int64())])
 FAN_IN = 4  # tables merged per task: a merge holds FAN_IN * k rows
 ROWS_PER_PARTITION = 2_000_000  # score rows are small (~50 bytes): ~100 MB a partition
 
@@ -34,14 +36,16 @@ def read_score_file(batch: pa.Table) -> pa.Table:
     """The usable score rows (reason null, finite score) of the candidates file in `batch` (path,
     file), with `file` and their `row` within the file: `read_scores` rows, one file's worth."""
     path, index = batch.column("path")[0].as_py(), batch.column(S.FILE)[0].as_py()
-    t = files.read_parquet_files([path], [c for c in S.SELECT_COLUMNS])
+    t = files.read_parquet_files([path], list(S.SELECT_COLUMNS))
     t = t.append_column(S.FILE, pa.array(np.full(t.num_rows, index, np.int32))).append_column(S.ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
     t = t.filter(pc.and_(pc.is_null(t.column(S.REASON)), pc.is_finite(t.column(S.SCORE))))
-    return t.drop_columns([S.REASON])
+    return t.drop_columns([S.REASON]).cast(SCORES)
 
 
 def scores_dataset(candidate_paths: list[str], cpu_per_task: float = 1.0) -> Dataset:
     """The score rows of `candidate_paths` as a Ray Dataset, one task per file (never the images)."""
+    if not candidate_paths:
+        return ray.data.from_arrow(SCORES.empty_table())
     items = [{"path": p, S.FILE: i} for i, p in enumerate(candidate_paths)]
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         read_score_file, batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
@@ -78,7 +82,8 @@ def merged_top_k(blocks: list, k: int, fan_in: int = FAN_IN) -> tuple[pa.Table, 
 
 
 def check_columns(ds: Dataset) -> None:
-    names = ds.schema().names
+    schema = ds.schema()
+    names = schema.names if schema is not None else []
     missing = [c for c in (S.ID, S.SAMPLE, S.SCORE, S.CLIP_SCORE, S.SSIM, S.FILE, S.ROW) if c not in names]
     if missing:
         raise ValueError(f"score rows lack column(s) {', '.join(missing)} (read them with select_dist.scores_dataset)")
@@ -96,6 +101,6 @@ def select_top_k_distributed(scores: Dataset, k: int | None = None, fraction: fl
     competing = best.count()
     blocks = best.to_arrow_refs()
     if not blocks:
-        blocks = [ray.put(scores.schema().empty_table())]
+        blocks = [ray.put(scores.schema().base_schema.empty_table())]
     chosen, threshold = merged_top_k(blocks, resolve_k(competing, k, fraction))
     return chosen, threshold, competing

@@ -64,6 +64,12 @@ def test_reads_candidates_files_as_read_scores(ray_local, tmp_path):
     assert got[0].equals(ref[0]) and got[1:] == ref[1:]
 
 
+def test_no_candidates_selects_nothing(ray_local):
+    chosen, threshold, competing = select_top_k_distributed(scores_dataset([]), 10, partitions=2)
+    ref = select_top_k(read_scores([]), 10)
+    assert chosen.equals(ref[0]) and (threshold, competing) == (None, 0) == ref[1:]
+
+
 def test_missing_order_column_is_one_line(ray_local):
     t = score_rows(10, 1, 6).drop_columns([S.ROW])
     with pytest.raises(ValueError, match="lack column"):
