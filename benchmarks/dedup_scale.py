@@ -1,4 +1,4 @@
-"""Distributed duplicate removal at scale (CPU): factory.curate.dist_dedup.duplicate_losers alone.
+"""Distributed duplicate removal at scale (CPU): factory.engine.dist_dedup.duplicate_losers alone.
 
 The keys (id, pos, norm_hash, 128-value MinHash signature) of a generated pool are made on the
 workers, a block at a time (planted near duplicates and exact copies within each block, repeated
@@ -27,13 +27,13 @@ import ray  # noqa: E402
 
 from factory import schema as S  # noqa: E402
 from factory.curate import near_dup as nd  # noqa: E402
-from factory.curate.dedup import dedup_keys  # noqa: E402
-from factory.curate.dist_dedup import duplicate_losers  # noqa: E402
-from factory.curate.planted import planted_pool  # noqa: E402
-from factory.shuffle import ONE_WORKER_POOL  # noqa: E402
+from factory.curate.dedup import ExactDedup, dedup_keys  # noqa: E402
+from factory.prepass import find_losers  # noqa: E402
+from factory.engine.dist_dedup import duplicate_losers  # noqa: E402
+from tests.fixtures.planted import planted_pool  # noqa: E402
+from factory.engine.shuffle import ONE_WORKER_POOL  # noqa: E402
 
 NEAR = {"enabled": True, "threshold": 0.8, "bands": 16, "num_perm": 128, "shingle_size": 1, "max_bucket_span": 32}
-DEDUP = {"ids": True, "captions": True}
 BLOCK = 20_000
 
 
@@ -64,9 +64,9 @@ def main(argv=None) -> float:
     p.add_argument("--no-near", action="store_true", help="exact duplicates only")
     p.add_argument("--check", action="store_true", help="also run the driver implementation and compare (small pools)")
     args = p.parse_args(argv)
-    near = None if args.no_near else NEAR
+    dedup = [ExactDedup(), nd.NearDedup(**dict(NEAR, enabled=not args.no_near))]
     if not ray.is_initialized():  # (a test's Ray may be up already)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
                  runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **ONE_WORKER_POOL}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -77,14 +77,14 @@ def main(argv=None) -> float:
     print(f"{args.captions:,} captions' keys made on the workers in {time.perf_counter() - t0:.1f} s "
           f"({keys.size_bytes() / 2**20:.0f} MiB in the object store); driver peak RSS so far {peak_rss_mb():.0f} MiB", flush=True)
     t0 = time.perf_counter()
-    losers = duplicate_losers(keys, DEDUP, near, partitions=args.partitions).materialize()
+    losers = duplicate_losers(keys, dedup, partitions=args.partitions).materialize()
     seconds = time.perf_counter() - t0
     n_rejected = losers.count()
     print(f"distributed search: {n_rejected:,} rejected in {seconds:.1f} s; driver peak RSS {peak_rss_mb():.0f} MiB", flush=True)
     if args.check:
         every = pa.concat_tables(ray.get(keys.to_arrow_refs()))
         t0 = time.perf_counter()
-        ref = nd.find_all_duplicates(every, DEDUP, near)
+        ref = find_losers(every, dedup)
         same = rejected_rows(pa.concat_tables(ray.get(losers.to_arrow_refs()))) == rejected_rows(ref)
         print(f"driver implementation: {ref.num_rows:,} rejected in {time.perf_counter() - t0:.1f} s; equal: {same}", flush=True)
         if not same:

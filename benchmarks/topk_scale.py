@@ -67,7 +67,8 @@ def score_block(batch: dict, rows: int, samples: int) -> pa.Table:
     clip = np.round(rng.uniform(0.15, 0.40, len(r)), 4)
     ssim = np.round(rng.uniform(0.50, 0.95, len(r)), 4)
     ids = pc.binary_join_element_wise("cap-", pc.cast(pa.array(p // samples), pa.string()), "")
-    return pa.table({S.ID: ids, S.SAMPLE: pa.array((p % samples).astype(np.int32)), S.SCORE: pa.array(np.round(clip + 0.5 * ssim, 4)),
+    gen = pa.DictionaryArray.from_arrays(pa.array((r % 3 == 0).astype(np.int8)), pa.array(["sd35", "flux"])).cast(pa.string())
+    return pa.table({S.ID: ids, S.SAMPLE: pa.array((p % samples).astype(np.int32)), S.GENERATOR: gen, S.SCORE: pa.array(np.round(clip + 0.5 * ssim, 4)),
                      S.CLIP_SCORE: pa.array(clip), S.SSIM: pa.array(ssim), S.FILE: pa.array((r // FILE_ROWS).astype(np.int32)),
                      S.ROW: pa.array(r % FILE_ROWS)})
 
@@ -77,12 +78,12 @@ def distributed(args, k: int) -> float:
 
     import ray
 
-    from factory.select_dist import select_top_k_distributed
-    from factory.shuffle import ONE_WORKER_POOL
+    from factory.engine.select_dist import select_top_k_distributed
+    from factory.engine.shuffle import ONE_WORKER_POOL
 
     rows = (args.rows // args.samples) * args.samples
     if not ray.is_initialized():  # (a test's Ray may be up already)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
                  runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **ONE_WORKER_POOL}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -26,7 +26,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        from factory.shuffle import ONE_WORKER_POOL
+        from factory.engine.shuffle import ONE_WORKER_POOL
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
                  runtime_env={"env_vars": {"FACTORY_CACHE": os.environ["FACTORY_CACHE"], "PYTHONPATH": str(ROOT), **ONE_WORKER_POOL}})

@@ -1,5 +1,5 @@
 """Distributed duplicate removal: the same rows rejected, with the same details, as the driver's
-`near_dup.find_all_duplicates` on the same keys; and its parts against references of their own."""
+`prepass.find_losers` on the same keys and deduplicators; and its parts against references of their own."""
 from __future__ import annotations
 
 import random
@@ -10,15 +10,22 @@ import pytest
 
 from factory import schema as S
 from factory.curate import near_dup as nd
-from factory.curate.components import EDGES, contract, edges_table, star_edges
-from factory.curate.dedup import dedup_keys
-from factory.curate import dist_near as dn
-from factory.curate.dist_dedup import duplicate_losers, prepare, unmarked
+from factory.engine.components import EDGES, contract, edges_table, star_edges
+from factory.curate.dedup import ExactDedup, dedup_keys
+from factory.curate.near_dup import NearDedup
+from factory.prepass import find_losers
+from factory.stage import Deduplicator
+from factory.engine import dist_near as dn
+from factory.engine.dist_dedup import duplicate_losers, prepare, unmarked
 from factory.curate.keeper_keys import key_pos_id, keeper_keys
-from factory.curate.planted import planted_pool
+from tests.fixtures.planted import planted_pool
 
 NEAR = {"enabled": True, "threshold": 0.8, "bands": 16, "num_perm": 128, "shingle_size": 1, "max_bucket_span": 32}
-BOTH = {"ids": True, "captions": True}
+
+
+def dedups(near: dict = NEAR, **exact) -> list[Deduplicator]:
+    """The run's deduplicators, in the default config order."""
+    return [ExactDedup(**exact), NearDedup(**near)]
 
 
 def pool_keys(captions: list[str], ids: list[str], seed: int = 0) -> pa.Table:
@@ -105,8 +112,8 @@ def test_planted_pool_equals_the_driver(ray_local):
     captions, _ = planted_pool(3000, near_fraction=0.15, exact_fraction=0.04, seed=11)
     ids = [str(i % 2950 + 1) for i in range(len(captions))]  # 50 repeated ids too
     keys = pool_keys(captions, ids)
-    ref = nd.find_all_duplicates(keys, BOTH, NEAR)
-    out = collect(ray_local, duplicate_losers(as_dataset(ray_local, keys, 3), BOTH, NEAR, partitions=2, local_max_edges=0))
+    ref = find_losers(keys, dedups())
+    out = collect(ray_local, duplicate_losers(as_dataset(ray_local, keys, 3), dedups(), partitions=2, local_max_edges=0))
     assert {r for r in ref.column(S.REASON).to_pylist()} == {S.R_DUP_ID, S.R_DUP_CAPTION, S.R_NEAR_DUP}
     assert rows(out) == rows(ref)
 
@@ -126,33 +133,38 @@ def test_big_buckets_mixed_ids_equal_the_driver(ray_local):
     caps, ids = big_bucket_pool(random.Random(4))
     keys = pool_keys(caps, ids, seed=4)
     near = dict(NEAR, threshold=0.7, max_bucket_span=4)
-    ref = nd.find_all_duplicates(keys, BOTH, near)
+    ref = find_losers(keys, dedups(near))
     assert ref.num_rows > 400
-    out = collect(ray_local, duplicate_losers(as_dataset(ray_local, keys, 3), BOTH, near, partitions=2))
+    out = collect(ray_local, duplicate_losers(as_dataset(ray_local, keys, 3), dedups(near), partitions=2))
     assert rows(out) == rows(ref)
 
 
-@pytest.mark.parametrize("dedup,near", [({"ids": False, "captions": True}, NEAR), ({"ids": True, "captions": False}, {"enabled": False}),
-                                        ({"ids": False, "captions": False}, NEAR)])
-def test_each_switch_equals_the_driver(ray_local, dedup, near):
+@pytest.mark.parametrize("exact,near", [({"captions": False}, NEAR), ({}, {"enabled": False}), ({"enabled": False}, NEAR)])
+def test_each_switch_equals_the_driver(ray_local, exact, near):
     captions, _ = planted_pool(600, near_fraction=0.2, exact_fraction=0.1, seed=5)
     keys = pool_keys(captions, [str(i % 580) for i in range(600)], seed=1)
-    ref = nd.find_all_duplicates(keys, dedup, near)
-    out = collect(ray_local, duplicate_losers(as_dataset(ray_local, keys, 2), dedup, near, partitions=2))
+    ref = find_losers(keys, dedups(near, **exact))
+    out = collect(ray_local, duplicate_losers(as_dataset(ray_local, keys, 2), dedups(near, **exact), partitions=2))
     assert rows(out) == rows(ref)
 
 
 def test_empty_and_single_row_inputs(ray_local):
     keys = pool_keys(["one caption only"], ["1"])
-    assert collect(ray_local, duplicate_losers(as_dataset(ray_local, keys, 1), BOTH, NEAR, partitions=2)).num_rows == 0
+    assert collect(ray_local, duplicate_losers(as_dataset(ray_local, keys, 1), dedups(), partitions=2)).num_rows == 0
     empty = keys.slice(0, 0)
-    assert collect(ray_local, duplicate_losers(ray_local.data.from_arrow(empty), BOTH, NEAR, partitions=2)).num_rows == 0
+    assert collect(ray_local, duplicate_losers(ray_local.data.from_arrow(empty), dedups(), partitions=2)).num_rows == 0
 
 
-def test_bad_near_dup_settings_are_one_line(ray_local):
+class NoShuffle(Deduplicator):
+    name = "no_shuffle"
+
+
+def test_unsupported_plans_are_one_line(ray_local):
     keys = pool_keys(["a b c", "a b c d"], ["1", "2"])
-    with pytest.raises(ValueError, match="bands=5 must divide"):
-        duplicate_losers(as_dataset(ray_local, keys, 1), BOTH, dict(NEAR, bands=5))
+    with pytest.raises(ValueError, match="no_shuffle has no distributed form .*ray.local_scan_mb"):
+        duplicate_losers(as_dataset(ray_local, keys, 1), [ExactDedup(), NoShuffle()])
+    with pytest.raises(ValueError, match="exact_dedup comes after a near-duplicate step"):
+        duplicate_losers(as_dataset(ray_local, keys, 1), [NearDedup(**NEAR), ExactDedup()])
 
 
 def test_band_keys_equal_the_plain_sum():

@@ -40,10 +40,13 @@ def drive(out: Path) -> dict:
     from ray.cluster_utils import Cluster
 
     from factory import schema as S
-    from factory.curate import dist_dedup, near_dup as nd
-    from factory.curate.dedup import dedup_keys
-    from factory.curate.planted import planted_pool
-    from factory.shuffle import ONE_WORKER_POOL
+    from factory.engine import dist_dedup
+    from factory.curate import near_dup as nd
+    from factory.curate.dedup import ExactDedup, dedup_keys
+    from factory.curate.near_dup import NearDedup
+    from factory.prepass import find_losers
+    from tests.fixtures.planted import planted_pool
+    from factory.engine.shuffle import ONE_WORKER_POOL
 
     # The GCS marks the lost node dead after 3 missed health checks 0.5 s apart (not 5 x 3 s): a faster test.
     health = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
@@ -66,13 +69,14 @@ def drive(out: Path) -> dict:
     base = pa.table({S.ID: [str(i % 1980) for i in range(n)], S.CAPTION: captions, S.POS: pa.array(range(n), pa.int64()),
                      S.REASON: pa.array([None] * n, pa.string())})
     keys = dedup_keys(base).append_column(S.MINHASH, nd.signature_column(captions, 128, 1))
-    ref = nd.find_all_duplicates(keys, {"ids": True, "captions": True}, NEAR)
+    dedup = [ExactDedup(), NearDedup(**NEAR)]
+    ref = find_losers(keys, dedup)
     dist_dedup.mark = slow_on(worker.node_id, str(marker), dist_dedup.mark)
     watcher = threading.Thread(target=remove_when_marked, daemon=True)
     watcher.start()
     start = time.time()
     ds = ray.data.from_arrow([keys.slice(i, 250) for i in range(0, n, 250)])
-    got = pa.concat_tables(ray.get(dist_dedup.duplicate_losers(ds, {"ids": True, "captions": True}, NEAR, partitions=4).to_arrow_refs()))
+    got = pa.concat_tables(ray.get(dist_dedup.duplicate_losers(ds, dedup, partitions=4).to_arrow_refs()))
     report["finished_at"] = time.time()
     report["started_at"] = start
     report["alive_nodes"] = sum(1 for node in ray.nodes() if node["Alive"])

@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 from factory import schema as S
 from factory.errors import SettingError
 from factory.io import files
-from factory.stage import Deduplicator, Stage
+from factory.stage import Deduplicator, ExactStep, Stage
 
 _WS = re.compile(r"\s+")
 
@@ -98,6 +98,11 @@ class ExactDedup(Deduplicator):
 
     def losers(self, keys: pa.Table) -> pa.Table:
         return find_duplicates(keys, ids=self.ids, captions=self.captions) if self.enabled else LOSERS.empty_table()
+
+    def shuffle_steps(self) -> list[ExactStep]:
+        if not self.enabled:
+            return []
+        return ([ExactStep(S.ID, S.R_DUP_ID)] if self.ids else []) + ([ExactStep(S.NORM_HASH, S.R_DUP_CAPTION)] if self.captions else [])
 
 
 class MarkRejected:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from factory import schema as S
 from factory.curate.dedup import LOSERS
 from factory.errors import SettingError
-from factory.stage import Deduplicator
+from factory.stage import Deduplicator, NearStep
 
 
 _WORD = re.compile(r"\w+")
@@ -239,3 +239,6 @@ class NearDedup(Deduplicator):
         if not self.enabled:
             return LOSERS.empty_table()
         return find_near_duplicates(keys, self.threshold, self.bands, self.max_bucket_span)
+
+    def shuffle_steps(self) -> list[NearStep]:
+        return [NearStep(self.threshold, self.bands, self.max_bucket_span)] if self.enabled else []

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from ray.data import Dataset
 
 from factory.curate.near_dup import connected_groups
-from factory.shuffle import column_sum, materialized, per_block, per_key
+from factory.engine.shuffle import column_sum, materialized, per_block, per_key
 
 U, V, A, B, CHANGED = "u", "v", "a", "b", "changed"
 EDGES = pa.schema([pa.field(U, pa.binary()), pa.field(V, pa.binary())])

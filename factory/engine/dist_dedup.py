@@ -1,7 +1,7 @@
-"""Exact and near-duplicate removal across workers: `near_dup.find_all_duplicates` without a driver
+"""Exact and near-duplicate removal across workers: `prepass.find_losers` without a driver
 that holds every row's keys.
 
-`duplicate_losers(keys, dedup, near_dup)` takes the pre-pass keys as a Ray Dataset (id, pos,
+`duplicate_losers(keys, deduplicators)` takes the pre-pass keys as a Ray Dataset (id, pos,
 norm_hash, and minhash when near-duplicate removal is on) and returns the same rejected rows
 (pos, reason, detail) as the driver implementation, as a Dataset. Every step is a keyed shuffle
 (`factory.shuffle.per_key`) whose partition function reuses the driver code on its partition:
@@ -25,14 +25,14 @@ import pyarrow.compute as pc
 from ray.data import Dataset
 
 from factory import schema as S
-from factory.curate.components import U, V, star_edges
-from factory.curate.dedup import split_duplicates
-from factory.curate.dist_near import BANDS, near_edges, signature_matrix
+from factory.engine.components import U, V, star_edges
+from factory.curate.dedup import LOSERS, split_duplicates
+from factory.engine.dist_near import BANDS, near_edges, signature_matrix
 from factory.curate.keeper_keys import key_pos_id
-from factory.curate.near_dup import band_keys, check_params
-from factory.shuffle import cluster_cpus, materialized, per_block, per_key, uncompressed
+from factory.curate.near_dup import band_keys
+from factory.stage import Deduplicator, ExactStep, NearStep
+from factory.engine.shuffle import cluster_cpus, materialized, per_block, per_key, uncompressed
 
-LOSERS = pa.schema([pa.field(S.POS, pa.int64()), pa.field(S.REASON, pa.string()), pa.field(S.DETAIL, pa.string())])
 PARTITION_BYTES = 256 * 2**20
 
 
@@ -77,34 +77,44 @@ def star_losers(block: pa.Table) -> pa.Table:
                      S.DETAIL: pa.array(detail, pa.string())}, schema=LOSERS)
 
 
-def exact_steps(dedup: dict) -> list[tuple[str, str]]:
-    steps = [(S.ID, S.R_DUP_ID)] if dedup.get("ids", True) else []
-    return steps + ([(S.NORM_HASH, S.R_DUP_CAPTION)] if dedup.get("captions", True) else [])
+def shuffle_steps(dedup: list[Deduplicator]) -> tuple[list[ExactStep], NearStep | None]:
+    """The deduplicators' steps in config order: exact steps, then at most one near-duplicate step
+    (which must come last: it searches among the rows the exact steps kept)."""
+    exact, near = [], None
+    for d in dedup:
+        steps = d.shuffle_steps()
+        if steps is None:
+            raise ValueError(f"deduplicator {d.name} has no distributed form (shuffle_steps): raise ray.local_scan_mb above the input's size")
+        for step in steps:
+            if near is not None:
+                raise ValueError(f"deduplicator {d.name} comes after a near-duplicate step: the distributed pre-pass runs the near-duplicate search last")
+            if isinstance(step, NearStep):
+                near = step
+            else:
+                exact.append(step)
+    return exact, near
 
 
-def duplicate_losers(keys: Dataset, dedup: dict, near_dup: dict | None, partitions: int | None = None,
+def duplicate_losers(keys: Dataset, dedup: list[Deduplicator], partitions: int | None = None,
                      local_max_edges: int = 2_000_000) -> Dataset:
-    """(pos, reason, detail) of every row that loses an exact-duplicate group (curate.dedup), then,
-    among the rows left, a near-duplicate group (curate.near_dup, when enabled): as a set, equal to
-    `near_dup.find_all_duplicates` on all the keys in one table.
+    """(pos, reason, detail) of every row that loses a duplicate group of `dedup` (their
+    `shuffle_steps`, in order): as a set, equal to prepass.find_losers on all the keys in one table.
 
     `keys`: rows (id, pos, norm_hash[, minhash]) with unique pos; it is materialized first unless it
-    is already (the near-duplicate search reads it three times; its size sets the partitions). `partitions`: of every shuffle (default: one per
-    256 MB of keys, at least one per CPU). `local_max_edges`: up to this many verified near-duplicate
-    pairs are grouped by one worker in one step, more by distributed rounds.
+    is already (the near-duplicate search reads it three times; its size sets the partitions).
+    `partitions`: of every shuffle (default: one per 256 MB of keys, at least one per CPU).
+    `local_max_edges`: up to this many verified near-duplicate pairs are grouped by one worker in
+    one step, more by distributed rounds.
     """
-    near = bool((near_dup or {}).get("enabled"))
-    if near:
-        check_params(near_dup)
+    exact, near = shuffle_steps(dedup)
     keys = uncompressed(materialized(keys))
     partitions = partitions or max(cluster_cpus(), -(-keys.size_bytes() // PARTITION_BYTES))
-    rows = per_block(keys, functools.partial(prepare, bands=int(near_dup["bands"]) if near else None))
-    for key, reason in exact_steps(dedup):
-        rows = per_key(rows, [key], functools.partial(mark, key=key, reason=reason), partitions)
+    rows = per_block(keys, functools.partial(prepare, bands=near.bands if near else None))
+    for step in exact:
+        rows = per_key(rows, [step.key], functools.partial(mark, key=step.key, reason=step.reason), partitions)
     rows = per_block(rows, unmarked)
-    if not near:
+    if near is None:
         return per_block(rows, marked_losers)
     rows = materialized(rows)  # read twice: for its losers, and for the near-duplicate search among the others
-    edges = near_edges(keys, rows, near_dup, partitions)
+    edges = near_edges(keys, rows, near, partitions)
     return per_block(rows, marked_losers).union(per_block(star_edges(edges, partitions, local_max_edges), star_losers))
-

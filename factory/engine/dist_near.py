@@ -26,10 +26,11 @@ import ray
 from ray.data import Dataset
 
 from factory import schema as S
-from factory import bloom
-from factory.curate.components import distinct_pairs, edges_table
+from factory.engine import bloom
+from factory.engine.components import distinct_pairs, edges_table
 from factory.curate.keeper_keys import keeper_keys
-from factory.shuffle import materialized, per_block, per_key
+from factory.stage import NearStep
+from factory.engine.shuffle import materialized, per_block, per_key
 
 BANDS, BAND, BKEY = "bands", "band", "band_key"  # a row's LSH band keys; one (band, key) per exploded row
 SKETCH, OTHER, NODE, SIG = "sketch", "other", "node", "sig"  # low bits; a pair's other row; keeper key; signature
@@ -192,10 +193,10 @@ def verify(part: pa.Table, threshold: float) -> pa.Table:
     return edges_table(pc.filter(first.column(NODE), ok).combine_chunks(), pc.filter(second.column(NODE), ok).combine_chunks())
 
 
-def near_edges(keys: Dataset, rows: Dataset, near_dup: dict, partitions: int) -> Dataset:
+def near_edges(keys: Dataset, rows: Dataset, near: NearStep, partitions: int) -> Dataset:
     """Edges (u, v) between the keeper keys of every verified near-duplicate pair among the rows of
     `rows` not marked (rows with band keys; `keys`: id, pos, minhash of them all)."""
-    span, threshold, width = int(near_dup.get("max_bucket_span", 32)), float(near_dup["threshold"]), keys.schema().base_schema.field(S.MINHASH).type.list_size
+    span, threshold, width = near.max_bucket_span, near.threshold, keys.schema().base_schema.field(S.MINHASH).type.list_size
     members = per_key(per_block(rows, explode), [BKEY], bucket_members, partitions)
     members = per_key(per_block(keys, sketch_rows).union(members), [S.POS], attach_sketch, partitions)
     ends = materialized(per_key(members, [BKEY], functools.partial(bucket_candidates, span=span, threshold=threshold, width=width), partitions))

@@ -14,6 +14,7 @@ The driver holds object references, one count per block, and the k chosen rows.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -22,9 +23,9 @@ import ray
 from ray.data import Dataset
 
 from factory import schema as S
-from factory.io import files
-from factory.select import best_of_n, check_best_by, resolve_k, top_k
-from factory.shuffle import default_partitions, materialized, per_key
+from factory.candidates import read_candidates
+from factory.engine.shuffle import default_partitions, materialized, per_key
+from factory.select import best_of_n, check_best_by, is_current, resolve_k, top_k
 
 SCORES = pa.schema([S.CANDIDATES.field(c) for c in S.SELECT_COLUMNS if c != S.REASON]
                    + [pa.field(S.FILE, pa.int32()), pa.field(S.ROW, pa.int64())])
@@ -32,23 +33,67 @@ FAN_IN = 4  # tables merged per task: a merge holds FAN_IN * k rows
 ROWS_PER_PARTITION = 2_000_000  # score rows are small (~50 bytes): ~100 MB a partition
 
 
-def read_score_file(batch: pa.Table) -> pa.Table:
+CURRENT = "current"  # int8: whether a score row competes (select.is_current)
+
+
+@dataclass(frozen=True)
+class Competing:
+    """Which score rows compete (select.is_current): samples below `repeat` of the curated captions
+    (`ids`, an object reference: the workers fetch them, the driver holds one reference) by `generators`."""
+
+    ids: object  # ray.ObjectRef of a pa.Array of ids
+    repeat: int
+    generators: tuple[str, ...]
+
+    @classmethod
+    def of(cls, ids: pa.Array, repeat: int, generators) -> "Competing":
+        return cls(ray.put(ids), repeat, tuple(generators))
+
+
+def read_score_file(batch: pa.Table, legacy: str | None = None, competing: Competing | None = None) -> pa.Table:
     """The usable score rows (reason null, finite score) of the candidates file in `batch` (path,
-    file), with `file` and their `row` within the file: `read_scores` rows, one file's worth."""
+    file), with `file` and their `row` within the file: `read_scores` rows, one file's worth (null
+    generators named `legacy`). With `competing`: a `current` column (1 where the row competes)."""
     path, index = batch.column("path")[0].as_py(), batch.column(S.FILE)[0].as_py()
-    t = files.read_parquet_files([path], list(S.SELECT_COLUMNS))
+    t = read_candidates([path], list(S.SELECT_COLUMNS), legacy)
     t = t.append_column(S.FILE, pa.array(np.full(t.num_rows, index, np.int32))).append_column(S.ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
     t = t.filter(pc.and_(pc.is_null(t.column(S.REASON)), pc.is_finite(t.column(S.SCORE))))
-    return t.drop_columns([S.REASON]).cast(SCORES)
+    t = t.drop_columns([S.REASON]).cast(SCORES)
+    if competing is not None:
+        current = is_current(t, ray.get(competing.ids), competing.repeat, list(competing.generators))
+        t = t.append_column(CURRENT, pc.cast(current, pa.int8()))
+    return t
 
 
-def scores_dataset(candidate_paths: list[str], cpu_per_task: float = 1.0) -> Dataset:
-    """The score rows of `candidate_paths` as a Ray Dataset, one task per file (never the images)."""
+def scores_dataset(candidate_paths: list[str], cpu_per_task: float = 1.0, legacy: str | None = None,
+                   competing: Competing | None = None) -> Dataset:
+    """The score rows of `candidate_paths` as a Ray Dataset, one task per file (never the images);
+    see read_score_file for `legacy` and `competing`."""
     if not candidate_paths:
-        return ray.data.from_arrow(SCORES.empty_table())
+        empty = SCORES.empty_table()
+        return ray.data.from_arrow(empty if competing is None else empty.append_column(CURRENT, pa.array([], pa.int8())))
     items = [{"path": p, S.FILE: i} for i, p in enumerate(candidate_paths)]
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        read_score_file, batch_size=1, batch_format="pyarrow", num_cpus=cpu_per_task)
+        functools.partial(read_score_file, legacy=legacy, competing=competing), batch_size=1, batch_format="pyarrow",
+        num_cpus=cpu_per_task)
+
+
+@ray.remote(num_returns=2)
+def _read_competing(path: str, index: int, legacy: str | None, competing: Competing) -> tuple[pa.Table, int]:
+    t = read_score_file(pa.table({"path": [path], S.FILE: [index]}), legacy, competing)
+    current = t.filter(pc.equal(t.column(CURRENT), 1)).drop_columns([CURRENT])
+    return current, t.num_rows - current.num_rows
+
+
+def competing_scores(candidate_paths: list[str], competing: Competing, cpu_per_task: float = 1.0,
+                     legacy: str | None = None) -> tuple[Dataset, int]:
+    """The score rows that compete (in the object store, one block a file) and how many usable rows
+    do not: select.current_samples(read_scores(...)) without the rows on the driver."""
+    if not candidate_paths:
+        return ray.data.from_arrow(SCORES.empty_table()), 0
+    read = _read_competing.options(num_cpus=cpu_per_task)
+    tables, left_out = zip(*(read.remote(p, i, legacy, competing) for i, p in enumerate(candidate_paths)))
+    return ray.data.from_arrow_refs(list(tables)), sum(ray.get(list(left_out)))
 
 
 def partition_best(part: pa.Table, best_by: str) -> pa.Table:
@@ -84,14 +129,14 @@ def merged_top_k(blocks: list, k: int, fan_in: int = FAN_IN) -> tuple[pa.Table, 
 def check_columns(ds: Dataset) -> None:
     schema = ds.schema()
     names = schema.names if schema is not None else []
-    missing = [c for c in (S.ID, S.SAMPLE, S.SCORE, S.CLIP_SCORE, S.SSIM, S.FILE, S.ROW) if c not in names]
+    missing = [c for c in (S.ID, S.SAMPLE, S.GENERATOR, S.SCORE, S.CLIP_SCORE, S.SSIM, S.FILE, S.ROW) if c not in names]
     if missing:
         raise ValueError(f"score rows lack column(s) {', '.join(missing)} (read them with select_dist.scores_dataset)")
 
 
 def select_top_k_distributed(scores: Dataset, k: int | None = None, fraction: float | None = None,
                              best_by: str = S.SCORE, partitions: int | None = None) -> tuple[pa.Table, float | None, int]:
-    """`select.select_top_k` of all rows of `scores` (id, sample, score, clip_score, ssim, file, row):
+    """`select.select_top_k` of all rows of `scores` (id, sample, generator, score, clip_score, ssim, file, row):
     (chosen rows with rank, the k-th score, the number of captions competing), equal to the driver
     version on the rows in (file, row) order, ties and the `file` of exact duplicates included."""
     check_best_by(best_by)
