@@ -31,7 +31,7 @@ from factory.config import compose  # noqa: E402
 from factory.engine import ray_setup, stream  # noqa: E402
 from factory.engine.placement import Placement  # noqa: E402
 from factory.job import load_job  # noqa: E402
-from factory.prepass import run_prepass, write_losers  # noqa: E402
+from factory.prepass import run_prepass  # noqa: E402
 from tests.fixtures.planted import planted_pool  # noqa: E402
 
 JUNK = ["!!!", "$$$ BUY NOW $$$ !!! $$$", "img_2041.jpg", "click here click here click here click here click here click here "
@@ -94,7 +94,7 @@ def through_ray(captions: list[str], n_files: int, cpus: int, job) -> float:
 
     t = time.perf_counter()
     dirs = {"rejects": str(tmp / "rejects"), "output": str(tmp)}
-    write_losers(pre.losers, str(tmp / ".duplicates.parquet"))
+    pre.save_losers(str(tmp / ".duplicates.parquet"))
     ds = stream.curated_captions(paths, job.pipeline, str(tmp / ".duplicates.parquet"), dirs, {"tasks": Placement(cpus=cpu)})
     kept = sum(b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     stream_s = time.perf_counter() - t

@@ -12,7 +12,7 @@ from factory.errors import RunError
 from factory.io import files
 from factory.job import Job
 from factory.layout import Manifest
-from factory.prepass import run_prepass, write_losers
+from factory.prepass import run_prepass
 from factory.progress import ProgressLog
 
 log = logging.getLogger("factory")
@@ -36,7 +36,7 @@ def curate_locked(job: Job, paths: list[str], dirs: dict, manifest: Manifest, pl
     log.info("read %d caption rows from %d file(s); %d duplicates", pre.n_read, len(paths), pre.losers.num_rows)
     for part in ("rejects", "llm_judge", "curated"):
         files.delete_dir(dirs[part])
-    write_losers(pre.losers, dirs["losers"])
+    pre.save_losers(dirs["losers"])
     manifest.started = True
     manifest.save()
     t = time.perf_counter()

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from factory import schema as S
 from factory.counts import count_candidates, count_current, count_rejects, curation_rejected_ids
+from factory.engine import select_dist
 from factory.engine.select import write_selected
 from factory.errors import RunError
 from factory.export import write_exports
@@ -37,23 +38,50 @@ def record_counts(job: Job, scan: Scan, dirs: dict, counts: dict) -> None:
     counts["by_generator"] = cands["by_generator"]
 
 
-def competing(job: Job, scan: Scan, dirs: dict, candidate_paths: list[str], counts: dict) -> pa.Table:
-    """The score rows (their `file` indexing `candidate_paths`) that compete: this run's curated captions at this synth.repeat. Candidates made
-    before the input, the curation or synth.repeat changed stay on disk but are not selected, so a
-    resumed run selects what a fresh run with today's settings would."""
+def curated_ids(job: Job, scan: Scan, dirs: dict, counts: dict) -> pa.Array:
+    """This run's curated captions (kept by the pre-pass, not rejected by a late filter), also
+    written for the report."""
     repeat, generators = job.settings.synth.repeat, job.pipeline.generator_names()
     kept = scan.kept_ids
     curated = pc.filter(kept, pc.invert(pc.is_in(kept, value_set=curation_rejected_ids(dirs["rejects"], job.pipeline.curation_reasons()))))
     if len(curated) < len(kept):  # a late filter rejected some: their samples on disk no longer count
         counts["resumed"] = count_current(scan.on_disk_keys, scan.on_disk, curated, repeat, generators)
-    scores, counts["not_competing"] = current_samples(read_scores(candidate_paths, scan.legacy), curated, repeat, generators)
     # What competes, for the report: candidates of other captions stay on disk (and come back if they do).
     files.write_parquet_atomic(dirs["curated_ids"], pa.table({S.ID: curated}))
+    return curated
+
+
+def warn_not_competing(counts: dict, dirs: dict) -> None:
     if counts["not_competing"]:
         log.warning("%d candidates in %s do not compete: their caption is no longer curated (the input or the curation "
                     "changed since they were made), their sample index is beyond synth.repeat or their generator is not in "
                     "this run", counts["not_competing"], dirs["candidates"])
+
+
+def competing(job: Job, scan: Scan, dirs: dict, candidate_paths: list[str], counts: dict) -> pa.Table:
+    """The score rows (their `file` indexing `candidate_paths`) that compete: this run's curated captions at this synth.repeat. Candidates made
+    before the input, the curation or synth.repeat changed stay on disk but are not selected, so a
+    resumed run selects what a fresh run with today's settings would."""
+    curated = curated_ids(job, scan, dirs, counts)
+    repeat, generators = job.settings.synth.repeat, job.pipeline.generator_names()
+    scores, counts["not_competing"] = current_samples(read_scores(candidate_paths, scan.legacy), curated, repeat, generators)
+    warn_not_competing(counts, dirs)
     return scores
+
+
+def select(job: Job, scan: Scan, dirs: dict, sizes: dict[str, int], counts: dict) -> tuple[pa.Table, float | None, int]:
+    """select_top_k of the competing score rows: on the driver for candidates/ up to
+    ray.local_select_mb, else as a distributed reduce whose score rows never reach the driver
+    (engine/select_dist: the same rows, ties included)."""
+    s = job.settings
+    if sum(sizes.values()) <= s.ray.local_select_mb * 2**20:
+        return select_top_k(competing(job, scan, dirs, list(sizes), counts), s.select.k, s.select.fraction, s.select.best_by)
+    curated = curated_ids(job, scan, dirs, counts)
+    which = select_dist.Competing.of(curated, s.synth.repeat, tuple(job.pipeline.generator_names()))
+    rows, counts["not_competing"] = select_dist.competing_scores(list(sizes), which, float(job.config["resources"]["cpu_task_cpus"]),
+                                                                 scan.legacy)
+    warn_not_competing(counts, dirs)
+    return select_dist.select_top_k_distributed(rows, s.select.k, s.select.fraction, s.select.best_by)
 
 
 def select_into_dataset(job: Job, scan: Scan, dirs: dict, manifest: Manifest) -> pa.Table:
@@ -61,8 +89,7 @@ def select_into_dataset(job: Job, scan: Scan, dirs: dict, manifest: Manifest) ->
     s, counts, wall = job.settings, manifest.data["counts"], manifest.data["wall_seconds"]
     t = time.perf_counter()
     sizes = files.file_sizes(dirs["candidates"], ".parquet")
-    scores = competing(job, scan, dirs, list(sizes), counts)
-    chosen, threshold, n_competing = select_top_k(scores, s.select.k, s.select.fraction, s.select.best_by)
+    chosen, threshold, n_competing = select(job, scan, dirs, sizes, counts)
     staging = files.join(dirs["output"], f".dataset-staging-{os.getpid()}")
     files.delete_dir(staging)
     row_bytes = sum(sizes.values()) / max(1, counts["synthesized"])

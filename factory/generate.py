@@ -53,7 +53,7 @@ def scan_input(job: Job, paths: list[str], dirs: dict, manifest: Manifest) -> Sc
     wall["scan"] = round(time.perf_counter() - t, 3)
     counts["read"] = pre.n_read
     counts["samples_at_most"] = pre.kept.num_rows * s.synth.repeat  # before the late filters
-    log.info("read %d caption rows from %d file(s); %d duplicates", pre.n_read, len(paths), pre.losers.num_rows)
+    log.info("read %d caption rows from %d file(s); %d duplicates", pre.n_read, len(paths), pre.n_duplicates())
 
     files_before = files.list_files(dirs["candidates"], ".parquet")
     legacy, generators = manifest.data["legacy_generator"], job.pipeline.generator_names()

@@ -4,13 +4,18 @@ deduplicators' keys and decides which rows lose a duplicate group (the first row
 or the smallest id for near duplicates, wins — never the scheduling), and keeps a uniform sample
 of the curated captions (for the estimate's calibration). Reading fails here, in one line, for a
 file that cannot be read at all.
+
+Inputs up to ray.local_scan_mb are scanned and deduplicated in this process. Bigger ones are
+scanned in Ray tasks whose keys stay in the object store; the deduplicators' `shuffle_steps` then
+run as keyed shuffles across workers (factory/engine/dist_dedup.py): the same losers, and the
+driver holds only counts, the sample, and the kept (id, norm_hash) rows the resume checks read.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator
+from typing import TYPE_CHECKING, ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,13 +24,16 @@ import pyarrow.compute as pc
 from factory import schema as S
 from factory.curate.dedup import LOSERS, dedup_keys
 from factory.curate.near_dup import without_rejected
-from factory.engine import stream
+from factory.engine import dist_prepass
 from factory.errors import InputError
 from factory.io import files
 from factory.io.read import compression
 from factory.io.read_files import ReadFiles, file_list
 from factory.pipeline import Pipeline
 from factory.stage import Deduplicator, Stage
+
+if TYPE_CHECKING:  # the engine's type; this module imports no Ray
+    from ray.data.dataset import MaterializedDataset
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,14 @@ class ScanKeys(Stage):
                          "reasons": [counts.column(S.REASON).to_pylist()], "counts": [counts.column(f"{S.REASON}_count").to_pylist()],
                          "error": [unreadable[0] if unreadable else None]})
 
+    def empty_keys(self) -> pa.Table:
+        """The keys' schema with no rows (what a block without valid rows gives)."""
+        keys = dedup_keys(S.CAPTION_ROW.empty_table())
+        for d in self.dedup:
+            for name, column in d.key_columns([]).items():
+                keys = keys.append_column(name, column)
+        return keys
+
     def bottom_k(self, valid: pa.Table) -> pa.Table:
         """(pos, priority, caption) of the block's `sample_rows` rows of smallest priority."""
         pos = valid.column(S.POS).to_numpy()
@@ -93,17 +109,42 @@ class Prepass:
 
     n_read: int
     rejected_by_reason: dict[str, int]  # by the reader and the early filters
-    losers: pa.Table  # (pos, reason, detail) of the rows that lose a duplicate group
+    # (pos, reason, detail) of the rows that lose a duplicate group: a table on the driver, or, for
+    # inputs above ray.local_scan_mb, a dataset in Ray's object store (the driver never holds it)
+    losers: pa.Table | "MaterializedDataset"
     kept: pa.Table  # (id, norm_hash) of the rows that pass the early filters and deduplication
     sample: list[str]  # a uniform sample of the kept captions (at most sample_rows)
+    duplicates: dict[str, int] = field(default_factory=dict)  # losers by reason
+
+    @property
+    def distributed(self) -> bool:
+        return not isinstance(self.losers, pa.Table)
 
     def duplicates_by_reason(self) -> dict[str, int]:
-        reasons = self.losers.column(S.REASON).to_pylist()
-        return {r: reasons.count(r) for r in dict.fromkeys(reasons)}
+        return self.duplicates
+
+    def n_duplicates(self) -> int:
+        return sum(self.duplicates.values())
+
+    def losers_table(self) -> pa.Table:
+        """All losers on the driver (tests, small inputs)."""
+        return dist_prepass.gather(self.losers) if self.distributed else self.losers
+
+    def save_losers(self, path: str) -> None:
+        """Where the stream's MarkDuplicates reads them: one file (driver) or a folder (workers)."""
+        if self.distributed:
+            dist_prepass.write_losers(self.losers, path)
+        else:
+            write_losers(self.losers, path)
+
+
+def by_reason(losers: pa.Table) -> dict[str, int]:
+    reasons = losers.column(S.REASON).to_pylist()
+    return {r: reasons.count(r) for r in dict.fromkeys(reasons)}
 
 
 # What a compressed file counts as, times its size, where the pre-pass decides between this process
-# and tasks: text expands 3-10 times, and a file of repeated lines far more.
+# and Ray: text expands 3-10 times, and a file of repeated lines far more.
 COMPRESSED_EXPANSION = 10
 
 
@@ -112,41 +153,77 @@ def input_bytes(paths: list[str]) -> int:
     return sum(files.size(p) * (COMPRESSED_EXPANSION if compression(p) else 1) for p in paths)
 
 
-def blocks(paths: list[str], scan: ScanKeys, cpu: float, local_max_mb: float) -> Iterator[pa.Table]:
-    """ScanKeys' rows for every file: in this process for inputs up to `local_max_mb` (tasks would
-    cost more than reading them), else in Ray tasks. Either way each file is read as a stream, a
-    batch of rows at a time."""
-    if input_bytes(paths) <= local_max_mb * 2**20:
-        reader = ReadFiles()
-        for table in reader(file_list(paths)):
-            yield scan(table)
-    else:
-        yield from stream.map_files(paths, [ReadFiles(), scan], cpu)
+def blocks(paths: list[str], scan: ScanKeys) -> Iterator[pa.Table]:
+    """ScanKeys' rows for every file, in this process (inputs up to ray.local_scan_mb: tasks would
+    cost more than reading them)."""
+    reader = ReadFiles()
+    for table in reader(file_list(paths)):
+        yield scan(table)
+
+
+class Tally:
+    """The scan's per-block counts and samples, added up on the driver (small: no keys)."""
+
+    def __init__(self):
+        self.n_read, self.counts, self.samples = 0, {}, []
+
+    def add(self, block: pa.Table) -> None:
+        for row in block.select(dist_prepass.SMALL_COLUMNS).to_pylist():
+            if row["error"]:
+                raise InputError(row["error"])
+            self.n_read += row["rows"]
+            for reason, n in zip(row["reasons"], row["counts"]):
+                self.counts[reason] = self.counts.get(reason, 0) + n
+            self.samples.append(from_ipc(row["sample"]))
+
+    def check(self, paths: list[str]) -> None:
+        if self.n_read == 0:
+            raise InputError(f"input is empty: no caption rows in {', '.join(paths[:3])}")
+
+    def rejected(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items(), key=lambda kv: -kv[1]))
 
 
 def run_prepass(paths: list[str], pipeline: Pipeline, cpu: float, local_max_mb: float, sample_rows: int = 0,
                 seed: int = 0) -> Prepass:
     """The pre-pass over `paths` (see the module's docstring). Raises InputError for the first
-    unreadable file, or when there is no caption row at all."""
+    unreadable file, or when there is no caption row at all. Inputs above `local_max_mb` are
+    scanned in Ray tasks and deduplicated across workers (distributed_prepass): their keys never
+    reach the driver."""
     dedup = pipeline.deduplicators()
     scan = ScanKeys(filters=pipeline.early_filters(), dedup=dedup, sample_rows=sample_rows, seed=seed)
-    keys, samples, n_read, counts = [], [], 0, {}
-    for block in blocks(paths, scan, cpu, local_max_mb):
-        for row in block.to_pylist():
-            if row["error"]:
-                raise InputError(row["error"])
-            n_read += row["rows"]
-            for reason, n in zip(row["reasons"], row["counts"]):
-                counts[reason] = counts.get(reason, 0) + n
-            keys.append(from_ipc(row["ipc"]))
-            samples.append(from_ipc(row["sample"]))
-    if n_read == 0:
-        raise InputError(f"input is empty: no caption rows in {', '.join(paths[:3])}")
+    if input_bytes(paths) > local_max_mb * 2**20:
+        return distributed_prepass(paths, scan, dedup, cpu, sample_rows)
+    keys, tally = [], Tally()
+    for block in blocks(paths, scan):
+        tally.add(block)
+        keys.extend(from_ipc(b) for b in block.column("ipc").to_pylist())
+    tally.check(paths)
     keys = pa.concat_tables(keys, promote_options="default") if keys else dedup_keys(S.CAPTION_ROW.empty_table())
     losers = find_losers(keys, dedup)
     kept = without_rejected(keys, losers).select([S.ID, S.NORM_HASH]).combine_chunks()
-    return Prepass(n_read, dict(sorted(counts.items(), key=lambda kv: -kv[1])), losers, kept,
-                   merged_sample(samples, losers, sample_rows))
+    lost = set(losers.column(S.POS).to_pylist())
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.samples, lost.__contains__, sample_rows),
+                   by_reason(losers))
+
+
+def distributed_prepass(paths: list[str], scan: ScanKeys, dedup: list[Deduplicator], cpu: float, sample_rows: int) -> Prepass:
+    """The pre-pass whose keys never reach the driver: ScanKeys in Ray tasks, its blocks kept in the
+    object store; the losers by keyed shuffles across workers (engine/dist_dedup: the same rows as
+    find_losers); the driver reads the per-block counts, the samples and the kept (id, norm_hash)."""
+    scanned = dist_prepass.scan_blocks(paths, [ReadFiles(), scan], cpu)
+    tally = Tally()
+    for block in dist_prepass.small_rows(scanned):
+        tally.add(block)
+    tally.check(paths)
+    keys = dist_prepass.keys_dataset(scanned, from_ipc, scan.empty_keys())
+    del scanned  # its blocks leave the object store: the keys are materialized
+    losers = dist_prepass.find_losers(keys, dedup)
+    kept = dist_prepass.kept_rows(keys, losers, keys.count())
+    candidates = sample_candidates(tally.samples, sample_rows)
+    lost = dist_prepass.lost_among(losers, candidates.column(S.POS).to_numpy()) if candidates is not None else set()
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.samples, lost.__contains__, sample_rows),
+                   dist_prepass.counts_by_reason(losers))
 
 
 def find_losers(keys: pa.Table, dedup: list[Deduplicator]) -> pa.Table:
@@ -159,16 +236,23 @@ def find_losers(keys: pa.Table, dedup: list[Deduplicator]) -> pa.Table:
     return pa.concat_tables(parts) if parts else LOSERS.empty_table()
 
 
-def merged_sample(samples: list[pa.Table], losers: pa.Table, k: int) -> list[str]:
-    """The kept captions among the `k` rows of smallest priority over all blocks, in that order."""
+def sample_candidates(samples: list[pa.Table], k: int) -> pa.Table | None:
+    """The `k` rows of smallest priority over all blocks, in that order."""
     if not k or not samples:
+        return None
+    return pa.concat_tables(samples).sort_by([("priority", "ascending"), (S.POS, "ascending")]).slice(0, k)
+
+
+def merged_sample(samples: list[pa.Table], lost, k: int) -> list[str]:
+    """The kept captions (`lost(pos)` false) among the `k` rows of smallest priority over all blocks, in that order."""
+    t = sample_candidates(samples, k)
+    if t is None:
         return []
-    t = pa.concat_tables(samples).sort_by([("priority", "ascending"), (S.POS, "ascending")]).slice(0, k)
-    t = t.filter(pc.invert(pc.is_in(t.column(S.POS), value_set=losers.column(S.POS))))
-    return t.column(S.CAPTION).to_pylist()
+    return [c for p, c in zip(t.column(S.POS).to_pylist(), t.column(S.CAPTION).to_pylist()) if not lost(p)]
 
 
 def write_losers(losers: pa.Table, path: str) -> None:
     """The losers sorted by pos in small row groups, so that each batch of the stream reads only the
     row groups that cover its positions (see curate.dedup.MarkDuplicates)."""
-    files.write_parquet_atomic(path, losers.sort_by(S.POS), row_group_size=64 * 1024)
+    files.delete_dir(path)  # (a folder a distributed pre-pass wrote)
+    files.write_parquet_atomic(path, losers.sort_by(S.POS), row_group_size=dist_prepass.LOSER_ROW_GROUP)

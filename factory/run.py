@@ -17,7 +17,6 @@ from factory.jobs import OutputLock, remove_stale_staging, resolve_output
 from factory.curation import curate_locked, refuse_full_run
 from factory.layout import Manifest, check_resume, fingerprint_to_record, read_manifest, run_dirs
 from factory.paths import SAMPLE_INPUT
-from factory.prepass import write_losers
 
 log = logging.getLogger("factory")
 
@@ -91,7 +90,7 @@ def run_locked(job: Job, paths: list[str], dirs: dict, manifest: Manifest, place
     # so do the side logs of the filters (the judge's verdicts).
     files.delete_dir(dirs["rejects"])
     files.delete_dir(dirs["llm_judge"])
-    write_losers(scan.prepass.losers, dirs["losers"])
+    scan.prepass.save_losers(dirs["losers"])
     manifest.started = True
     manifest.save()
     t = time.perf_counter()

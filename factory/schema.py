@@ -76,6 +76,9 @@ BUSY = "_busy_"
 # int32, in selection only: which candidates file a score row came from, so that the dataset
 # takes exactly that row, even where candidates/ holds an (id, sample) twice.
 FILE = "file"
+# int64, in distributed selection only: a score row's index within its candidates file, so that "the
+# first row" of exact duplicates means the same as in read_scores' (file, row) order on any worker.
+ROW = "row"
 
 # Reasons a row can be rejected or a sample marked unusable.
 R_UNREADABLE = "unreadable_file"  # a whole file; the scan stops the run on it before anything is generated

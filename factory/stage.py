@@ -180,11 +180,35 @@ def mark(batch: pa.Table, verdicts: dict[int, tuple[str, str] | None]) -> pa.Tab
     return batch.set_column(batch.schema.get_field_index(S.DETAIL), S.DETAIL, pa.array(details, pa.string()))
 
 
+@dataclass(frozen=True)
+class ExactStep:
+    """A distributed exact-duplicate step: rows with equal `key` form a group, all but the first by
+    pos lose it with `reason` and "duplicate of id <first's id>" (curate.dedup's rule)."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NearStep:
+    """A distributed near-duplicate step over the `minhash` key column: LSH bands, candidate pairs
+    `max_bucket_span` deep in a bucket, verified at `threshold`, the smallest id of a group kept
+    (curate.near_dup's rule)."""
+
+    threshold: float
+    bands: int
+    max_bucket_span: int
+
+
 @dataclass
 class Deduplicator(Stage):
     """A corpus-level step: every row that passed the filters before it gives keys (`key_columns`,
     in the pre-pass's tasks); all keys together decide which rows lose a group (`losers`: pos,
-    reason, detail). Deduplicators run in config order, each on the rows the ones before kept."""
+    reason, detail). Deduplicators run in config order, each on the rows the ones before kept.
+
+    For inputs too big for the driver, `shuffle_steps` says the same decision as keyed-shuffle
+    steps (ExactStep, NearStep) that factory/engine/dist_dedup.py runs across workers; None: this
+    deduplicator has no distributed form (the pre-pass then refuses a distributed run in one line)."""
 
     enabled: bool = True
 
@@ -194,3 +218,7 @@ class Deduplicator(Stage):
 
     def losers(self, keys: pa.Table) -> pa.Table:
         raise NotImplementedError
+
+    def shuffle_steps(self) -> list[ExactStep | NearStep] | None:
+        """The distributed form of `losers` (same rows, same details); [] when disabled."""
+        return None

@@ -26,8 +26,10 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
+        from factory.engine.shuffle import ONE_WORKER_POOL
+
         ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": {"FACTORY_CACHE": os.environ["FACTORY_CACHE"], "PYTHONPATH": str(ROOT)}})
+                 runtime_env={"env_vars": {"FACTORY_CACHE": os.environ["FACTORY_CACHE"], "PYTHONPATH": str(ROOT), **ONE_WORKER_POOL}})
     yield ray
     ray.shutdown()
 

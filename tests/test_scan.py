@@ -20,7 +20,7 @@ def prepass(paths, local_mb, *overrides, sample_rows=0):
 
 def same(a, b):
     assert (a.n_read, a.rejected_by_reason, a.sample) == (b.n_read, b.rejected_by_reason, b.sample)
-    assert a.losers.sort_by(S.POS).to_pylist() == b.losers.sort_by(S.POS).to_pylist()
+    assert a.losers_table().sort_by(S.POS).to_pylist() == b.losers_table().sort_by(S.POS).to_pylist()
     assert a.kept.sort_by(S.ID).to_pylist() == b.kept.sort_by(S.ID).to_pylist()
 
 
@@ -51,7 +51,7 @@ def test_minhash_rides_along_in_the_same_scan(tmp_path, ray_local):
     near = ["curate.near_dup.enabled=true"]
     local, remote = prepass([a], 16, *near), prepass([a], 0, *near)
     same(local, remote)
-    found = set(local.losers.column(S.POS).to_pylist())
+    found = set(local.losers_table().column(S.POS).to_pylist())
     # (recased or re-punctuated copies are exact duplicates after normalising)
     assert local.duplicates_by_reason().keys() <= {S.R_NEAR_DUP, S.R_DUP_CAPTION} and found >= set(truth)
     dedup, near_dedup = load_job(compose(near)).pipeline.deduplicators()
@@ -65,7 +65,7 @@ def test_an_input_of_rejects_only_is_read_but_keeps_nothing(tmp_path):
     empty = tmp_path / "e.jsonl"
     empty.write_text('{"id": 1, "caption": "   "}\n')  # its one row is a reject: no keys
     pre = prepass([empty], 16, "curate.near_dup.enabled=true")
-    assert pre.n_read == 1 and pre.kept.num_rows == 0 and pre.losers.num_rows == 0
+    assert pre.n_read == 1 and pre.kept.num_rows == 0 and pre.n_duplicates() == 0
     assert pre.rejected_by_reason == {S.R_BLANK: 1}
 
 

@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 from factory import schema as S
 from factory.errors import SettingError
 from factory.io import files
-from factory.stage import Deduplicator, Stage
+from factory.stage import Deduplicator, ExactStep, Stage
 
 _WS = re.compile(r"\s+")
 
@@ -41,7 +41,7 @@ def dedup_keys(batch: pa.Table) -> pa.Table:
     return pa.table({S.ID: batch.column(S.ID), S.POS: batch.column(S.POS), S.NORM_HASH: pa.array(hashes, pa.int64())})
 
 
-def _losers(keys: pa.Table, key: str, reason: str) -> tuple[pa.Table, pa.Table]:
+def split_duplicates(keys: pa.Table, key: str, reason: str) -> tuple[pa.Table, pa.Table]:
     """Split rows into (first of each `key` group, the others marked duplicate of that first)."""
     keys = keys.sort_by([(key, "ascending"), (S.POS, "ascending")])
     k = keys.column(key).to_numpy()
@@ -67,10 +67,10 @@ def find_duplicates(keys: pa.Table, ids: bool = True, captions: bool = True) -> 
     """Rows to reject as (pos, reason, detail): repeated ids first, then repeated captions."""
     parts = []
     if ids:
-        keys, lost = _losers(keys, S.ID, S.R_DUP_ID)
+        keys, lost = split_duplicates(keys, S.ID, S.R_DUP_ID)
         parts.append(lost)
     if captions:
-        _, lost = _losers(keys, S.NORM_HASH, S.R_DUP_CAPTION)
+        _, lost = split_duplicates(keys, S.NORM_HASH, S.R_DUP_CAPTION)
         parts.append(lost)
     if not parts:
         return LOSERS.empty_table()
@@ -98,6 +98,11 @@ class ExactDedup(Deduplicator):
 
     def losers(self, keys: pa.Table) -> pa.Table:
         return find_duplicates(keys, ids=self.ids, captions=self.captions) if self.enabled else LOSERS.empty_table()
+
+    def shuffle_steps(self) -> list[ExactStep]:
+        if not self.enabled:
+            return []
+        return ([ExactStep(S.ID, S.R_DUP_ID)] if self.ids else []) + ([ExactStep(S.NORM_HASH, S.R_DUP_CAPTION)] if self.captions else [])
 
 
 class MarkRejected:

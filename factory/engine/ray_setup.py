@@ -10,6 +10,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from factory.engine.logs import has_terminal
 from factory.settings import RaySettings
+from factory.engine.shuffle import ONE_WORKER_POOL
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ def init_ray(settings: RaySettings) -> None:
         kwargs["include_dashboard"] = bool(settings.dashboard)
         if settings.num_cpus:
             kwargs["num_cpus"] = settings.num_cpus
+        # The distributed pre-pass and selection shuffle: one worker pool for map and reduce tasks
+        # on a small node (see engine/shuffle.ONE_WORKER_POOL). A cluster's job sets its own.
+        kwargs["runtime_env"] = {"env_vars": dict(ONE_WORKER_POOL)}
     ray.init(**kwargs)
 
 

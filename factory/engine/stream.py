@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
 
-import pyarrow as pa
 import ray
 
 from factory.curate.dedup import MarkDuplicates
@@ -14,20 +12,12 @@ from factory.io.read_files import ReadFiles
 from factory import schema as S
 from factory.io.write import CuratedWriter, RejectsSplit
 from factory.pipeline import Pipeline
-from factory.stage import CaptionFilter, Stage
+from factory.stage import CaptionFilter
 
 
 def files_dataset(paths: list[str]):
     """One block per input file: the unit a read task takes."""
     return ray.data.from_items([{"path": p, "file_index": i} for i, p in enumerate(paths)], override_num_blocks=len(paths))
-
-
-def map_files(paths: list[str], stages: list[Stage], cpu: float) -> Iterator[pa.Table]:
-    """The output blocks of `stages` (tasks) over the input files, as they come."""
-    ds = files_dataset(paths)
-    for stage in stages:
-        ds = adapter.apply(ds, stage, Placement(cpus=cpu))
-    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def with_filter(ds, f: CaptionFilter, places: dict[int, Placement], output: str):

@@ -1,0 +1,144 @@
+"""The pre-pass's Ray part for inputs bigger than ray.local_scan_mb: the deduplicators' keys stay
+in the object store, the losers are found by keyed shuffles (dist_dedup) and written by the
+workers; the driver receives per-block counts and samples, the kept (id, norm_hash) rows, and the
+losers' counts by reason.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.dataset import MaterializedDataset
+
+from factory import schema as S
+from factory.curate.dedup import LOSERS
+from factory.engine import adapter
+from factory.engine.dist_dedup import duplicate_losers
+from factory.engine.placement import Placement
+from factory.engine.shuffle import materialized, partitions_for, per_block, per_key
+from factory.engine.stream import files_dataset
+from factory.io import files
+from factory.stage import Deduplicator, Stage
+
+LOST = "lost"  # int8 in the anti-join: 1 on a loser's row
+SMALL_COLUMNS = ["sample", "rows", "reasons", "counts", "error"]  # what the driver reads of the scan's rows
+LOSER_ROW_GROUP = 64 * 1024  # as prepass.write_losers: a stream batch reads only the row groups of its positions
+
+
+def scan_blocks(paths: list[str], stages: list[Stage], cpu: float) -> MaterializedDataset:
+    """The scan's rows (prepass.ScanKeys: one per block, its keys as Arrow IPC) in the object store."""
+    ds = files_dataset(paths)
+    for stage in stages:
+        ds = adapter.apply(ds, stage, Placement(cpus=cpu))
+    return ds.materialize()
+
+
+@ray.remote
+def _small(block: pa.Table) -> pa.Table:
+    return block.select(SMALL_COLUMNS)
+
+
+def small_rows(scanned: MaterializedDataset) -> list[pa.Table]:
+    """The scan's rows without their keys (which stay in the object store): one small task a block."""
+    return ray.get([_small.remote(ref) for ref in scanned.to_arrow_refs()])
+
+
+@ray.remote
+def _keys(block: pa.Table, from_ipc, empty: pa.Table) -> pa.Table:
+    parts = [t for t in (from_ipc(b) for b in block.column("ipc").to_pylist()) if t.num_rows]
+    return pa.concat_tables(parts, promote_options="default") if parts else empty
+
+
+def keys_dataset(scanned: MaterializedDataset, from_ipc, empty: pa.Table) -> MaterializedDataset:
+    """The keys of every scanned block, one Arrow table a block, made and kept on the workers."""
+    return ray.data.from_arrow_refs([_keys.remote(ref, from_ipc, empty) for ref in scanned.to_arrow_refs()])
+
+
+def _tag(block: pa.Table, lost: int) -> pa.Table:
+    n = block.num_rows
+    if lost:
+        return pa.table({S.ID: pa.nulls(n, pa.string()), S.POS: block.column(S.POS), S.NORM_HASH: pa.nulls(n, pa.int64()),
+                         LOST: pa.array(np.ones(n, np.int8))})
+    return pa.table({S.ID: block.column(S.ID).cast(pa.string()), S.POS: block.column(S.POS), S.NORM_HASH: block.column(S.NORM_HASH),
+                     LOST: pa.array(np.zeros(n, np.int8))})
+
+
+def _survivors(part: pa.Table) -> pa.Table:
+    """The rows of a partition (all rows of its positions) whose pos no loser names."""
+    lost = part.filter(pc.equal(part.column(LOST), 1)).column(S.POS)
+    rows = part.filter(pc.equal(part.column(LOST), 0))
+    return rows.filter(pc.invert(pc.is_in(rows.column(S.POS), value_set=lost.combine_chunks()))).select([S.ID, S.NORM_HASH])
+
+
+def kept_rows(keys, losers: MaterializedDataset, rows: int) -> pa.Table:
+    """(id, norm_hash) of the keys' rows that lose no group: an anti-join by pos on the workers."""
+    both = per_block(keys, functools.partial(_tag, lost=0)).union(per_block(losers, functools.partial(_tag, lost=1)))
+    kept = materialized(per_key(both, [S.POS], _survivors, partitions_for(rows)))
+    parts = [t for t in ray.get(kept.to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables(parts).combine_chunks() if parts else pa.table({S.ID: pa.array([], pa.string()), S.NORM_HASH: pa.array([], pa.int64())})
+
+
+def find_losers(keys, dedup: list[Deduplicator]) -> MaterializedDataset:
+    """(pos, reason, detail) of the rows that lose a group, in the object store (dist_dedup)."""
+    return materialized(duplicate_losers(keys, dedup))
+
+
+@ray.remote
+def _reason_counts(block: pa.Table) -> dict[str, int]:
+    t = block.group_by(S.REASON).aggregate([(S.REASON, "count")])
+    return dict(zip(t.column(S.REASON).to_pylist(), t.column(f"{S.REASON}_count").to_pylist()))
+
+
+def counts_by_reason(losers: MaterializedDataset) -> dict[str, int]:
+    """Losers per reason: one small dict a block back to the driver."""
+    out: dict[str, int] = {}
+    for counts in ray.get([_reason_counts.remote(ref) for ref in losers.to_arrow_refs()]):
+        for reason, n in counts.items():
+            out[reason] = out.get(reason, 0) + n
+    return out
+
+
+@ray.remote
+def _among(block: pa.Table, wanted: pa.Array) -> list[int]:
+    return block.filter(pc.is_in(block.column(S.POS), value_set=wanted)).column(S.POS).to_pylist()
+
+
+def lost_among(losers: MaterializedDataset, pos: np.ndarray) -> set[int]:
+    """Which of the positions `pos` (a few: the sample's) lose a group."""
+    if len(pos) == 0:
+        return set()
+    wanted = pa.array(pos, pa.int64())
+    return {p for found in ray.get([_among.remote(ref, wanted) for ref in losers.to_arrow_refs()]) for p in found}
+
+
+def gather(losers: MaterializedDataset) -> pa.Table:
+    """All losers on the driver: for tests and small inputs only."""
+    parts = [t for t in ray.get(losers.to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables(parts).cast(LOSERS) if parts else LOSERS.empty_table()
+
+
+def _write_sorted(block: pa.Table, directory: str) -> pa.Table:
+    if block.num_rows == 0:
+        return pa.table({"rows": [0]})
+    block = block.sort_by(S.POS)
+    name = f"part-{block.column(S.POS)[0].as_py():020d}.parquet"
+    files.write_parquet_atomic(files.join(directory, name), block.cast(LOSERS), make_parent=False, row_group_size=LOSER_ROW_GROUP)
+    return pa.table({"rows": [block.num_rows]})
+
+
+def write_losers(losers: MaterializedDataset, directory: str) -> int:
+    """The losers as a folder of Parquet files sorted by pos (each file a range of positions, in
+    small row groups: MarkDuplicates reads a folder as it reads one file), written by the workers."""
+    files.delete_file(directory)
+    files.delete_dir(directory)
+    files.makedirs(directory)
+    n = 0
+    if losers.count():
+        written = per_block(losers.sort(S.POS), functools.partial(_write_sorted, directory=directory)).materialize()
+        n = sum(int(t.column("rows").to_numpy().sum()) for t in ray.get(written.to_arrow_refs()))
+    if n == 0:  # MarkDuplicates needs the schema: one empty file
+        files.write_parquet_atomic(files.join(directory, "part-empty.parquet"), LOSERS.empty_table(), make_parent=False)
+    return n
