@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
-from factory.curate.dedup import text_hash
 from factory.candidates import read_candidates, with_generator
+from factory.curate.dedup import text_hash
 from factory.io import files
 from factory.select import is_current
 

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from factory import schema as S
-from factory.seeds import sample_seed
 from factory.checks import number
+from factory.seeds import sample_seed
 from factory.stage import Stage
 
 

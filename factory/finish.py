@@ -11,7 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
-from factory.counts import count_candidates, count_current, count_rejects, curation_rejected_ids
+from factory.counts import (
+    count_candidates,
+    count_current,
+    count_rejects,
+    curation_rejected_ids,
+)
 from factory.engine import select_dist
 from factory.engine.select import write_selected
 from factory.errors import RunError

@@ -6,8 +6,15 @@ the head node: a relative `output` would land there and vanish with it, so it is
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
+import threading
+import time
+import uuid
+
+import pyarrow.fs as pafs
 
 from factory.errors import OutputInUseError
 from factory.io import files
@@ -41,8 +48,6 @@ def resolve_output(output: str) -> str:
 
 def remove_stale_staging(output: str) -> int:
     """Delete dataset staging folders a killed run left in `output`; returns how many."""
-    import pyarrow.fs as pafs
-
     fs, p = files.resolve(output)
     if fs.get_file_info(p).type != pafs.FileType.Directory:
         return 0
@@ -87,10 +92,6 @@ class OutputLock:
     PATIENCE = 2.5  # beats without a heartbeat after which a lock counts as gone
 
     def __init__(self, output: str, beat_s: float = 15.0):
-        import socket
-        import threading
-        import uuid
-
         self.path, self.beat_s = files.join(output, LOCK_NAME), beat_s
         self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "beat_s": beat_s}
         self._stop = threading.Event()
@@ -99,8 +100,6 @@ class OutputLock:
         self._looked = 0.0  # time.monotonic() of check()'s last read of the lock file
 
     def holder(self) -> dict | None:
-        import json
-
         if not files.exists(self.path):
             return None
         try:
@@ -111,14 +110,10 @@ class OutputLock:
 
     def looks_gone(self, lock: dict) -> bool:
         """Without waiting: its heartbeat is overdue, or it ran on this host and its pid is dead."""
-        import time
-
         return heartbeat_overdue(lock, time.time()) or (lock["host"] == self.mine["host"] and not _pid_alive(int(lock["pid"])))
 
     def alive(self, lock: dict) -> bool:
         """Whether the run that wrote `lock` still runs (from another host: watched, which takes time)."""
-        import time
-
         if lock["host"] == self.mine["host"]:
             return not self.looks_gone(lock)
         patience = self.PATIENCE * float(lock.get("beat_s", 15.0))
@@ -135,9 +130,6 @@ class OutputLock:
 
     def acquire(self, take_over: bool = False) -> dict | None:
         """Take the lock (or raise OutputInUseError); returns the lock taken over, if there was one."""
-        import threading
-        import time
-
         other = self.holder()
         if other and not take_over and self.alive(other):
             other = self.holder() or other
@@ -163,8 +155,6 @@ class OutputLock:
         return other
 
     def _beat(self) -> None:
-        import time
-
         files.write_json_atomic(self.path, dict(self.mine, heartbeat=time.time()))
 
     def _run(self) -> None:
@@ -182,8 +172,6 @@ class OutputLock:
         """Raise OutputInUseError once another run has taken the lock over: as the heartbeat
         thread last saw it, or, with `fresh` or when that look is older than a fifth of a beat,
         as the lock file says now (the thread looks only once a beat)."""
-        import time
-
         if not self.lost_to and (fresh or time.monotonic() - self._looked >= self.beat_s / 5):
             self._looked = time.monotonic()
             lock = self.holder()

@@ -12,7 +12,6 @@ import platform
 import time
 from collections.abc import Callable
 from importlib import metadata
-
 from typing import TYPE_CHECKING
 
 from factory.errors import RunError

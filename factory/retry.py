@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch
+
 
 def is_oom(exc: BaseException) -> bool:
     try:
-        import torch
-
         if isinstance(exc, torch.OutOfMemoryError):
             return True
     except ImportError:  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from factory.curation import curate_locked, refuse_full_run
 from factory.engine import logs, placement, ray_setup
 from factory.errors import OutputInUseError, RunError, error_line
 from factory.finish import finish
@@ -14,8 +15,13 @@ from factory.io.read import list_inputs
 from factory.io.redact import redact
 from factory.job import Job
 from factory.jobs import OutputLock, remove_stale_staging, resolve_output
-from factory.curation import curate_locked, refuse_full_run
-from factory.layout import Manifest, check_resume, fingerprint_to_record, read_manifest, run_dirs
+from factory.layout import (
+    Manifest,
+    check_resume,
+    fingerprint_to_record,
+    read_manifest,
+    run_dirs,
+)
 from factory.paths import SAMPLE_INPUT
 
 log = logging.getLogger("factory")

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import schema as S
-from factory.expand import sample_keys
 from factory.candidates import read_candidates
+from factory.expand import sample_keys
 
 
 def read_scores(candidate_paths: list[str], legacy: str | None = None) -> pa.Table:

@@ -11,8 +11,8 @@ import time
 from factory.io import files
 from factory.io.redact import redact
 from factory.jobs import OutputLock
-from factory.progress import duration
 from factory.layout import read_manifest
+from factory.progress import duration
 
 
 def _ago(epoch: float | None) -> str:

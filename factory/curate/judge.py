@@ -20,6 +20,8 @@ from typing import ClassVar, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from factory import schema as S
 from factory.devices import resolve_device, torch_dtype
@@ -150,8 +152,6 @@ class LLMJudge(CaptionFilter):
         return count_verdicts(files.join(output, self.log_dir))
 
     def setup(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self._device = resolve_device(self.device, "curate.llm.device")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model)
         if self.tokenizer.pad_token is None:  # many causal LMs ship without one; any id works under the mask
@@ -196,8 +196,6 @@ class LLMJudge(CaptionFilter):
 
     def batch_inputs(self, captions: list[str]) -> dict:
         """Left-padded input_ids and attention_mask tensors: generated tokens follow every prompt directly."""
-        import torch
-
         ids = [self.input_ids(c) for c in captions]
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
@@ -206,8 +204,6 @@ class LLMJudge(CaptionFilter):
 
     def answers(self, captions: list[str]) -> list[str]:
         """The decoded new tokens for each caption."""
-        import torch
-
         out: list[str] = []
         for start in range(0, len(captions), self.batch_size):
             enc = {k: v.to(self._device) for k, v in self.batch_inputs(captions[start : start + self.batch_size]).items()}

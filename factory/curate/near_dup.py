@@ -28,7 +28,6 @@ from factory.curate.dedup import LOSERS
 from factory.errors import SettingError
 from factory.stage import Deduplicator, NearStep
 
-
 _WORD = re.compile(r"\w+")
 _SEED = 0x5EED_F00D  # the hash family is fixed: signatures from any worker or run agree
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from factory import schema as S
 from factory.devices import resolve_device, torch_dtype
@@ -44,8 +46,6 @@ class PerplexityFilter(CaptionFilter):
         torch_dtype(self.dtype, "curate.perplexity.dtype")  # a bad name fails before anything loads
 
     def setup(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self._device = resolve_device(self.device, "curate.perplexity.device")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model)
         if self.tokenizer.pad_token is None:
@@ -59,8 +59,6 @@ class PerplexityFilter(CaptionFilter):
 
     def perplexities(self, captions: list[str]) -> np.ndarray:
         """exp(mean negative log-likelihood per predicted token) of each caption; inf when it has < 2 tokens."""
-        import torch
-
         out = np.empty(len(captions), dtype=np.float64)
         for start in range(0, len(captions), self.batch_size):
             part = captions[start : start + self.batch_size]

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from ray.data import ActorPoolStrategy
 
-from factory.engine.placement import Placement
 from factory import schema as S
+from factory.engine.placement import Placement
 from factory.stage import Stage
 
 

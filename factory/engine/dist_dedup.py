@@ -25,13 +25,19 @@ import pyarrow.compute as pc
 from ray.data import Dataset
 
 from factory import schema as S
-from factory.engine.components import U, V, star_edges
 from factory.curate.dedup import LOSERS, split_duplicates
-from factory.engine.dist_near import BANDS, near_edges, signature_matrix
 from factory.curate.keeper_keys import key_pos_id
 from factory.curate.near_dup import band_keys
+from factory.engine.components import U, V, star_edges
+from factory.engine.dist_near import BANDS, near_edges, signature_matrix
+from factory.engine.shuffle import (
+    cluster_cpus,
+    materialized,
+    per_block,
+    per_key,
+    uncompressed,
+)
 from factory.stage import Deduplicator, ExactStep, NearStep
-from factory.engine.shuffle import cluster_cpus, materialized, per_block, per_key, uncompressed
 
 PARTITION_BYTES = 256 * 2**20
 

@@ -26,11 +26,11 @@ import ray
 from ray.data import Dataset
 
 from factory import schema as S
+from factory.curate.keeper_keys import keeper_keys
 from factory.engine import bloom
 from factory.engine.components import distinct_pairs, edges_table
-from factory.curate.keeper_keys import keeper_keys
-from factory.stage import NearStep
 from factory.engine.shuffle import materialized, per_block, per_key
+from factory.stage import NearStep
 
 BANDS, BAND, BKEY = "bands", "band", "band_key"  # a row's LSH band keys; one (band, key) per exploded row
 SKETCH, OTHER, NODE, SIG = "sketch", "other", "node", "sig"  # low bits; a pair's other row; keeper key; signature

@@ -9,8 +9,8 @@ from ray.data import DataContext
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from factory.engine.logs import has_terminal
-from factory.settings import RaySettings
 from factory.engine.shuffle import ONE_WORKER_POOL
+from factory.settings import RaySettings
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from ray.data import DataContext, Dataset
-from ray.data.dataset import MaterializedDataset
 from ray.data.context import ShuffleStrategy
+from ray.data.dataset import MaterializedDataset
 
 # Strategies under which a keyed repartition emits each partition as one block.
 KEYED_STRATEGIES = (ShuffleStrategy.SHUFFLE_V2, ShuffleStrategy.HASH_SHUFFLE)

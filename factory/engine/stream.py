@@ -5,11 +5,11 @@ import dataclasses
 
 import ray
 
+from factory import schema as S
 from factory.curate.dedup import MarkDuplicates
 from factory.engine import adapter, vllm
 from factory.engine.placement import Placement
 from factory.io.read_files import ReadFiles
-from factory import schema as S
 from factory.io.write import CuratedWriter, RejectsSplit
 from factory.pipeline import Pipeline
 from factory.stage import CaptionFilter

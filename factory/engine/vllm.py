@@ -1,12 +1,21 @@
 """The LLM judge's vllm backend: vLLM engines through Ray Data's LLM API (the `llm` extra)."""
 from __future__ import annotations
 
-from factory.curate.judge import LLMJudge, VllmRequest, VllmVerdict, judged_rows, vllm_processor_kwargs
+from factory.curate.judge import (
+    LLMJudge,
+    VllmRequest,
+    VllmVerdict,
+    judged_rows,
+    vllm_processor_kwargs,
+)
 
 
 def apply(ds, judge: LLMJudge):
     """`ds` judged by vLLM engines; ray.data.llm is imported only here (it needs vllm installed)."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig  # optional: GPU machines only
+    from ray.data.llm import (  # optional: GPU machines only
+        build_processor,
+        vLLMEngineProcessorConfig,
+    )
 
     processor = build_processor(
         vLLMEngineProcessorConfig(**vllm_processor_kwargs(judge)),

@@ -1,6 +1,7 @@
 """Filesystem access for local paths and URIs (s3://, gs://, ...), and writes that never half-land."""
 from __future__ import annotations
 
+import fnmatch
 import glob
 import io
 import json
@@ -10,8 +11,8 @@ import urllib.parse
 import uuid
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from factory.io.redact import redact
@@ -209,8 +210,6 @@ def glob_match(path: str, pattern: str) -> bool:
     """`glob`'s rules on '/'-separated paths: `*`, `?` and `[...]` stay within one folder level,
     `**` spans any number of levels (an object store lists recursively, so fnmatch alone would
     let `captions/*.jsonl` take `captions/old/x.jsonl` too)."""
-    import fnmatch
-
     def match(ps: list[str], qs: list[str]) -> bool:
         if not qs:
             return not ps

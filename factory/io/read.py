@@ -23,7 +23,16 @@ from factory import schema as S
 from factory.errors import InputError
 from factory.io import files
 from factory.io.redact import redact
-from factory.io.textstream import ByteLines, CsvLines, JsonArray, JsonFileError, RowProblem, decode, shown, strip_end
+from factory.io.textstream import (
+    ByteLines,
+    CsvLines,
+    JsonArray,
+    JsonFileError,
+    RowProblem,
+    decode,
+    shown,
+    strip_end,
+)
 
 FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv", ".txt": "txt"}
 

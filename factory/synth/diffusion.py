@@ -17,7 +17,9 @@ from typing import ClassVar, Optional
 
 import numpy as np
 import torch
+import torch._inductor.config as inductor_config
 from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from factory import schema as S
 from factory.checks import number
@@ -312,12 +314,8 @@ class Generator(Stage):
         """The SDPA backend (while compiling it is baked into the graph) and inductor's tuning settings."""
         stack = contextlib.ExitStack()
         if self.attention_backend != "auto":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
             stack.enter_context(sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[self.attention_backend])]))
         if self.inductor_tuning and self.compile:
-            import torch._inductor.config as inductor_config
-
             stack.enter_context(inductor_config.patch(INDUCTOR_TUNING))
         return stack
 
