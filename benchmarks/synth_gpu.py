@@ -6,8 +6,14 @@
     decoder (compilation paid once, in the constructor: reported, not timed), uint8 output.
 `--ablate` adds each lever in turn; each `--variant key=value[,key=value]` recompiles (b) with those
 stage options changed (e.g. attention_backend=cudnn, channels_last=false, batch_size=16,
-inductor_tuning=true,compile_mode=max-autotune-no-cudagraphs) and times it. The last line printed
-is the ratio (b)/(a).
+inductor_tuning=true,compile_mode=max-autotune-no-cudagraphs, compile_mode=reduce-overhead for CUDA
+graphs, quantize=fp8, steps=4,guidance=0,scheduler=EulerDiscreteScheduler,scheduler_config.timestep_spacing=trailing
+for a step-distilled recipe's cost) and times it; quantize=fp8 variants run last (they quantize the
+UNet in place). `--compare KEY=VALUE[,...]` measures what such a change does to the pixels: the same
+captions and seeds through (b) and through (b) with the change, then the mean absolute difference
+(grey levels, 0-255), the SSIM between the two images of each seed, and the CLIP scores of both
+(open_clip --clip-arch, weights from --clip-pretrained; random weights without it, so only the
+difference and SSIM are meaningful then). The last line printed is the ratio (b)/(a).
 
 `--family F` (sdxl, sd3, sd35_medium, sd35_large, flux_schnell, flux_dev, pixart_sigma, sana, or
 all) measures a family's pipeline instead: its published architecture (benchmarks/arch/F.json)
@@ -20,6 +26,8 @@ measured / bound. With --tiny every family's tiny pipeline runs on the CPU at 64
     python benchmarks/synth_gpu.py                 # GPU: 1024², 30 steps, guidance 7.5
     python benchmarks/synth_gpu.py --ablate
     python benchmarks/synth_gpu.py --tiny          # CPU, seconds: the tiny pipeline
+    python benchmarks/synth_gpu.py --variant quantize=fp8 --compare quantize=fp8   # GPU (capability >= 8.9)
+    python benchmarks/synth_gpu.py --tiny --variant steps=1,guidance=0,scheduler=EulerDiscreteScheduler --compare steps=1
     python benchmarks/synth_gpu.py --family flux_schnell
     python benchmarks/synth_gpu.py --family all --tiny   # CPU, every family's tiny pipeline
 """
@@ -28,7 +36,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Timer, captions, header, say, sync
+from _common import Timer, captions, clip_scorer, header, say, sync
 
 import torch
 
@@ -36,6 +44,8 @@ from benchmarks.arch import exact
 from benchmarks.arch.sdxl_arch import build_sdxl_pipeline, sdxl_arch, unet_forward_flops, vae_decode_flops
 from factory import schema as S
 from factory.devices import torch_dtype
+from factory.errors import SettingError
+from factory.score.ssim import ssim_gray, to_gray
 from factory.synth.diffusion import SDXL
 from factory.synth.families import CFG, FAMILIES, call_arguments
 from factory.synth.tiny import build_tiny_sdxl
@@ -63,6 +73,11 @@ def parse(argv=None):
     p.add_argument("--ablate", action="store_true", help="time each lever in turn")
     p.add_argument("--variant", action="append", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
                    help="stage options to change from (b), timed after it; repeatable")
+    p.add_argument("--compare", action="append", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="pixel difference, SSIM and CLIP scores of (b) with these options against (b), same seeds; repeatable")
+    p.add_argument("--compare-images", type=int, default=16, help="images per --compare (--tiny: 4)")
+    p.add_argument("--clip-arch", default="ViT-L-14-336", help="open_clip architecture for --compare (--tiny: the tiny CLIP)")
+    p.add_argument("--clip-pretrained", default=None, help="open_clip weights file for --compare (default: random weights)")
     p.add_argument("--device", default="cuda")
     a = p.parse_args(argv)
     if a.family:
@@ -77,19 +92,41 @@ def parse(argv=None):
         a.device, a.size, a.steps, a.batch_size = "cpu", 64, 2, 4
         a.ref_images, a.ref_warmup, a.timed_batches, a.no_compile = 2, 1, 1, True
         a.variant = a.variant or ["attention_backend=math"]
-    a.variant = [parse_options(v) for v in a.variant or []]
+        a.compare_images, a.clip_arch = min(a.compare_images, 4), "tiny"
+    # quantize=fp8 turns the UNet's weights to fp8 in place: those variants run after every other.
+    a.variant = sorted((parse_options(v) for v in a.variant or []), key=lambda o: bool(o.get("quantize")))
+    a.compare = [parse_options(v) for v in a.compare or []]
+    if sum(bool(o.get("quantize")) for o in a.variant + a.compare) > 1:
+        raise SystemExit("quantize=fp8 can be timed or compared once per run (it quantizes the UNet in place)")
+    if a.ablate and any(o.get("quantize") for o in a.variant + a.compare):
+        raise SystemExit("--ablate runs after the variants and comparisons: not with quantize=fp8 (it quantizes the UNet in place)")
     return a
 
 
+def parse_value(value: str):
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def parse_options(text: str) -> dict:
-    """'a=1,b=true,c=x' → {'a': 1, 'b': True, 'c': 'x'}."""
+    """'a=1,b=true,c=x,d.e=y,g=0.5' → {'a': 1, 'b': True, 'c': 'x', 'd': {'e': 'y'}, 'g': 0.5}."""
     out = {}
     for part in filter(None, text.split(",")):
         key, sep, value = part.partition("=")
         if not sep:
             raise SystemExit(f"--variant {text!r}: expected KEY=VALUE pairs separated by commas")
-        low = value.lower()
-        out[key.strip()] = True if low == "true" else False if low == "false" else int(value) if value.isdigit() else value
+        key, _, sub = key.strip().partition(".")
+        if sub:
+            out.setdefault(key, {})[sub] = parse_value(value)
+        else:
+            out[key] = parse_value(value)
     return out
 
 
@@ -138,14 +175,35 @@ def stage_rate(synth: SDXL, bs: int, args, label: str, batches: int | None = Non
     return n / t.s
 
 
-def undo_speedups(pipe) -> None:
-    """Back to the plain eager pipeline: uncompiled, unfused, contiguous (for the ablation)."""
+def undo_speedups(pipe, scheduler=None) -> None:
+    """Back to the plain eager pipeline: uncompiled, unfused, contiguous, its own scheduler (for the ablation)."""
+    if scheduler is not None:
+        pipe.scheduler = scheduler
     pipe.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
     pipe.vae.__dict__.pop("decode", None)  # the compiled decode was set on the instance
     if hasattr(pipe, "unfuse_qkv_projections"):
         pipe.unfuse_qkv_projections()
     pipe.unet.to(memory_format=torch.contiguous_format)
     pipe.vae.to(memory_format=torch.contiguous_format)
+
+
+def stage_images(synth: SDXL, prompts: list[str]) -> np.ndarray:
+    """uint8 images of `prompts` (seeds 0..n-1) through the stage, a batch at a time."""
+    bs = synth.batch_size
+    return np.concatenate([synth(stage_batch(prompts[i : i + bs], i))[S.IMAGE] for i in range(0, len(prompts), bs)])
+
+
+def compare_images(ref: np.ndarray, new: np.ndarray, prompts: list[str], scorer) -> dict:
+    """Mean absolute difference (grey levels), SSIM between the pairs, CLIP scores of both."""
+    mad = float(np.abs(ref.astype(np.int16) - new.astype(np.int16)).mean())
+    gray = [to_gray(torch.from_numpy(x).permute(0, 3, 1, 2)) for x in (ref, new)]
+    ssim = ssim_gray(*gray).numpy()
+    clip_ref, _ = scorer.score(ref, prompts)
+    clip_new, _ = scorer.score(new, prompts)
+    return {"mad": mad, "mad_max": int(np.abs(ref.astype(np.int16) - new.astype(np.int16)).max()),
+            "ssim_mean": float(ssim.mean()), "ssim_min": float(ssim.min()),
+            "clip_ref": float(clip_ref.mean()), "clip_new": float(clip_new.mean()),
+            "clip_delta": float((clip_new - clip_ref).mean()), "clip_delta_abs": float(np.abs(clip_new - clip_ref).mean())}
 
 
 def matmul_tflops(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
@@ -291,18 +349,38 @@ def main(argv=None) -> float:
     say(f"(b) factory generator stage [{label}], uint8 out: {best:.3f} images/s "
         f"(UNet {tflops(best):.0f} TFLOP/s" + ("" if args.tiny else f", {100 * tflops(best) / PEAK_BF16_TFLOPS:.0f}% of {PEAK_BF16_TFLOPS:.0f}") + ")")
     say(f"ratio (b)/(a) = {best / ref:.3f}")
+    scheduler = pipe.scheduler
     for change in args.variant:
         del synth
-        undo_speedups(pipe)
+        undo_speedups(pipe, scheduler)
         torch._dynamo.reset()  # each variant compiles afresh (and never hits the recompilation limit)
-        opts = {**best_opts, **change}
-        synth = SDXL.from_pipeline(pipe, **opts, **common)
+        opts = {**best_opts, **common, **change}
+        synth = SDXL.from_pipeline(pipe, **opts)
         rate = stage_rate(synth, opts["batch_size"], args, f"variant {change}")
         warm = f"; warm-up {synth.warmup_s:.1f} s" if synth.warmup_s is not None else ""
-        say(f"(b) with {change}: {rate:.3f} images/s (UNet {tflops(rate):.0f} TFLOP/s, {rate / best:.3f}× (b){warm})")
+        unet_tflops = rate * (2 if opts["guidance"] > 1 else 1) * opts["steps"] * unet_f / 1e12  # a variant may change both
+        say(f"(b) with {change}: {rate:.3f} images/s (UNet {unet_tflops:.0f} TFLOP/s, {rate / best:.3f}× (b){warm})")
+    if args.compare:
+        del synth
+        undo_speedups(pipe, scheduler)
+        torch._dynamo.reset()
+        prompts = captions(args.compare_images)
+        scorer = clip_scorer(args.clip_arch, **({} if args.tiny else {"pretrained": args.clip_pretrained}), device=args.device)
+        weights = "tiny, random" if args.tiny else (args.clip_pretrained or "random weights: CLIP figures not meaningful")
+        synth = SDXL.from_pipeline(pipe, **best_opts, **common)
+        ref_images = stage_images(synth, prompts)
+        for change in sorted(args.compare, key=lambda o: bool(o.get("quantize"))):
+            del synth
+            undo_speedups(pipe, scheduler)
+            torch._dynamo.reset()
+            synth = SDXL.from_pipeline(pipe, **{**best_opts, **common, **change})
+            d = compare_images(ref_images, stage_images(synth, prompts), prompts, scorer)
+            say(f"compare {change} vs (b), {len(prompts)} images, same seeds: mean |difference| {d['mad']:.3f} grey levels "
+                f"(max {d['mad_max']}); SSIM mean {d['ssim_mean']:.4f} (min {d['ssim_min']:.4f}); CLIP score ({args.clip_arch}, "
+                f"{weights}) {d['clip_ref']:.4f} → {d['clip_new']:.4f}, delta {d['clip_delta']:+.4f} (mean |delta| {d['clip_delta_abs']:.4f})")
     if args.ablate:
         del synth
-        undo_speedups(pipe)
+        undo_speedups(pipe, scheduler)
         torch._dynamo.reset()
         rates = {}
         synth = SDXL.from_pipeline(pipe, **common)
@@ -325,4 +403,7 @@ def main(argv=None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SettingError as exc:  # e.g. quantize=fp8 on a CPU or a GPU older than compute capability 8.9
+        raise SystemExit(f"synth_gpu: {exc}") from None

@@ -56,6 +56,8 @@ class Slot:
                 continue
             if f.default is not dataclasses.MISSING:
                 out[self.key(f.name)] = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # an empty dict or list, made afresh
+                out[self.key(f.name)] = f.default_factory()
         return out
 
 

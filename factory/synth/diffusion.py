@@ -7,15 +7,18 @@ declares what differs (factory/synth/families.py).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Dict, Optional
 
+import diffusers
 import numpy as np
+import safetensors.torch
 import torch
 import torch._inductor.config as inductor_config
 from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline
@@ -28,6 +31,12 @@ from factory.errors import SettingError
 from factory.retry import run_in_halves
 from factory.stage import PROCESS_BYTES, GiB, Resources, Stage
 from factory.synth.families import FAMILIES, NONE, Family
+from factory.synth.fp8 import (
+    QUANTIZE,
+    check_fp8_device,
+    check_torchao,
+    quantize_denoiser,
+)
 from factory.weights import check_weight_folder
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,14 @@ SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
 # fusion). They only matter while compiling, and longer compilation is their price.
 INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
                    "coordinate_descent_check_all_directions": True}
+# model.scheduler: the diffusers schedulers a UNet family may swap in (step-distilled recipes name
+# theirs: SDXL-Lightning EulerDiscreteScheduler, Hyper-SD DDIMScheduler or TCDScheduler, LCM-LoRA
+# LCMScheduler), each built from the pipeline's own scheduler config with model.scheduler_config's
+# overrides, whose keys and values are these.
+SCHEDULERS = ("DDIMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+              "LCMScheduler", "TCDScheduler")
+SCHEDULER_OPTIONS = {"timestep_spacing": ("leading", "linspace", "trailing"), "use_karras_sigmas": (True, False),
+                     "prediction_type": ("epsilon", "v_prediction"), "steps_offset": (0, 1)}
 
 
 def load_text_to_image(path: str, dtype: str = "float32", device: str = "cpu", variant: str | None = None):
@@ -120,6 +137,86 @@ def check_pipeline_class(g: "Generator", found: str | None) -> None:
         raise SettingError("path", f"={g.path} holds {found or 'no pipeline'}: {what}; {g.family.name} needs {g.family.pipeline}{hint}")
 
 
+def check_model_changes(g: "Generator") -> None:
+    """model.quantize, lora, denoiser_path, scheduler: the values, and what a job can know before Ray starts."""
+    if g.quantize is not None:
+        if g.quantize not in QUANTIZE:
+            raise SettingError("quantize", f"={g.quantize!r}: expected null or one of {', '.join(QUANTIZE)}")
+        if g.device != "auto" or torch.cuda.is_available():
+            check_fp8_device(resolve_device(g.device) if g.device == "auto" else g.device, "quantize")
+        else:
+            raise SettingError("quantize", f"=fp8 needs model.device=cuda (a GPU of compute capability 8.9 or newer), got {g.device}")
+        check_torchao("quantize")
+    if g.lora is None:
+        for key, value, default in (("lora_weight_name", g.lora_weight_name, None), ("lora_scale", g.lora_scale, 1.0)):
+            if value != default:
+                raise SettingError(key, f"={value} is set, but model.lora is not")
+    else:
+        number("lora_scale", g.lora_scale, low=0)
+        if importlib.util.find_spec("peft") is None:
+            raise SettingError("lora", f"={g.lora}: diffusers loads LoRA weights through peft, which is not installed: "
+                                       "pip install 'synth-factory[lora]' (peft)")
+    for key in ("lora", "denoiser_path"):
+        value = getattr(g, key)
+        if value is not None and (not value or (value.startswith(("/", ".")) and not os.path.exists(value))):
+            raise SettingError(key, f"={value!r}: no such file or folder")
+    if (g.scheduler or g.scheduler_config) and g.family.denoiser != "unet":
+        key = "scheduler" if g.scheduler else "scheduler_config"
+        raise SettingError(key, f" is set, but {g.family.name} runs a flow-matching transformer: only UNet families "
+                                "(sdxl) take another scheduler")
+    if g.scheduler is not None and g.scheduler not in SCHEDULERS:
+        raise SettingError("scheduler", f"={g.scheduler!r}: expected null or one of {', '.join(SCHEDULERS)}")
+    for key, value in (g.scheduler_config or {}).items():
+        allowed = SCHEDULER_OPTIONS.get(key)
+        if allowed is None:
+            raise SettingError("scheduler_config", f" has {key}: expected keys among {', '.join(SCHEDULER_OPTIONS)}")
+        if value not in allowed or type(value) is not type(allowed[0]):
+            raise SettingError(f"scheduler_config.{key}", f"={value!r}: expected one of {', '.join(map(str, allowed))}")
+
+
+def replace_denoiser(pipe, attr: str, path: str) -> None:
+    """Swap the pipeline's denoiser: `path` a diffusers model folder or hub id (or a pipeline folder:
+    its `attr` subfolder), loaded with the denoiser class's from_pretrained, or a .safetensors file
+    of the denoiser's own state dict (SDXL-Lightning's sdxl_lightning_4step_unet.safetensors)."""
+    old = getattr(pipe, attr)
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        state = safetensors.torch.load_file(path)
+        ours = old.state_dict()
+        missing, unexpected = set(ours) - set(state), set(state) - set(ours)
+        shapes = [k for k in set(ours) & set(state) if ours[k].shape != state[k].shape]
+        if missing or unexpected or shapes:
+            raise SettingError("denoiser_path", f"={path} is not a state dict of this {type(old).__name__} "
+                                                f"({len(missing)} keys missing, {len(unexpected)} unexpected, {len(shapes)} of another shape)")
+        old.load_state_dict(state)
+        return
+    sub = attr if os.path.isfile(os.path.join(path, "model_index.json")) else None
+    new = type(old).from_pretrained(path, subfolder=sub, dtype=old.dtype)
+    if new.config.get("in_channels") != old.config.get("in_channels") or new.config.get("sample_size") != old.config.get("sample_size"):
+        raise SettingError("denoiser_path", f"={path}: its {type(new).__name__} does not fit this pipeline "
+                                            f"(in_channels, sample_size {new.config.get('in_channels')}, {new.config.get('sample_size')} "
+                                            f"against {old.config.get('in_channels')}, {old.config.get('sample_size')})")
+    pipe.register_modules(**{attr: new.to(old.device)})
+
+
+def fuse_lora(pipe, lora: str, weight_name: str | None, scale: float) -> None:
+    """Load a LoRA (hub id + weight_name, a local folder, or a .safetensors file) with diffusers'
+    load_lora_weights, fuse it into the weights at `scale` and drop the adapter layers: the
+    pipeline then runs (and compiles) exactly like one without a LoRA."""
+    if not hasattr(pipe, "load_lora_weights"):
+        raise SettingError("model.lora", f"={lora}: {type(pipe).__name__} has no LoRA loader")
+    if os.path.isfile(lora):
+        lora, weight_name = os.path.dirname(lora) or ".", os.path.basename(lora)
+    pipe.load_lora_weights(lora, weight_name=weight_name, adapter_name="factory_lora")
+    pipe.fuse_lora(lora_scale=scale, adapter_names=["factory_lora"])
+    pipe.unload_lora_weights()
+
+
+def swap_scheduler(pipe, name: str | None, overrides: dict | None) -> None:
+    """The pipeline's scheduler replaced by `name` (default: its own class), from its config with `overrides`."""
+    cls = getattr(diffusers, name) if name else type(pipe.scheduler)
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **(overrides or {}))
+
+
 @dataclass
 class Generator(Stage):
     """Stage: batch with id, caption, sample, seed → + image (uint8 N×H×W×3), width, height, reason ("" = ok).
@@ -168,6 +265,14 @@ class Generator(Stage):
     inductor_tuning: bool = False  # with compile: inductor's diffusion-fast settings (longer compilation)
     warmup_steps: int = 2
     max_sequence_length: Optional[int] = None  # text tokens (T5 / Gemma) per prompt; null: the family's own
+    # Sample-changing model settings (fingerprinted), applied in setup in this order after loading:
+    denoiser_path: Optional[str] = None  # a replacement denoiser: diffusers model folder / hub id, or a .safetensors state dict
+    lora: Optional[str] = None  # a LoRA fused into the weights: hub id (+ lora_weight_name), local folder or .safetensors file
+    lora_weight_name: Optional[str] = None  # the file in `lora`'s repo or folder (e.g. sdxl_lightning_4step_lora.safetensors)
+    lora_scale: float = 1.0  # the LoRA's weight when fused (Hyper-SD's CFG LoRAs: 0.125)
+    scheduler: Optional[str] = None  # another diffusers scheduler class (SCHEDULERS); null: the model's own
+    scheduler_config: Dict[str, Any] = field(default_factory=dict)  # overrides of its config (SCHEDULER_OPTIONS), e.g. {timestep_spacing: trailing}
+    quantize: Optional[str] = None  # null | fp8: torchao float8 of the denoiser's linear layers (CUDA, capability >= 8.9)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -185,6 +290,7 @@ class Generator(Stage):
             raise SettingError("attention_backend", f"={self.attention_backend!r}: expected auto or one of {sorted(SDPA_BACKENDS)}")
         torch_dtype(self.dtype, "model.dtype")
         check_family_settings(self)
+        check_model_changes(self)
         check_folder(self)
 
     # ---- declarations ---------------------------------------------------------------------
@@ -220,12 +326,26 @@ class Generator(Stage):
 
     def setup(self) -> None:
         device = resolve_device(self.device)
+        if self.quantize:  # before anything loads: this worker's GPU, and torchao
+            check_fp8_device(device)
+            check_torchao()
         self.attach(self.load(device), device)
 
     def load(self, device: str):
         pipe = load_text_to_image(self.model_folder(), self.dtype, device, self.variant)
         check_pipeline_class(self, type(pipe).__name__)
+        self.adapt(pipe)
         return pipe
+
+    def adapt(self, pipe) -> None:
+        """The sample-changing model settings, on a loaded pipeline: replacement denoiser, fused
+        LoRA, scheduler (model.quantize comes later, with the speed settings, before compile)."""
+        if self.denoiser_path:
+            replace_denoiser(pipe, self.family.denoiser, self.denoiser_path)
+        if self.lora:
+            fuse_lora(pipe, self.lora, self.lora_weight_name, self.lora_scale)
+        if self.scheduler or self.scheduler_config:
+            swap_scheduler(pipe, self.scheduler, self.scheduler_config)
 
     @classmethod
     def from_pipeline(cls, pipe, parts: dict | None = None, **fields) -> "Generator":
@@ -234,6 +354,7 @@ class Generator(Stage):
         self = cls(**{"device": str(pipe.device), **fields})
         self.__dict__.update(parts or {})
         pipe.set_progress_bar_config(disable=True)
+        self.adapt(pipe)
         self.attach(pipe, resolve_device(self.device))
         self._ready = True
         return self
@@ -258,6 +379,8 @@ class Generator(Stage):
             pipe.vae.to(memory_format=torch.channels_last)
         if self.vae_tiling:  # only when a batch's decode does not fit: tiles cost time and leave seams
             pipe.vae.enable_tiling()
+        if self.quantize:  # after fusing QKV (the fused projections are quantized), before compiling
+            log.info("model.quantize=fp8: %d linear layers of the %s in float8", quantize_denoiser(denoiser), self.family.denoiser)
         if self.compile:
             setattr(pipe, self.family.denoiser, torch.compile(denoiser, mode=self.compile_mode, fullgraph=True))
             pipe.vae.decode = torch.compile(pipe.vae.decode, mode=self.compile_mode, fullgraph=True)
