@@ -1,9 +1,15 @@
-"""Helpers shared by the benchmarks: generated captions that pass the rules."""
+"""Helpers shared by the benchmarks: generated captions that pass the rules, a local Ray of their own."""
 from __future__ import annotations
 
 import json
 import random
 from pathlib import Path
+
+import ray
+
+from factory.engine.shuffle import ONE_WORKER_POOL
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SUBJECTS = ["a golden retriever", "an old fisherman", "a red vintage car", "a bowl of ramen", "a snowy mountain cabin",
             "two children", "a tabby cat", "a lighthouse", "a street musician", "a hot air balloon", "a wooden sailboat",
@@ -31,3 +37,14 @@ def captions(n: int, seed: int = 0) -> list[str]:
 def write_captions(path: Path, n: int, seed: int = 0) -> Path:
     path.write_text("".join(json.dumps({"id": i, "caption": c}) + "\n" for i, c in enumerate(captions(n, seed))))
     return path
+
+
+def local_ray(cpus: int) -> None:
+    """A local Ray of the benchmark's own (or a test's, if one is up already), quiet, with the
+    shuffles' one-worker pools, and Ray Data without progress bars."""
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **ONE_WORKER_POOL}})
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

@@ -31,7 +31,7 @@ from factory.curate.dedup import ExactDedup, dedup_keys  # noqa: E402
 from factory.prepass import find_losers  # noqa: E402
 from factory.engine.dist_dedup import duplicate_losers  # noqa: E402
 from tests.fixtures.planted import planted_pool  # noqa: E402
-from factory.engine.shuffle import ONE_WORKER_POOL  # noqa: E402
+from benchmarks.common import local_ray  # noqa: E402
 
 NEAR = {"enabled": True, "threshold": 0.8, "bands": 16, "num_perm": 128, "shingle_size": 1, "max_bucket_span": 32}
 BLOCK = 20_000
@@ -65,12 +65,7 @@ def main(argv=None) -> float:
     p.add_argument("--check", action="store_true", help="also run the driver implementation and compare (small pools)")
     args = p.parse_args(argv)
     dedup = [ExactDedup(), nd.NearDedup(**dict(NEAR, enabled=not args.no_near))]
-    if not ray.is_initialized():  # (a test's Ray may be up already)
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **ONE_WORKER_POOL}})
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    local_ray(args.cpus)
     t0 = time.perf_counter()
     keys = ray.data.range(args.captions, override_num_blocks=max(1, args.captions // BLOCK)).map_batches(
         pool_block, batch_size=None, batch_format="numpy").materialize()

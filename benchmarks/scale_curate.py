@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 import ray  # noqa: E402
 
+from benchmarks.common import local_ray  # noqa: E402
+
 from factory import schema as S  # noqa: E402
 from factory.config import compose  # noqa: E402
-from factory.engine.shuffle import ONE_WORKER_POOL  # noqa: E402
 from factory.job import load_job  # noqa: E402
 from factory.prepass import run_prepass  # noqa: E402
 from tests.fixtures.planted import planted_pool  # noqa: E402
@@ -71,12 +72,7 @@ def main(argv=None) -> tuple[float, float]:
     args = p.parse_args(argv)
     n_files = args.files or max(1, args.captions // 20_000)
     per_file = -(-args.captions // n_files)
-    if not ray.is_initialized():  # (a test's Ray may be up already)
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **ONE_WORKER_POOL}})
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    local_ray(args.cpus)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         t0 = time.perf_counter()
         written = ray.data.range(n_files, override_num_blocks=n_files).map_batches(

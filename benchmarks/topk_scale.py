@@ -79,15 +79,10 @@ def distributed(args, k: int) -> float:
     import ray
 
     from factory.engine.select_dist import select_top_k_distributed
-    from factory.engine.shuffle import ONE_WORKER_POOL
+    from benchmarks.common import local_ray  # here: the local path's driver figure stays without Ray
 
     rows = (args.rows // args.samples) * args.samples
-    if not ray.is_initialized():  # (a test's Ray may be up already)
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **ONE_WORKER_POOL}})
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    local_ray(args.cpus)
     t0 = time.perf_counter()
     scores = ray.data.range(rows, override_num_blocks=max(1, rows // BLOCK_ROWS)).map_batches(
         functools.partial(score_block, rows=rows, samples=args.samples), batch_size=None, batch_format="numpy").materialize()
