@@ -15,16 +15,21 @@ import pytest
 from factory import schema as S
 from tests.crash_helpers import ROOT, kill_when, parquet_rows, run_cli, start_cli, wait_gone
 
-N_CAPTIONS, K = 4, 3
+N_CAPTIONS, K = 6, 3
 SMALL = ["ray.progress_bars=false", "ray.num_cpus=4", "resources.synth.num_cpus=0.25", "score.batch_size=2",
          "score.ssim_size=32", "score.ssim_low=16", f"select.k={K}", "report.enabled=true"]
 
 
-def generators(*names: str) -> list[str]:
+def generators(*names: str, **steps: int) -> list[str]:
+    """synth.generators=[names], each at 1 step (or steps[name]) and batch 2."""
     out = [f"synth.generators=[{','.join(names)}]"]
     for n in names:
-        out += [f"generators.{n}.steps=1", f"generators.{n}.batch_size=2"]
+        out += [f"generators.{n}.steps={steps.get(n, 1)}", f"generators.{n}.batch_size=2"]
     return out
+
+
+BOTH = ("tiny", "tiny_flux")
+SLOW_FLUX = {"tiny_flux": 3}  # the run that adds tiny_flux is killed while it makes its samples: room for the kill
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,7 @@ def grown(workdir):
     first = run_cli(f"input={workdir / 'captions.jsonl'}", f"output={out}", *SMALL, *generators("tiny"))
     assert first.returncode == 0, first.stderr[-3000:]
     before = files_of(cands)
-    both = [f"input={workdir / 'captions.jsonl'}", f"output={out}", *SMALL, *generators("tiny", "tiny_flux")]
+    both = [f"input={workdir / 'captions.jsonl'}", f"output={out}", *SMALL, *generators(*BOTH, **SLOW_FLUX)]
     proc = start_cli(*both, log=workdir / "killed.log")
     tree = kill_when(proc, lambda: generator_rows(cands, "tiny_flux") >= 2)
     assert not wait_gone(tree)
@@ -123,7 +128,7 @@ def test_generators_are_compared_in_manifest_summary_and_report(grown):
 
 def test_a_generators_changed_setting_is_refused_and_named(grown):
     out = grown[0]
-    r = run_cli(f"output={out}", *SMALL, *generators("tiny", "tiny_flux"), "generators.tiny_flux.guidance=1.0")
+    r = run_cli(f"output={out}", *SMALL, *generators(*BOTH, **SLOW_FLUX), "generators.tiny_flux.guidance=1.0")
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode != 0 and len(lines) == 1, r.stderr[-2000:]
     assert "generators.tiny_flux.guidance" in lines[0] and "generators.tiny." not in lines[0]
@@ -131,12 +136,14 @@ def test_a_generators_changed_setting_is_refused_and_named(grown):
 
 def test_every_tiny_family_in_one_run(tmp_path, workdir):
     names = ["tiny_sd3", "tiny_flux", "tiny_pixart", "tiny_sana"]
-    out = tmp_path / "all"
-    r = run_cli(f"input={workdir / 'captions.jsonl'}", f"output={out}", *SMALL[:-1], "select.k=2", "report.enabled=false",
+    out, few = tmp_path / "all", 2
+    inp = tmp_path / "two.jsonl"
+    inp.write_text("".join((workdir / "captions.jsonl").read_text().splitlines(keepends=True)[:few]))
+    r = run_cli(f"input={inp}", f"output={out}", *SMALL[:-1], "select.k=2", "report.enabled=false",
                 "ray.num_cpus=6", *generators(*names))
     assert r.returncode == 0, r.stderr[-3000:]
     cands = read_dir(out / "candidates", [S.GENERATOR, S.REASON, S.SCORE])
     made = {m["values"]: m["counts"] for m in pc.value_counts(cands.column(S.GENERATOR)).to_pylist()}
-    assert made == {n: N_CAPTIONS for n in names}
+    assert made == {n: few for n in names}
     assert cands.column(S.REASON).null_count == cands.num_rows  # every image usable and scored
     assert pc.all(pc.is_finite(cands.column(S.SCORE))).as_py()

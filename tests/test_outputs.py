@@ -216,7 +216,7 @@ def test_report_is_made_and_rebuilt(run_out, manifest):
     html_text = (report / "index.html").read_text()
     links = _Links()
     links.feed(html_text)
-    assert sorted(links.images) == ["contact_sheet.png", "histograms.png"]
+    assert sorted(links.images) == ["contact_sheet.png", "generators.png", "histograms.png"]
     for name in links.images:
         with Image.open(report / name) as im:
             im.verify()
@@ -408,7 +408,7 @@ def test_estimate_cli_refuses_an_added_typo(captions_path):
     proc = cli("factory", "estimate", f"input={captions_path}", "estimate.seconds_per_image=1", "+synth.repeats=3", timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["error: '+synth.repeats=3' adds a key that nothing reads: synth has no 'repeats' "
-                                                "(its keys: batch_size, guidance, negative_prompt, repeat, seed, steps) "
+                                                "(its keys: batch_size, generators, guidance, negative_prompt, repeat, seed, steps) "
                                                 "(python -m factory --cfg job prints every key)"]
 
 
@@ -550,7 +550,8 @@ def test_a_sample_written_twice_counts_once_in_the_manifest_and_the_report(tmp_p
     files.write_parquet_atomic(str(tmp_path / "part-0.parquet"), t.slice(0, 5))
     files.write_parquet_atomic(str(tmp_path / "part-1.parquet"), t.slice(5))
     distinct = t.group_by([S.ID, S.SAMPLE]).aggregate([]).num_rows
-    assert count_candidates(str(tmp_path)) == {"rows": distinct, "usable": 3, "unusable": {S.R_OOM: 1, S.R_BAD_IMAGE: 1}}
+    assert count_candidates(str(tmp_path)) == {"rows": distinct, "usable": 3, "unusable": {S.R_OOM: 1, S.R_BAD_IMAGE: 1},
+                                               "by_generator": {"g": {"samples": distinct, "usable": 3}}}
     scores = candidate_scores(files.list_files(str(tmp_path), ".parquet"))
     assert sorted(scores.column(S.ID).to_pylist()) == ["a", "b", "e"]
 

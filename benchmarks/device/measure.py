@@ -38,11 +38,11 @@ def time_stage(cfg: dict, prompts: list[str], images: int) -> dict:
     t0 = time.perf_counter()
     synth.loaded()  # loads; with model.compile, compiles and warms up here
     ready_s = time.perf_counter() - t0
-    synth(stage_batch(prompts[:bs], 0))  # untimed: the first full batch (allocator, cuDNN/cuBLAS choices)
+    synth(stage_batch(prompts[:bs], 0, synth.name))  # untimed: the first full batch (allocator, cuDNN/cuBLAS choices)
     images = min(images, len(prompts))
     with Timer(device) as t:
         for start in range(0, images, bs):
-            out = synth(stage_batch(prompts[start : min(start + bs, images)], start))
+            out = synth(stage_batch(prompts[start : min(start + bs, images)], start, synth.name))
     assert out["image"].ndim == 4, out["image"].shape
     return {"device": device_name(device), "stage": type(synth).__name__, "images": images, "seconds": round(t.s, 3), "images_per_s": images / t.s,
             "batch_size": bs, "ready_s": round(ready_s, 1),
