@@ -72,13 +72,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--captions", type=int, default=400)
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for the pipeline's run (e.g. resources.synth.torch_threads=2); repeatable")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     os.environ.setdefault("FACTORY_CACHE", str(tmp / "cache"))
     inp = write_captions(tmp / "captions.jsonl", args.captions)
     job = load_job(compose([f"input={inp}", f"output={tmp}/ray", "ray.progress_bars=false", "report.enabled=false",
-                            f"select.k={args.captions // 10}"]))
+                            f"select.k={args.captions // 10}", *args.set]))
     # warm the tiny-model cache so neither side pays for building it
     ensure_tiny_sdxl()
     ensure_tiny_clip()

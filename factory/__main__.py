@@ -8,10 +8,9 @@ import sys
 from omegaconf import OmegaConf
 
 from factory import estimate, report, status
-from factory.config import check_overrides, compose, override_error
+from factory.config import check_overrides, compose, print_refusal
 from factory.curation import curate_summary
 from factory.engine.ray_setup import stop_ray
-from factory.errors import user_error
 from factory.io.redact import RedactingFilter, redact
 from factory.job import load_job
 from factory.run import run
@@ -69,10 +68,7 @@ def show_config(overrides: list[str]) -> int:
         cfg = compose(overrides)
         stages = load_job(cfg).pipeline.describe()
     except Exception as exc:
-        if (msg := user_error(exc)) is None:
-            raise
-        print(f"error: {redact(msg)}", file=sys.stderr)
-        return 2
+        return print_refusal(exc)
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
     print("# stages, in order:")
     for line in stages:
@@ -105,11 +101,7 @@ def run_command(overrides: list[str], curate_only: bool = False) -> int:
     except (KeyboardInterrupt, SystemExit) as exc:
         stopped(exc)
     except Exception as exc:
-        msg = override_error(exc) or user_error(exc)
-        if msg is None:
-            raise
-        print(f"error: {redact(msg)}", file=sys.stderr)
-        return 2
+        return print_refusal(exc)
     for line in (curate_summary if curate_only else summary_lines)(manifest):
         print(redact(line))
     return 0

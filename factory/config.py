@@ -7,6 +7,7 @@ Hydra's ConfigStore first, so a wrong type or an unknown key fails here, before 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -15,6 +16,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from factory.errors import user_error
+from factory.io.redact import redact
 from factory.paths import CONF_DIR
 from factory.registry import register_schemas
 from factory.settings import Config, Pool
@@ -70,6 +73,16 @@ def override_error(exc: BaseException) -> str | None:
         lines += [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(NOISE)]
         exc = exc.__cause__
     return " ".join(lines) + " (python -m factory --cfg job prints every key)"
+
+
+def print_refusal(exc: BaseException) -> int:
+    """A user's error (a bad override, setting, input or output) as one redacted line on stderr,
+    and the CLI's exit status 2; anything else is a bug and raises."""
+    msg = override_error(exc) or user_error(exc)
+    if msg is None:
+        raise exc
+    print(f"error: {redact(msg)}", file=sys.stderr)
+    return 2
 
 
 # Keys spelt otherwise before the stage contract: the old spelling gets one line naming the new.

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from factory import schema as S
-from factory.config import compose, override_error, unknown_added_key
-from factory.errors import SettingError, user_error
+from factory.config import compose, print_refusal, unknown_added_key
+from factory.errors import SettingError
 from factory.io.read import list_inputs
 from factory.io.write import encode_image
 from factory.job import Job, load_job
@@ -41,11 +41,11 @@ def device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def calibrate(job: Job, captions: list[str], batches: int = 1) -> dict:
-    """Seconds per image of synthesis + scoring, after one untimed warm-up batch; model loading not counted."""
+def calibrate(job: Job, synth, captions: list[str], batches: int = 1) -> dict:
+    """Seconds per image of one generator + the scorer, after one untimed warm-up batch; model loading not counted."""
     if not captions:
         captions = ["A photo of a red bicycle leaning against a brick wall in the afternoon sun."]
-    synth, scorer = job.pipeline.generator.stage, job.pipeline.scorer.stage
+    scorer = job.pipeline.scorer.stage
     n = synth.batch_size
     t = time.perf_counter()
     synth.setup()
@@ -55,7 +55,8 @@ def calibrate(job: Job, captions: list[str], batches: int = 1) -> dict:
     def batch(b: int) -> dict:
         caps = [captions[(b * n + i) % len(captions)] for i in range(n)]
         return {S.ID: np.array([f"calibration-{b}-{i}" for i in range(n)], dtype=object), S.CAPTION: np.array(caps, dtype=object),
-                S.SAMPLE: np.zeros(n, np.int32), S.SEED: np.arange(b * n, (b + 1) * n, dtype=np.int64)}
+                S.SAMPLE: np.zeros(n, np.int32), S.SEED: np.arange(b * n, (b + 1) * n, dtype=np.int64),
+                S.GENERATOR: np.array([synth.name] * n, dtype=object)}
 
     scorer.process(synth.process(batch(0)))  # warm-up: kernels, compilation, caches
     synth_s = score_s = 0.0
@@ -83,39 +84,37 @@ def calibrate(job: Job, captions: list[str], batches: int = 1) -> dict:
     }
 
 
-def measured(job: Job, device: str) -> tuple[float, dict]:
-    """Seconds per image from the figures measured on `device` for this generator and scorer."""
-    key = (device.lower(), job.pipeline.generator.stage.family.name, getattr(job.pipeline.scorer.stage, "arch", None))
+def measured(job: Job, synth, device: str) -> dict:
+    """Seconds per image of one generator + the scorer from the figures measured on `device`."""
+    key = (device.lower(), synth.family.name, getattr(job.pipeline.scorer.stage, "arch", None))
     if key not in MEASURED:
         known = ", ".join(f"estimate.device={d} with model={m} scorer arch {a}" for d, m, a in MEASURED)
         raise SettingError("estimate.device", f"={device!r}: nothing measured for {key[1]} and {key[2]} on it "
                            f"(benchmarks/RESULTS.md has: {known}); give estimate.seconds_per_image instead")
-    synth, score = MEASURED[key]
-    spi = 1 / synth + 1 / score
-    return spi, {"seconds_per_image": spi, "device": f"{device} as measured in benchmarks/RESULTS.md: synthesis {synth} "
-                 f"images/s, scoring {score:g} pairs/s"}
+    synth_rate, score_rate = MEASURED[key]
+    return {"seconds_per_image": 1 / synth_rate + 1 / score_rate,
+            "device": f"{device} as measured in benchmarks/RESULTS.md: synthesis {synth_rate} images/s, scoring {score_rate:g} pairs/s"}
 
 
-def seconds_per_image(job: Job, sample: list[str]) -> tuple[float, dict]:
-    """estimate.seconds_per_image when given, else the figures measured on estimate.device, else a
-    calibration on this machine (which needs the device the model asks for)."""
-    est = job.settings.estimate
+def seconds_per_image(job: Job, sample: list[str]) -> dict[str, dict]:
+    """Per generator: estimate.seconds_per_image when given, else the figures measured on
+    estimate.device, else a calibration on this machine (which needs the device the model asks for)."""
+    est, gens = job.settings.estimate, [g.stage for g in job.pipeline.generators]
     if est.seconds_per_image is not None:
-        return float(est.seconds_per_image), {"seconds_per_image": est.seconds_per_image, "device": "given (estimate.seconds_per_image)"}
+        given = {"seconds_per_image": float(est.seconds_per_image), "device": "given (estimate.seconds_per_image)"}
+        return {g.name: given for g in gens}
     if est.device:
-        return measured(job, est.device)
-    stages = [g.stage for g in job.pipeline.generators] + [job.pipeline.scorer.stage]
-    if any(s.on_gpu() for s in stages) and not torch.cuda.is_available():
+        return {g.name: measured(job, g, est.device) for g in gens}
+    if any(s.on_gpu() for s in [*gens, job.pipeline.scorer.stage]) and not torch.cuda.is_available():
         raise SettingError("estimate.seconds_per_image", " is not set and this machine has no CUDA device to time the "
                            "model on (model.device=cuda): give estimate.seconds_per_image=S, or estimate.device=h200 for "
                            "the figures measured in benchmarks/RESULTS.md")
-    cal = calibrate(job, sample, est.calibration_batches)
-    return cal["seconds_per_image"], cal
+    return {g.name: calibrate(job, g, sample, est.calibration_batches) for g in gens}
 
 
-def image_bytes(job: Job, cal: dict) -> tuple[float, str]:
-    """Bytes of one stored image: given, measured by the calibration, or assumed from the model's size."""
-    est, fmt, generator = job.settings.estimate, job.settings.image.format, job.pipeline.generator.stage
+def image_bytes(job: Job, generator, cal: dict) -> tuple[float, str]:
+    """Bytes of one stored image of a generator: given, measured by its calibration, or assumed from the model's size."""
+    est, fmt = job.settings.estimate, job.settings.image.format
     if est.image_bytes is not None:
         return float(est.image_bytes), "given"
     if "image_bytes" in cal:
@@ -139,10 +138,15 @@ def estimate(job: Job) -> dict:
     reader = {r: n for r, n in pre.rejected_by_reason.items() if r not in rule_reasons}
     valid = pre.n_read - sum(reader.values())
     curated = pre.kept.num_rows
-    images = curated * s.synth.repeat * len(pipeline.generators)
+    per_generator = curated * s.synth.repeat
+    images = per_generator * len(pipeline.generators)
     selected = resolve_k(curated, s.select.k, s.select.fraction)
-    spi, cal = seconds_per_image(job, pre.sample)
-    image_b, bytes_from = image_bytes(job, cal)
+    cals = seconds_per_image(job, pre.sample)
+    sizes = {g.stage.name: image_bytes(job, g.stage, cals[g.stage.name]) for g in pipeline.generators}
+    spi = float(np.mean([c["seconds_per_image"] for c in cals.values()]))  # each generator makes as many images
+    image_b = float(np.mean([b for b, _ in sizes.values()]))
+    bytes_from = "; ".join(sorted({f for _, f in sizes.values()}))
+    cal = next(iter(cals.values()))
     caption_bytes = float(np.mean([len(c.encode()) for c in pre.sample])) if pre.sample else 100.0
     row_bytes = image_b + caption_bytes + ROW_OVERHEAD_BYTES
     export_copies = int(s.export.llava) + int(s.export.webdataset)
@@ -152,7 +156,8 @@ def estimate(job: Job) -> dict:
         "rules_pass_rate": 1.0 - sum(failed.values()) / valid if valid else 1.0, "rules_failed": failed,
         "curated": curated, "curation_not_counted": [f.name for f in pipeline.late_filters()],
         "repeat": s.synth.repeat, "generators": len(pipeline.generators), "images": images, "selected": selected,
-        "seconds_per_image": spi, "calibration": cal, "gpu_hours": gpu_hours, "gpus": s.estimate.gpus,
+        "seconds_per_image": spi, "calibration": cal, "by_generator": {n: c["seconds_per_image"] for n, c in cals.items()},
+        "gpu_hours": gpu_hours, "gpus": s.estimate.gpus,
         "wall_hours": gpu_hours / s.estimate.gpus, "image_bytes": image_b, "image_bytes_from": bytes_from,
         "image_format": s.image.format, "candidates_bytes": images * row_bytes, "dataset_bytes": selected * row_bytes,
         "exports_bytes": selected * image_b * export_copies,
@@ -181,10 +186,13 @@ def table_lines(e: dict) -> list[str]:
         ("captions after curation", f"{e['curated']:,}", "reader, rules and dedup, as the run counts them"
          + (f"; at most: {', '.join(e['curation_not_counted'])} not counted" if e["curation_not_counted"] else "")),
         ("images to generate", f"{e['images']:,}", f"{e['curated']:,} captions × repeat {e['repeat']}"
-         + (f" × {e['generators']} generators (timed: the first)" if e["generators"] > 1 else "")),
+         + (f" × {e['generators']} generators" if e["generators"] > 1 else "")),
         ("pairs selected", f"{e['selected']:,}", "select.k / select.fraction"),
-        ("seconds per image", f"{e['seconds_per_image']:.4g}", cal["device"] if "images" not in cal else
+        ("seconds per image", f"{e['seconds_per_image']:.4g}", "the generators' mean (below)" if e["generators"] > 1 else
+         cal["device"] if "images" not in cal else
          f"synth {cal['synth_s_per_image']:.4g} + score {cal['score_s_per_image']:.4g}, {cal['image_size']}, batch {cal['batch_size']}, on {cal['device']}"),
+        *([("seconds per image, by generator", "", ", ".join(f"{n} {v:.4g}" for n, v in e["by_generator"].items()))]
+          if e["generators"] > 1 else []),
         ("GPU-hours", _hours(e["gpu_hours"]), "images × seconds per image"),
         (f"wall hours on {e['gpus']:g} GPU(s)", _hours(e["wall_hours"]), "GPU-hours / GPUs, at full use"),
         ("storage: candidates/", human_bytes(e["candidates_bytes"]), f"{human_bytes(e['image_bytes'])} per {e['image_format']} image ({e['image_bytes_from']})"),
@@ -209,11 +217,7 @@ def main(overrides: list[str]) -> int:
             return 2
         figures = estimate(load_job(cfg))
     except Exception as exc:
-        msg = override_error(exc) or user_error(exc)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return print_refusal(exc)
     for line in table_lines(figures):
         print(line)
     return 0

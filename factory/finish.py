@@ -130,7 +130,7 @@ def selection_summary(chosen: pa.Table, threshold: float | None, n_competing: in
 
 def made_this_run(dirs: dict, scan: Scan) -> dict[str, int]:
     """Samples per generator in the candidates files this run wrote."""
-    new = [p for p in files.list_files(dirs["candidates"], ".parquet") if p not in scan.files_before]
+    new = scan.new_files(dirs["candidates"])
     if not new:
         return {}
     names = files.read_parquet_files(new, [S.GENERATOR], schema=S.CANDIDATES).column(S.GENERATOR).to_pylist()

@@ -43,6 +43,11 @@ class Scan:
         """Ids of the rows that pass the early filters and deduplication (before the late filters)."""
         return self.prepass.kept.column(S.ID).combine_chunks()
 
+    def new_files(self, candidates_dir: str) -> list[str]:
+        """The candidates files this run wrote. Files are named by their rows' keys, so a new file
+        holds samples this run made."""
+        return [p for p in files.list_files(candidates_dir, ".parquet") if p not in self.files_before]
+
 
 def scan_input(job: Job, paths: list[str], dirs: dict, manifest: Manifest) -> Scan:
     """The pre-pass over the input and the resume checks on candidates/; writes nothing."""
@@ -108,10 +113,9 @@ def generate(job: Job, scan: Scan, dirs: dict, manifest: Manifest, places: dict,
 
 def generated_so_far(driver_count: int, dirs: dict, scan: Scan) -> int:
     """What a stopped run made, also what the driver had not heard of yet (written by the pool, its
-    summary still in flight): from the new files' footers alone, as `ray job stop` leaves 3 s.
-    Files are named by their rows' keys, so a file that is new holds samples this run made."""
+    summary still in flight): from the new files' footers alone, as `ray job stop` leaves 3 s."""
     try:
-        new = [p for p in files.list_files(dirs["candidates"], ".parquet") if p not in scan.files_before]
+        new = scan.new_files(dirs["candidates"])
         return max(driver_count, files.parquet_dataset(new).count_rows() if new else 0)
     except Exception:  # noqa: BLE001 (the storage may be what failed): the driver's count stands
         return driver_count

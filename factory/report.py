@@ -116,6 +116,14 @@ def _png(fig) -> bytes:
 
 
 @plain_text
+def shared_bins(values: np.ndarray, n: int = 40) -> np.ndarray:
+    """n equal bins over the values' range, widened around a single value."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.005, hi + 0.005
+    return np.linspace(lo, hi, n + 1)
+
+
 def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
     """CLIP score, SSIM and score: candidates vs selected, each as a density over shared bins."""
 
@@ -128,11 +136,8 @@ def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
         if len(both) == 0:
             ax.text(0.5, 0.5, "no scored pairs", ha="center", va="center", transform=ax.transAxes)
         else:
-            lo, hi = float(both.min()), float(both.max())
-            if hi - lo < 1e-9:
-                lo, hi = lo - 0.005, hi + 0.005
-            digits = max(2, int(np.ceil(-np.log10(hi - lo))) + 1)  # enough to tell the ticks apart
-            bins = np.linspace(lo, hi, 41)
+            bins = shared_bins(both)
+            digits = max(2, int(np.ceil(-np.log10(bins[-1] - bins[0]))) + 1)  # enough to tell the ticks apart
             if len(c):
                 ax.hist(c, bins=bins, density=True, color=CANDIDATE_COLOR, alpha=0.55, label=f"candidates (n={len(c)})")
             if len(s):
@@ -165,8 +170,7 @@ def generators_png(cands: pa.Table, chosen: pa.Table) -> bytes:
         ax.text(0.5, 0.5, "no scored pairs", ha="center", va="center", transform=ax.transAxes)
     else:
         scores = cands.column(S.SCORE).to_numpy()
-        lo, hi = float(scores.min()), float(scores.max())
-        bins = np.linspace(lo - 0.005, hi + 0.005, 41) if hi - lo < 1e-9 else np.linspace(lo, hi, 41)
+        bins = shared_bins(scores)
         names = np.array([str(g) for g in cands.column(S.GENERATOR).to_pylist()], dtype=object)
         for g, color in zip(gens, plt.get_cmap("tab10").colors):
             mine = scores[names == g]

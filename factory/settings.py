@@ -77,7 +77,7 @@ class ImageSettings:
 
 @dataclass
 class RaySettings:
-    address: Optional[str] = None  # null: RAY_ADDRESS (set by `ray job submit`) or a new local Ray; 'auto': a cluster running here
+    address: Optional[str] = None  # null: RAY_ADDRESS (set by `ray job submit`) or a new local Ray; 'local': a new local Ray always; 'auto': a cluster running here
     num_cpus: Optional[float] = None  # local Ray only
     dashboard: bool = False  # local Ray only
     block_size_mb: float = 128

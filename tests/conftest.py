@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+# The files that take longest (several CLI runs each, minutes on two cores), run first: with
+# `make test`'s two workers taking whole files (--dist loadfile), the last file to start is then a
+# short one and neither worker idles at the end. Order only; no test is left out.
+LONGEST_FIRST = ["test_resume.py", "test_generators.py", "test_outputs.py", "test_cli.py", "test_dist_run.py",
+                 "test_lost_node.py", "test_curate_e2e.py", "test_lock.py", "test_curate_cmd.py", "test_job_submit.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order stays
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
     """Tiny models go to a fresh cache for the session (never the user's ~/.cache)."""

@@ -32,7 +32,7 @@ def test_cli_with_all_curation_stages(tmp_path):
     limit = (ppl[worst] + sorted(ppl.values())[-2]) / 2
 
     out = tmp_path / "run"
-    overrides = tiny_overrides(out, src, "select.k=null", "select.fraction=0.5", "ray.address=local", "ray.wait_for_min_actors_s=120",
+    overrides = tiny_overrides(out, src, "select.k=null", "select.fraction=0.5", "ray.address=local",
                                "curate.near_dup.enabled=true",
                                "curate.perplexity.enabled=true", f"curate.perplexity.model={ppl_lm}",
                                f"curate.perplexity.max={limit}",

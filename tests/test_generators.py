@@ -13,6 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import schema as S
+from factory.config import compose
+from factory.estimate import estimate, table_lines
+from factory.job import load_job
 from tests.crash_helpers import ROOT, kill_when, parquet_rows, run_cli, start_cli, wait_gone
 
 N_CAPTIONS, K = 6, 3
@@ -147,3 +150,16 @@ def test_every_tiny_family_in_one_run(tmp_path, workdir):
     assert made == {n: few for n in names}
     assert cands.column(S.REASON).null_count == cands.num_rows  # every image usable and scored
     assert pc.all(pc.is_finite(cands.column(S.SCORE))).as_py()
+
+
+def test_the_estimate_times_every_generator(workdir):
+    """`python -m factory estimate` calibrates each generator with the scorer: GPU-hours are the
+    sum over generators of their images × their own seconds per image."""
+    cfg = compose([f"input={workdir / 'captions.jsonl'}", "synth.repeat=1", "score.ssim_size=32", "score.ssim_low=16",
+                   *generators(*BOTH)])
+    e = estimate(load_job(cfg))
+    assert set(e["by_generator"]) == set(BOTH) and all(v > 0 for v in e["by_generator"].values())
+    assert e["images"] == 2 * e["curated"] > 0
+    assert e["gpu_hours"] == pytest.approx(e["curated"] * sum(e["by_generator"].values()) / 3600)
+    by_line = [ln for ln in table_lines(e) if ln.startswith("seconds per image, by generator")]
+    assert len(by_line) == 1 and all(n in by_line[0] for n in BOTH)

@@ -20,6 +20,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from factory import schema as S
+from factory.engine.ray_setup import is_local_ray
+from factory.settings import RaySettings
 from tests.crash_helpers import ROOT, descendants, group_members, kill_pids
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -146,3 +148,13 @@ def test_a_relative_output_is_refused_in_a_job(cluster, captions_file):
     assert len(errors) == 1, logs[-3000:]
     (error,) = errors
     assert "relative" in error and "URI" in error and "Traceback" not in logs
+
+
+def test_ray_address_local_is_a_fresh_local_ray_even_inside_a_job(monkeypatch):
+    """ray.address=local starts a Ray of its own (with ray.dashboard's setting) even where
+    RAY_ADDRESS names a cluster; null joins that cluster; auto joins the one running here."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert is_local_ray(RaySettings(address="local"))
+    assert not is_local_ray(RaySettings()) and not is_local_ray(RaySettings(address="auto"))
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert is_local_ray(RaySettings()) and not is_local_ray(RaySettings(address="auto"))

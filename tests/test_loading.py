@@ -2,11 +2,12 @@
 import numpy as np
 import open_clip
 import torch
+from open_clip.tokenizer import bytes_to_unicode as open_clip_bytes_to_unicode
 
 from factory.score.clip import load_open_clip
 from factory.score.tiny import TINY_CLIP_NAME, ensure_tiny_clip, register_tiny_clip
 from factory.synth.diffusion import SDXL, load_text_to_image
-from factory.synth.tiny import build_tiny_sdxl
+from factory.synth.tiny import build_tiny_sdxl, bytes_to_unicode
 
 
 def test_tiny_sdxl_round_trip_through_from_pretrained(tmp_path):
@@ -42,3 +43,9 @@ def test_tiny_open_clip_round_trip_through_pretrained_file(tmp_path):
     saved = model.state_dict()
     assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
     assert tokenizer(["x"]).shape == (1, 77)
+
+
+def test_the_tiny_tokenizers_byte_map_is_open_clips():
+    """The tiny pipeline's CLIP vocabulary starts from GPT-2's byte map, written here so that a
+    generator's worker need not import open_clip: it must be open_clip's own, entry for entry."""
+    assert bytes_to_unicode() == open_clip_bytes_to_unicode()

@@ -1,6 +1,8 @@
 """Worker nodes lost again and again mid-run, as spot pre-emption does (Ray's own Cluster utility:
-a random worker removed without grace, a fresh one added, three times or more): the run completes,
-every caption's samples are in candidates/ exactly once, and the dataset is a clean run's.
+a random worker removed without grace, a fresh one added): the run completes, every caption's
+samples are in candidates/ exactly once, and the dataset is a clean run's. The suite churns once on
+60 captions; benchmarks/lost_node_soak.py runs the same test as a soak (3 churns, over 400 samples)
+through FACTORY_LOST_NODE_CHURNS and FACTORY_LOST_NODE_CAPTIONS.
 
 The cluster runs in a subprocess (`python tests/test_lost_node.py OUT INPUT`), so it never meets the
 local Ray other tests share. Its head has no GPU and its workers declare 2 GPUs each, so
@@ -25,8 +27,9 @@ from factory import schema as S
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTH_ACTOR = "MapWorker(MapBatches(generate_tiny))"  # the adapter names the operator after the stage's label
-N_CAPTIONS, REPEAT = 210, 2  # over 400 samples at the tiny model's smallest settings
-CHURNS = 3
+N_CAPTIONS = int(os.environ.get("FACTORY_LOST_NODE_CAPTIONS", 60))
+CHURNS = int(os.environ.get("FACTORY_LOST_NODE_CHURNS", 1))
+REPEAT = 2
 SETTINGS = ["ray.progress_bars=false", "synth.steps=1", f"synth.repeat={REPEAT}", "synth.batch_size=4",
             "score.batch_size=8", "score.ssim_size=16", "score.ssim_low=8", "select.k=20", "report.enabled=false",
             "model.height=32", "model.width=32"]
@@ -142,7 +145,7 @@ def test_workers_lost_again_and_again_do_not_stop_the_run(lost_node_run):
     assert {(c[S.ID], c[S.SAMPLE]) for c in counts} == {(i, s) for i in kept for s in range(REPEAT)}
     assert {c["count_all"] for c in counts} == {1}
     assert t.filter(pc.is_valid(t.column(S.REASON))).num_rows == 0
-    assert m["counts"]["generated"] == len(kept) * REPEAT and len(kept) * REPEAT >= 400
+    assert m["counts"]["generated"] == len(kept) * REPEAT and len(kept) > N_CAPTIONS // 2
 
 
 def test_the_dataset_is_a_clean_runs(lost_node_run):

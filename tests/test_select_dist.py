@@ -60,14 +60,19 @@ def test_equals_the_driver_with_heavy_ties(ray_local, k, fraction, best_by, seed
     assert best_of_n(flipped).column(S.GENERATOR).to_pylist() != [renamed.get(g) for g in best_of_n(t).column(S.GENERATOR).to_pylist()]
 
 
+def write_files(t: pa.Table, n: int, folder) -> list[str]:
+    """Score rows as n candidates files, by their file column (left out, as the row column)."""
+    paths = []
+    for f in range(n):
+        paths.append(str(folder / f"part-{f}.parquet"))
+        files.write_parquet_atomic(paths[-1], t.filter(pc.equal(t.column(S.FILE), f)).drop_columns([S.FILE, S.ROW]))
+    return paths
+
+
 def test_reads_candidates_files_as_read_scores(ray_local, tmp_path):
     t = score_rows(200, 2, 5, files_n=4)
     t = t.append_column(S.REASON, pa.array([None if i % 13 else "bad_image" for i in range(t.num_rows)], pa.string()))
-    paths = []
-    for f in range(4):
-        part = t.filter(pc.equal(t.column(S.FILE), f)).drop_columns([S.FILE, S.ROW])
-        paths.append(str(tmp_path / f"part-{f}.parquet"))
-        files.write_parquet_atomic(paths[-1], part)
+    paths = write_files(t, 4, tmp_path)
     ref = select_top_k(read_scores(paths), 50)
     got = select_top_k_distributed(scores_dataset(paths), 50, partitions=2)
     assert got[0].equals(ref[0]) and got[1:] == ref[1:]
@@ -78,11 +83,7 @@ def test_competing_rows_as_current_samples(ray_local, tmp_path):
     compete: equal to select.current_samples(read_scores(...)) and select_top_k, and the same count left out."""
     t = score_rows(300, 3, 7, files_n=5)
     t = t.append_column(S.REASON, pa.array([None if i % 11 else "bad_image" for i in range(t.num_rows)], pa.string()))
-    paths = []
-    for f in range(5):
-        part = t.filter(pc.equal(t.column(S.FILE), f)).drop_columns([S.FILE, S.ROW])
-        paths.append(str(tmp_path / f"part-{f}.parquet"))
-        files.write_parquet_atomic(paths[-1], part)
+    paths = write_files(t, 5, tmp_path)
     ids = pa.array(sorted(set(t.column(S.ID).to_pylist()))[::2], pa.string())
     repeat, generators, legacy = 2, ["pixart", "sd35"], "sd35"
     scores, left_out = current_samples(read_scores(paths, legacy), ids, repeat, generators)

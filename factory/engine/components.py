@@ -79,28 +79,37 @@ def both_ways(block: pa.Table) -> pa.Table:
                      B: pa.concat_arrays([block.column(V).combine_chunks(), block.column(U).combine_chunks()])})
 
 
-def large_star(part: pa.Table) -> pa.Table:
-    """Per node a (all its edges, both ways, are here): its larger neighbours to the minimum of a and its neighbours."""
+def _star_input(part: pa.Table, x: str, y: str):
+    """(nodes, x ranks, y ranks, each x's smallest of itself and its neighbours) over a partition's
+    distinct edges; None when it has none."""
     part = part.combine_chunks()
     if part.num_rows == 0:
-        return EDGES.empty_table().append_column(CHANGED, pa.array([], pa.int64()))
-    nodes, ai, bi = _ranked(part.column(A).chunk(0), part.column(B).chunk(0))
-    ai, bi = distinct_pairs(ai, bi)
+        return None
+    nodes, xi, yi = _ranked(part.column(x).chunk(0), part.column(y).chunk(0))
+    xi, yi = distinct_pairs(xi, yi)
     m = np.arange(len(nodes))
-    np.minimum.at(m, ai, bi)
+    np.minimum.at(m, xi, yi)
+    return nodes, xi, yi, m
+
+
+def _no_edges() -> pa.Table:
+    return EDGES.empty_table().append_column(CHANGED, pa.array([], pa.int64()))
+
+
+def large_star(part: pa.Table) -> pa.Table:
+    """Per node a (all its edges, both ways, are here): its larger neighbours to the minimum of a and its neighbours."""
+    if (star := _star_input(part, A, B)) is None:
+        return _no_edges()
+    nodes, ai, bi, m = star
     up = bi > ai
     return _out(nodes, bi[up], m[ai[up]], int((m[ai[up]] != ai[up]).sum()))
 
 
 def small_star(part: pa.Table) -> pa.Table:
     """Per node u (its edges to smaller nodes are here): u and those nodes to the smallest of them."""
-    part = part.combine_chunks()
-    if part.num_rows == 0:
-        return EDGES.empty_table().append_column(CHANGED, pa.array([], pa.int64()))
-    nodes, ui, vi = _ranked(part.column(U).chunk(0), part.column(V).chunk(0))
-    ui, vi = distinct_pairs(ui, vi)
-    m = np.arange(len(nodes))
-    np.minimum.at(m, ui, vi)
+    if (star := _star_input(part, U, V)) is None:
+        return _no_edges()
+    nodes, ui, vi, m = star
     hi = np.unique(ui)
     moved = vi != m[ui]
     u = np.concatenate([hi, vi[moved]])

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def is_local_ray(settings: RaySettings) -> bool:
     """Whether init_ray starts a Ray of its own (no cluster to grow)."""
-    return not settings.address and not os.environ.get("RAY_ADDRESS")
+    return settings.address == "local" or not (settings.address or os.environ.get("RAY_ADDRESS"))
 
 
 def init_ray(settings: RaySettings) -> None:
@@ -28,9 +28,7 @@ def init_ray(settings: RaySettings) -> None:
     # terminal (ray.worker_logs=null); it stays in Ray's session logs either way.
     worker_logs = has_terminal() if settings.worker_logs is None else settings.worker_logs
     kwargs = {"ignore_reinit_error": True, "log_to_driver": bool(worker_logs)}
-    if settings.address:
-        kwargs["address"] = settings.address
-    elif not os.environ.get("RAY_ADDRESS"):
+    if is_local_ray(settings):
         # A fresh local Ray, never a cluster that happens to run on this machine
         # (`ray.address=auto` joins that one on purpose).
         kwargs["address"] = "local"
@@ -40,6 +38,8 @@ def init_ray(settings: RaySettings) -> None:
         # The distributed pre-pass and selection shuffle: one worker pool for map and reduce tasks
         # on a small node (see engine/shuffle.ONE_WORKER_POOL). A cluster's job sets its own.
         kwargs["runtime_env"] = {"env_vars": dict(ONE_WORKER_POOL)}
+    elif settings.address:
+        kwargs["address"] = settings.address
     ray.init(**kwargs)
 
 

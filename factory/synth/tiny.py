@@ -6,12 +6,12 @@ small: the embedded defaults (`model=tiny`, `scorer=tiny`), built once per node 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import open_clip
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -20,7 +20,6 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from open_clip.tokenizer import bytes_to_unicode
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -35,11 +34,24 @@ from factory.synth.diffusion import SDXL
 TINY_SEED = 0
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's (and CLIP's) reversible map of the 256 bytes onto printable characters."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, extra = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
 def build_clip_tokenizer_files(folder: str | Path) -> Path:
-    """Write CLIP's BPE vocab.json + merges.txt from open_clip's bundled merges (no hub)."""
+    """Write CLIP's BPE vocab.json + merges.txt from open_clip's bundled merges (no hub; found
+    without importing open_clip, which a generator's worker does not need)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    bpe = Path(importlib.util.find_spec("open_clip").origin).parent / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.open(bpe).read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     # Same construction as CLIP's SimpleTokenizer: bytes, bytes + </w>, merges, specials.
