@@ -20,7 +20,7 @@ run: setup
 	$(BIN)/python -m factory $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=30 tests
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_overhead.py
