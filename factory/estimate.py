@@ -138,8 +138,7 @@ def estimate(job: Job) -> dict:
     reader = {r: n for r, n in pre.rejected_by_reason.items() if r not in rule_reasons}
     valid = pre.n_read - sum(reader.values())
     curated = pre.kept.num_rows
-    per_generator = curated * s.synth.repeat
-    images = per_generator * len(pipeline.generators)
+    images = curated * s.synth.repeat * len(pipeline.generators)
     selected = resolve_k(curated, s.select.k, s.select.fraction)
     cals = seconds_per_image(job, pre.sample)
     sizes = {g.stage.name: image_bytes(job, g.stage, cals[g.stage.name]) for g in pipeline.generators}

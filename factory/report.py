@@ -115,7 +115,6 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-@plain_text
 def shared_bins(values: np.ndarray, n: int = 40) -> np.ndarray:
     """n equal bins over the values' range, widened around a single value."""
     lo, hi = float(values.min()), float(values.max())
@@ -124,6 +123,7 @@ def shared_bins(values: np.ndarray, n: int = 40) -> np.ndarray:
     return np.linspace(lo, hi, n + 1)
 
 
+@plain_text
 def histograms_png(cands: pa.Table, chosen: pa.Table) -> bytes:
     """CLIP score, SSIM and score: candidates vs selected, each as a density over shared bins."""
 

@@ -45,6 +45,8 @@ def test_captions_with_dollar_signs_are_drawn_as_they_are(tmp_path):
     first = top.to_pylist()[0]
     ranks = {(first[S.ID], first[S.SAMPLE], first[S.GENERATOR]): 1}  # the contact sheet's generator labels and tags
     chosen = cands.filter(pa.compute.equal(cands.column(S.ID), first[S.ID]))
+    draws = (contact_sheet_png, generators_png, histograms_png)
+    assert all(getattr(d, "__wrapped__", None) for d in draws)  # every picture is drawn through plain_text
     for png in (contact_sheet_png(paths, top, bottom, ranks), generators_png(cands, chosen), histograms_png(cands, chosen)):
         with Image.open(io.BytesIO(png)) as im:
             assert im.format == "PNG" and im.width > 500
