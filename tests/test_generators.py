@@ -32,7 +32,10 @@ def generators(*names: str, **steps: int) -> list[str]:
 
 
 BOTH = ("tiny", "tiny_flux")
-SLOW_FLUX = {"tiny_flux": 3}  # the run that adds tiny_flux is killed while it makes its samples: room for the kill
+# The run that adds tiny_flux is killed while it makes its samples. At 3 steps a batch of two took
+# 0.05 s and, on a busy machine, all six were written before the kill landed; at 100 steps a batch
+# takes about 0.5 s (2 cores), so the kill after the first file lands with two batches to go.
+SLOW_FLUX = {"tiny_flux": 100}
 
 
 @pytest.fixture(scope="module")
