@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,6 +46,28 @@ def ray_local():
                  runtime_env={"env_vars": {"FACTORY_CACHE": os.environ["FACTORY_CACHE"], "PYTHONPATH": str(ROOT), **ONE_WORKER_POOL}})
     yield ray
     ray.shutdown()
+
+
+def factory_main(capsys, *argv: str) -> subprocess.CompletedProcess:
+    """`python -m factory ARGV` through its main() in this process, with the exit code, stdout and
+    stderr a subprocess would give. For commands that end before Ray starts (refusals, `status`,
+    `--help`): a new interpreter spends about 10 CPU-seconds importing torch, diffusers and open_clip
+    to print their one line. The real process keeps its own tests (test_cli.py: exit code 2 and a
+    lone error line with nothing else on stderr)."""
+    from factory.__main__ import main
+
+    capsys.readouterr()
+    handlers = logging.getLogger().handlers[:]
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    finally:  # main() may add a root handler bound to this test's captured stdout
+        for handler in logging.getLogger().handlers[:]:
+            if handler not in handlers:
+                logging.getLogger().removeHandler(handler)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([sys.executable, "-m", "factory", *argv], code, out, err)
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import schema as S
-from tests.conftest import CAPTIONS, ROOT, tiny_overrides, write_jsonl
+from tests.conftest import CAPTIONS, ROOT, factory_main, tiny_overrides, write_jsonl
 
 
 def run_cli(*args, timeout=600):
@@ -127,31 +127,31 @@ def error_lines(proc):
     return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
 
 
-def test_missing_input_is_one_line(tmp_path):
-    proc = run_cli(f"input={tmp_path}/nope*.jsonl", f"output={tmp_path}/o")
+def test_missing_input_is_one_line(tmp_path, capsys):
+    proc = factory_main(capsys, f"input={tmp_path}/nope*.jsonl", f"output={tmp_path}/o")
     assert proc.returncode == 2
     assert error_lines(proc) == [f"error: input not found: no file matches '{tmp_path}/nope*.jsonl'"]
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_settings_and_unusable_output_are_one_line_before_anything_runs(tmp_path):
+def test_bad_settings_and_unusable_output_are_one_line_before_anything_runs(tmp_path, capsys):
     """Settings that would only fail after generation, and an output folder that cannot be made."""
     write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "caption": CAPTIONS[0]}])
     for bad, words in (("select.fraction=10", "select.fraction must be in (0, 1]"), ("select.k=-1", "select.k must be ≥ 0"),
                        ("select.k=many", "select.k=many Value 'many' of type 'str' could not be converted to Integer"),
                        ("curate.dedup.ids=false", "ids must be unique")):
-        proc = run_cli(f"input={tmp_path}/c.jsonl", f"output={tmp_path}/o", bad)
+        proc = factory_main(capsys, f"input={tmp_path}/c.jsonl", f"output={tmp_path}/o", bad)
         assert proc.returncode == 2 and len(error_lines(proc)) == 1 and words in error_lines(proc)[0], proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()  # refused before the output was touched
     (tmp_path / "a-file").write_text("")
-    proc = run_cli(f"input={tmp_path}/c.jsonl", f"output={tmp_path}/a-file/o")
+    proc = factory_main(capsys, f"input={tmp_path}/c.jsonl", f"output={tmp_path}/a-file/o")
     assert proc.returncode == 2 and len(error_lines(proc)) == 1 and "a-file" in error_lines(proc)[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 
-def test_unknown_format_and_broken_file(tmp_path):
+def test_unknown_format_and_broken_file(tmp_path, capsys):
     (tmp_path / "c.xml").write_text("<x/>")
-    proc = run_cli(f"input={tmp_path}/c.xml", f"output={tmp_path}/o")
+    proc = factory_main(capsys, f"input={tmp_path}/c.xml", f"output={tmp_path}/o")
     assert proc.returncode == 2 and len(error_lines(proc)) == 1 and "unknown input format" in error_lines(proc)[0]
     (tmp_path / "c.json").write_text("[{broken")
     (tmp_path / "empty.jsonl").write_text("\n\n")
@@ -266,11 +266,11 @@ def test_a_stage_that_cannot_start_in_ray_is_one_line_naming_it(ray_local):
     ("select.kk=3", "Could not override 'select.kk'. Key 'kk' not in 'SelectSettings'"),
     ("model=nope", "Could not find 'model/nope' Available options in 'model': flux_dev flux_schnell"),
 ])
-def test_a_bad_override_is_one_line_from_hydra_itself(tmp_path, bad, words):
-    proc = run_cli(bad, f"output={tmp_path}/o")
+def test_a_bad_override_is_one_line_from_hydra_itself(tmp_path, capsys, bad, words):
+    proc = factory_main(capsys, bad, f"output={tmp_path}/o")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {error_lines(proc)[0][len('error: '):]}"]
     assert words in proc.stderr and not (tmp_path / "o").exists()
-    proc = run_cli("--cfg", "job", bad)  # the config printout refuses it alike
+    proc = factory_main(capsys, "--cfg", "job", bad)  # the config printout refuses it alike
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -302,8 +302,8 @@ def test_a_number_that_is_no_number_is_one_line_before_ray_starts(tmp_path):
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
 
 
-def test_an_added_typo_is_one_line_before_anything_runs(tmp_path):
-    proc = run_cli("+select.kk=3", f"output={tmp_path}/o")
+def test_an_added_typo_is_one_line_before_anything_runs(tmp_path, capsys):
+    proc = factory_main(capsys, "+select.kk=3", f"output={tmp_path}/o")
     assert proc.returncode == 2 and not (tmp_path / "o").exists()
     assert proc.stderr.strip().splitlines() == [
         "error: '+select.kk=3' adds a key that nothing reads: select has no 'kk' (its keys: best_by, fraction, k) "

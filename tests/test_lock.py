@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from factory.jobs import LOCK_NAME, OutputInUseError, OutputLock
+from tests.conftest import factory_main
 from tests.crash_helpers import manifest, parquet_rows, run_cli, start_cli, wait_gone
 
 
@@ -144,10 +145,10 @@ def overrides(captions: Path, output: Path, *extra: str) -> list[str]:
             "synth.batch_size=2", "score.batch_size=2", "score.ssim_size=64", "score.ssim_low=32", "select.k=3", *extra]
 
 
-def test_cli_refuses_an_output_in_use_then_takes_it_once_gone(tmp_path, captions_file):
+def test_cli_refuses_an_output_in_use_then_takes_it_once_gone(tmp_path, captions_file, capsys):
     out = tmp_path / "out"
     with beating(out, "head-node-7", 1234):
-        refused = run_cli(*overrides(captions_file, out))
+        refused = factory_main(capsys, *overrides(captions_file, out))
     assert refused.returncode == 2
     lines = [ln for ln in refused.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "head-node-7 (pid 1234)" in lines[0], refused.stderr[-2000:]

@@ -26,7 +26,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import CAPTIONS, ROOT, tiny_overrides, write_jsonl
+from conftest import CAPTIONS, ROOT, factory_main, tiny_overrides, write_jsonl
 from factory import schema as S
 
 K, REPEAT, SHARD = 6, 2, 4
@@ -317,8 +317,8 @@ def test_sample_names_split_cleanly_in_webdataset():
     assert sample_name(1, "a.b") != sample_name(2, "a.b")
 
 
-def test_bad_instructions_file_fails_before_the_run(tmp_path, captions_path):
-    proc = cli("factory", *tiny_overrides(tmp_path / "out", captions_path, "export.llava=true", f"export.llava_instructions={tmp_path}/none.yaml"), timeout=120)
+def test_bad_instructions_file_fails_before_the_run(tmp_path, captions_path, capsys):
+    proc = factory_main(capsys, *tiny_overrides(tmp_path / "out", captions_path, "export.llava=true", f"export.llava_instructions={tmp_path}/none.yaml"))
     assert proc.returncode == 2
     assert "export.llava_instructions" in proc.stderr and not (tmp_path / "out" / "candidates").exists()
 
@@ -398,14 +398,14 @@ def test_estimate_assumes_the_models_own_image_size_when_it_measures_none(captio
     assert f"per png image (assumed {side}x{side})" in proc.stdout
 
 
-def test_estimate_cli_input_not_found(tmp_path):
-    proc = cli("factory", "estimate", f"input={tmp_path}/missing.jsonl", "estimate.seconds_per_image=1", timeout=120)
+def test_estimate_cli_input_not_found(tmp_path, capsys):
+    proc = factory_main(capsys, "estimate", f"input={tmp_path}/missing.jsonl", "estimate.seconds_per_image=1")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: input not found")
 
 
-def test_estimate_cli_refuses_an_added_typo(captions_path):
-    proc = cli("factory", "estimate", f"input={captions_path}", "estimate.seconds_per_image=1", "+synth.repeats=3", timeout=120)
+def test_estimate_cli_refuses_an_added_typo(captions_path, capsys):
+    proc = factory_main(capsys, "estimate", f"input={captions_path}", "estimate.seconds_per_image=1", "+synth.repeats=3")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["error: '+synth.repeats=3' adds a key that nothing reads: synth has no 'repeats' "
                                                 "(its keys: batch_size, generators, guidance, negative_prompt, repeat, seed, steps) "
@@ -427,14 +427,14 @@ def test_failed_export_leaves_no_shard_behind(tmp_path):
 
 # ---- status ------------------------------------------------------------------------------
 
-def status_table(*args: str) -> tuple[int, dict, str]:
-    proc = cli("factory", "status", *args, timeout=60)
+def status_table(capsys, *args: str) -> tuple[int, dict, str]:
+    proc = factory_main(capsys, "status", *args)
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in proc.stdout.splitlines() if line.strip())
     return proc.returncode, rows, proc.stderr
 
 
-def test_status_of_a_complete_run(run_out, manifest):
-    rc, rows, err = status_table(str(run_out[0]))
+def test_status_of_a_complete_run(run_out, manifest, capsys):
+    rc, rows, err = status_table(capsys, str(run_out[0]))
     assert rc == 0, err
     c = manifest["counts"]
     assert rows["status"].startswith("complete (run 1, started ")
@@ -447,7 +447,7 @@ def test_status_of_a_complete_run(run_out, manifest):
     assert rows["report"] == manifest["report"]["index"]
 
 
-def test_status_of_a_running_and_of_a_killed_run(run_out, tmp_path):
+def test_status_of_a_running_and_of_a_killed_run(run_out, tmp_path, capsys):
     import socket
 
     from factory.jobs import LOCK_NAME
@@ -460,7 +460,7 @@ def test_status_of_a_running_and_of_a_killed_run(run_out, tmp_path):
     m["progress"] = {"rate_per_s": 0.5, "interval_s": 125.0, "left_s_at_most": 90.0}
     m["config"]["progress_every_s"] = 60
     (out / "manifest.json").write_text(json.dumps(m))
-    rc, rows, _ = status_table(f"output={out}")
+    rc, rows, _ = status_table(capsys, f"output={out}")
     assert rc == 0
     assert rows["held by"] == "no run; it was killed: the same command resumes it"
     assert rows["samples"].startswith("15 generated of at most 60 (25.0%); 20 resumed; counted ")
@@ -469,35 +469,35 @@ def test_status_of_a_running_and_of_a_killed_run(run_out, tmp_path):
 
     lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "beat_s": 15.0, "heartbeat": time.time()}
     (out / LOCK_NAME).write_text(json.dumps(lock))
-    rows = status_table(str(out))[1]
+    rows = status_table(capsys, str(out))[1]
     assert rows["held by"].startswith(f"{socket.gethostname()} (pid {os.getpid()}), heartbeat ") and "gone" not in rows["held by"]
     lock["heartbeat"] -= 600
     (out / LOCK_NAME).write_text(json.dumps(lock))
-    assert status_table(str(out))[1]["held by"].endswith("it looks gone: the same command resumes it")
+    assert status_table(capsys, str(out))[1]["held by"].endswith("it looks gone: the same command resumes it")
     # SIGKILLed a moment ago on this host: its heartbeat is fresh but its pid is gone
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.update(pid=dead.pid, heartbeat=time.time())
     (out / LOCK_NAME).write_text(json.dumps(lock))
-    assert status_table(str(out))[1]["held by"].endswith("it looks gone: the same command resumes it")
+    assert status_table(capsys, str(out))[1]["held by"].endswith("it looks gone: the same command resumes it")
 
 
 @pytest.mark.parametrize("text, words", [("{broken", "is not valid JSON"), ("[]", "is not a manifest of this factory")])
-def test_status_of_a_broken_manifest_names_it(tmp_path, text, words):
+def test_status_of_a_broken_manifest_names_it(tmp_path, text, words, capsys):
     (tmp_path / "manifest.json").write_text(text)
-    rc, rows, err = status_table(str(tmp_path))
+    rc, rows, err = status_table(capsys, str(tmp_path))
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: {tmp_path / 'manifest.json'} ") and words in err
 
 
 @pytest.mark.parametrize("command", ["status", "estimate"])
-def test_help_prints_usage(command):
-    proc = cli("factory", command, "--help", timeout=120)
+def test_help_prints_usage(command, capsys):
+    proc = factory_main(capsys, command, "--help")
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: python -m factory {command}"), proc.stderr[-2000:]
 
 
-def test_status_of_no_run(tmp_path):
-    rc, rows, err = status_table(str(tmp_path / "nothing"))
+def test_status_of_no_run(tmp_path, capsys):
+    rc, rows, err = status_table(capsys, str(tmp_path / "nothing"))
     assert rc == 2 and not rows
     assert err.strip().startswith("error: ") and "no run of this factory" in err and len(err.strip().splitlines()) == 1
 
@@ -570,8 +570,8 @@ def test_a_webdataset_shard_size_that_is_no_number_is_refused_before_the_run():
                                         ("image.format=gif", "image.format='gif'"),
                                         ("estimate.seconds_per_image=-3", "estimate.seconds_per_image must be a number > 0 or null, got -3"),
                                         ("estimate.seconds_per_image=abc", "could not be converted to Float")])
-def test_estimate_refuses_what_a_run_would(captions_path, bad, words):
-    proc = cli("factory", "estimate", f"input={captions_path}", bad, timeout=120)
+def test_estimate_refuses_what_a_run_would(captions_path, bad, words, capsys):
+    proc = factory_main(capsys, "estimate", f"input={captions_path}", bad)
     assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 

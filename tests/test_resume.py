@@ -14,6 +14,7 @@ import pytest
 
 from factory import schema as S
 from factory.jobs import LOCK_NAME
+from tests.conftest import factory_main
 from tests.crash_helpers import ROOT, kill_when, manifest, parquet_rows, run_cli, start_cli, wait_gone
 
 N_CAPTIONS, REPEAT = 12, 2
@@ -146,10 +147,10 @@ def test_resumed_dataset_equals_an_uninterrupted_run(killed_and_resumed, workdir
 
 
 @pytest.mark.parametrize("change, named", [("synth.seed=1", "synth.seed"), ("model.guidance=3.0", "model.guidance")])
-def test_resuming_with_other_settings_is_refused_in_one_line(killed_and_resumed, workdir, change, named):
+def test_resuming_with_other_settings_is_refused_in_one_line(killed_and_resumed, workdir, capsys, change, named):
     out, _, _ = killed_and_resumed
     before = sorted(p.name for p in (out / "candidates").iterdir())
-    r = run_cli(*overrides(workdir, out, change))
+    r = factory_main(capsys, *overrides(workdir, out, change))
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
