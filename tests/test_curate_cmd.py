@@ -7,7 +7,7 @@ import json
 import pyarrow.dataset as pads
 
 from factory import schema as S
-from tests.conftest import CAPTIONS, tiny_overrides, write_jsonl
+from tests.conftest import CAPTIONS, factory_main, tiny_overrides, write_jsonl
 from tests.crash_helpers import run_cli
 
 SMALL = ["synth.steps=1", "score.ssim_size=32", "score.ssim_low=16", "select.k=4", "report.enabled=false"]
@@ -19,7 +19,7 @@ def table(folder, columns):
     return pads.dataset(str(folder)).to_table(columns=columns)
 
 
-def test_curate_then_synthesize_from_curated_equals_a_full_run(tmp_path):
+def test_curate_then_synthesize_from_curated_equals_a_full_run(tmp_path, capsys):
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"c{i}", "caption": c} for i, c in enumerate(CAPTIONS[:6])] + BAD)
     cur = run_cli("curate", f"input={inp}", f"output={tmp_path / 'cur'}", "ray.progress_bars=false")
     assert cur.returncode == 0, cur.stderr[-3000:]
@@ -45,6 +45,6 @@ def test_curate_then_synthesize_from_curated_equals_a_full_run(tmp_path):
     assert table(tmp_path / "from_curated" / "dataset", cols).sort_by(S.RANK).to_pylist() == \
         table(tmp_path / "full" / "dataset", cols).sort_by(S.RANK).to_pylist()
 
-    refused = run_cli("curate", f"input={inp}", f"output={tmp_path / 'full'}")
+    refused = factory_main(capsys, "curate", f"input={inp}", f"output={tmp_path / 'full'}")
     lines = [ln for ln in refused.stderr.splitlines() if ln.strip()]
     assert refused.returncode == 2 and len(lines) == 1 and "holds a full run" in lines[0], refused.stderr[-2000:]
