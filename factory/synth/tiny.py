@@ -26,24 +26,13 @@ from transformers import (
     CLIPTextModelWithProjection,
     CLIPTokenizer,
 )
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's (and CLIP's) byte map
 
 from factory.cache import save_once, tiny_cache_dir
 from factory.stage import GiB
 from factory.synth.diffusion import SDXL
 
 TINY_SEED = 0
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's (and CLIP's) reversible map of the 256 bytes onto printable characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, extra = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def build_clip_tokenizer_files(folder: str | Path) -> Path:
