@@ -145,7 +145,9 @@ def test_workers_lost_again_and_again_do_not_stop_the_run(lost_node_run):
     assert {(c[S.ID], c[S.SAMPLE]) for c in counts} == {(i, s) for i in kept for s in range(REPEAT)}
     assert {c["count_all"] for c in counts} == {1}
     assert t.filter(pc.is_valid(t.column(S.REASON))).num_rows == 0
-    assert m["counts"]["generated"] == len(kept) * REPEAT and len(kept) > N_CAPTIONS // 2
+    # The rules keep 59 of the first 60 sample captions and 207 of 210: at 95% a soak at 210 captions
+    # makes at least 400 samples, as the 3-churn test always asked.
+    assert m["counts"]["generated"] == len(kept) * REPEAT and len(kept) >= 0.95 * N_CAPTIONS
 
 
 def test_the_dataset_is_a_clean_runs(lost_node_run):
