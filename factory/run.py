@@ -49,26 +49,26 @@ def run(job: Job, curate_only: bool = False) -> dict:
                     "may still run (resume.take_over=true)" if s.resume.take_over else "is gone")
     try:
         places = start_ray(job, curate_only)
-        ray_data_log = logs.ray_data_to_file(output)
-        nodes_checked = check_paths_shared(output, paths)
-        lock.check()
-        for d in ("candidates", "rejects"):
-            files.remove_stale_temp(dirs[d])
-        remove_stale_staging(output)  # a run killed while writing dataset/
-        fingerprint = {} if curate_only else fingerprint_to_record(job.pipeline, previous)
-        manifest = Manifest(dirs["manifest"], job.config, fingerprint, previous, guard=lambda: lock.check(fresh=True))
-        manifest.data["nodes_sharing_paths"] = nodes_checked
-        if ray_data_log:
-            manifest.data["ray_data_log"] = ray_data_log
-        body = curate_locked if curate_only else run_locked
-        try:
-            return body(job, paths, dirs, manifest, places, lock, t_start)
-        except OutputInUseError:
-            raise  # manifest.json is the other run's now
-        except BaseException as exc:
-            if manifest.started or previous is None:
-                record_stop(manifest, exc)
-            raise
+        with logs.ray_data_to_file(output) as ray_data_log:
+            nodes_checked = check_paths_shared(output, paths)
+            lock.check()
+            for d in ("candidates", "rejects"):
+                files.remove_stale_temp(dirs[d])
+            remove_stale_staging(output)  # a run killed while writing dataset/
+            fingerprint = {} if curate_only else fingerprint_to_record(job.pipeline, previous)
+            manifest = Manifest(dirs["manifest"], job.config, fingerprint, previous, guard=lambda: lock.check(fresh=True))
+            manifest.data["nodes_sharing_paths"] = nodes_checked
+            if ray_data_log:
+                manifest.data["ray_data_log"] = ray_data_log
+            body = curate_locked if curate_only else run_locked
+            try:
+                return body(job, paths, dirs, manifest, places, lock, t_start)
+            except OutputInUseError:
+                raise  # manifest.json is the other run's now
+            except BaseException as exc:
+                if manifest.started or previous is None:
+                    record_stop(manifest, exc)
+                raise
     finally:
         lock.release()
 

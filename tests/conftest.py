@@ -1,11 +1,14 @@
 """Shared fixtures: tiny models built once per session, a local Ray, configs from conf/."""
 from __future__ import annotations
 
+import copy
+import io
 import json
 import logging
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 # The files that take longest (several CLI runs each, minutes on two cores), run first: with
 # `make test`'s two workers taking whole files (--dist loadfile), the last file to start is then a
 # short one and neither worker idles at the end. Order only; no test is left out.
-LONGEST_FIRST = ["test_resume.py", "test_generators.py", "test_outputs.py", "test_cli.py", "test_dist_run.py",
-                 "test_lost_node.py", "test_curate_e2e.py", "test_lock.py", "test_curate_cmd.py", "test_job_submit.py"]
+LONGEST_FIRST = ["test_resume.py", "test_lost_node.py", "test_generators.py", "test_dist_run.py", "test_curate_e2e.py",
+                 "test_outputs.py", "test_cli.py", "test_lock.py", "test_job_submit.py", "test_curate_cmd.py"]
 
 
 def pytest_collection_modifyitems(items):
@@ -68,6 +71,39 @@ def factory_main(capsys, *argv: str) -> subprocess.CompletedProcess:
                 logging.getLogger().removeHandler(handler)
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess([sys.executable, "-m", "factory", *argv], code, out, err)
+
+
+def factory_run(*argv: str) -> subprocess.CompletedProcess:
+    """A whole run, `python -m factory ARGV`, through main() in this process on the session's local
+    Ray (the `ray_local` fixture must be up): stdout (the factory's log lines and summary), stderr
+    and the exit code, as a subprocess would give them. A fresh interpreter and a fresh Ray cost
+    about 25 CPU-seconds a run on two cores (imports, Ray's own processes and actors); what a run
+    does is the same either way. `ray.*` start settings (num_cpus, address) are the fixture's here.
+    The process itself is checked by test_cli.py, test_lock.py, test_job_submit.py and the kill
+    tests, which keep subprocesses. The process's logging and Ray Data context are restored after."""
+    import ray
+    from ray.data import DataContext
+
+    from factory.__main__ import main
+
+    assert ray.is_initialized(), "factory_run runs on the ray_local fixture's Ray"
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    context = copy.copy(DataContext.get_current())
+    for handler in handlers:  # main() logs to its stdout through basicConfig, which needs a bare root
+        root.removeHandler(handler)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(argv))
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        DataContext._set_current(context)
+    return subprocess.CompletedProcess([sys.executable, "-m", "factory", *argv], code, out.getvalue(), err.getvalue())
 
 
 def write_jsonl(path: Path, rows) -> Path:

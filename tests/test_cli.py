@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import schema as S
-from tests.conftest import CAPTIONS, ROOT, factory_main, tiny_overrides, write_jsonl
+from tests.conftest import CAPTIONS, ROOT, factory_main, factory_run, tiny_overrides, write_jsonl
 
 
 def run_cli(*args, timeout=600):
@@ -69,6 +69,25 @@ def test_without_a_terminal_ray_datas_detail_goes_to_a_log_file(finished_run):
     assert m["ray_data_log"] == str(out / "logs" / "ray-data.log")
     factory_lines = [ln for ln in proc.stdout.splitlines() if "[factory]" in ln or "progress: " in ln]
     assert len(console.splitlines()) < len(factory_lines) + 30, console[-3000:]
+
+
+def test_ray_datas_log_file_is_the_runs_own_and_the_logger_is_left_as_found(tmp_path):
+    """Two runs in one process (a notebook; the tests' factory_run): each run's ray-data.log holds
+    its own lines only, and Ray Data's logger is as it was once a run ends."""
+    import logging
+
+    from factory.engine.logs import RAY_DATA_LOGGER, ray_data_to_file
+
+    logger = logging.getLogger(RAY_DATA_LOGGER)
+    before = (logger.handlers[:], logger.propagate)
+    for name in ("a", "b"):
+        with ray_data_to_file(str(tmp_path / name)) as path:
+            assert path == str(tmp_path / name / "logs" / "ray-data.log") and logger.propagate is False
+            logger.warning("line of run %s", name)
+    assert (logger.handlers, logger.propagate) == before
+    assert "line of run a" in (tmp_path / "a" / "logs" / "ray-data.log").read_text()
+    assert "line of run a" not in (tmp_path / "b" / "logs" / "ray-data.log").read_text()
+    assert "line of run b" in (tmp_path / "b" / "logs" / "ray-data.log").read_text()
 
 
 def test_candidates_and_dataset_read_back(finished_run):
@@ -149,17 +168,17 @@ def test_bad_settings_and_unusable_output_are_one_line_before_anything_runs(tmp_
     assert "Traceback" not in proc.stderr
 
 
-def test_unknown_format_and_broken_file(tmp_path, capsys):
+def test_unknown_format_and_broken_file(tmp_path, capsys, ray_local):
     (tmp_path / "c.xml").write_text("<x/>")
     proc = factory_main(capsys, f"input={tmp_path}/c.xml", f"output={tmp_path}/o")
     assert proc.returncode == 2 and len(error_lines(proc)) == 1 and "unknown input format" in error_lines(proc)[0]
     (tmp_path / "c.json").write_text("[{broken")
     (tmp_path / "empty.jsonl").write_text("\n\n")
-    proc = run_cli(f"input={tmp_path}/c.json", f"output={tmp_path}/o2", "ray.progress_bars=false")
+    proc = factory_run(f"input={tmp_path}/c.json", f"output={tmp_path}/o2", "ray.progress_bars=false")
     assert proc.returncode == 2 and error_lines(proc) == [f"error: {tmp_path}/c.json:1: not valid JSON (Expecting property name enclosed in double quotes); use .jsonl for one object a line"]
     m = json.loads((tmp_path / "o2" / "manifest.json").read_text())  # not left saying "running"
     assert m["status"] == "failed" and m["error"].startswith("InputError: ") and "c.json:1: not valid JSON" in m["error"]
-    proc = run_cli(f"input={tmp_path}/empty.jsonl", f"output={tmp_path}/o3", "ray.progress_bars=false")
+    proc = factory_run(f"input={tmp_path}/empty.jsonl", f"output={tmp_path}/o3", "ray.progress_bars=false")
     assert proc.returncode == 2 and "input is empty" in error_lines(proc)[0]
 
 

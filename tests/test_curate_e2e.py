@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 
-from conftest import CAPTIONS, ROOT, tiny_overrides, write_jsonl
+from conftest import CAPTIONS, factory_run, tiny_overrides, write_jsonl
 
 
-def test_cli_with_all_curation_stages(tmp_path):
+def test_cli_with_all_curation_stages(tmp_path, ray_local):
     from factory.curate.perplexity import PerplexityFilter
     from tests.fixtures.tiny_lm import save_keyword_judge_lm, save_tiny_causal_lm
 
@@ -38,8 +35,7 @@ def test_cli_with_all_curation_stages(tmp_path):
                                f"curate.perplexity.max={limit}",
                                "curate.llm.enabled=true", "curate.llm.backend=hf", f"curate.llm.model={judge_lm}",
                                "curate.llm.on_unparseable=reject", "curate.llm.batch_size=4")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "factory", *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = factory_run(*overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     m = json.loads((out / "manifest.json").read_text())
@@ -89,11 +85,11 @@ def test_cli_with_all_curation_stages(tmp_path):
     out2 = tmp_path / "run2"
     plain = [o for o in overrides if not o.startswith(("curate.perplexity", "curate.llm"))]
     plain = [o.replace(f"output={out}", f"output={out2}") for o in plain]
-    first = subprocess.run([sys.executable, "-m", "factory", *plain], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    first = factory_run(*plain)
     assert first.returncode == 0, first.stderr[-3000:]
     on_disk = json.loads((out2 / "manifest.json").read_text())["counts"]["synthesized"]
     again = [o.replace(f"output={out}", f"output={out2}") for o in overrides]
-    resumed = subprocess.run([sys.executable, "-m", "factory", *again], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    resumed = factory_run(*again)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     c2 = json.loads((out2 / "manifest.json").read_text())["counts"]
     assert c2["rejected_by_reason"] == c["rejected_by_reason"] and c2["generated"] == 0

@@ -10,8 +10,7 @@ import pyarrow.dataset as pads
 from factory import schema as S
 from factory.config import compose
 from factory.job import load_job
-from tests.conftest import CAPTIONS, tiny_overrides, write_jsonl
-from tests.crash_helpers import run_cli
+from tests.conftest import CAPTIONS, factory_run, tiny_overrides, write_jsonl
 
 TOY = "+curate.no_cat={_target_: tests.fixtures.toy_filter.NoWord, word: cat}"
 SMALL = ["synth.steps=1", "score.ssim_size=64", "score.ssim_low=32", f"select.k={len(CAPTIONS)}", "report.enabled=false"]
@@ -24,17 +23,17 @@ def test_the_filter_joins_the_pipeline_from_config_alone():
     assert load_job(compose([])).pipeline.curation_reasons() == ()
 
 
-def test_a_resume_with_the_filter_keeps_what_it_rejects_out_of_the_dataset(tmp_path):
+def test_a_resume_with_the_filter_keeps_what_it_rejects_out_of_the_dataset(tmp_path, ray_local):
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": i + 1, "caption": c} for i, c in enumerate(CAPTIONS)])
     cats = {str(i + 1) for i, c in enumerate(CAPTIONS) if "cat" in c.lower().replace(",", " ").split()}
     assert cats  # the sample has a cat in it
     out = tmp_path / "run"
-    first = run_cli(*tiny_overrides(out, inp, *SMALL))
+    first = factory_run(*tiny_overrides(out, inp, *SMALL))
     assert first.returncode == 0, first.stderr[-3000:]
     dataset = pads.dataset(str(out / "dataset")).to_table().column(S.ID).to_pylist()
     assert cats <= set(dataset)  # without the filter every caption is selected (k = all)
 
-    again = run_cli(*tiny_overrides(out, inp, *SMALL), TOY)
+    again = factory_run(*tiny_overrides(out, inp, *SMALL), TOY)
     assert again.returncode == 0, again.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["generated"] == 0 and m["counts"]["rejected_by_reason"]["no_word"] == len(cats)

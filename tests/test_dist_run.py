@@ -10,8 +10,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from factory import schema as S
-from tests.conftest import tiny_overrides, write_jsonl
-from tests.crash_helpers import run_cli
+from tests.conftest import factory_run, tiny_overrides, write_jsonl
 from tests.fixtures.planted import planted_pool
 
 SMALL = ["synth.steps=1", "synth.repeat=2", "score.ssim_size=64", "score.ssim_low=32", "select.k=9", "report.enabled=false",
@@ -32,11 +31,11 @@ def outputs(out):
     return rejects, t.to_pylist(), json.loads((out / "manifest.json").read_text())
 
 
-def test_distributed_paths_give_the_local_result(tmp_path):
+def test_distributed_paths_give_the_local_result(tmp_path, ray_local):
     inp, n_near = pool(tmp_path)
-    local = run_cli(*tiny_overrides(tmp_path / "local", inp, *SMALL))
+    local = factory_run(*tiny_overrides(tmp_path / "local", inp, *SMALL))
     assert local.returncode == 0, local.stderr[-3000:]
-    dist = run_cli(*tiny_overrides(tmp_path / "dist", inp, *SMALL, "ray.local_scan_mb=0", "ray.local_select_mb=0"), timeout=600)
+    dist = factory_run(*tiny_overrides(tmp_path / "dist", inp, *SMALL, "ray.local_scan_mb=0", "ray.local_select_mb=0"))
     assert dist.returncode == 0, dist.stderr[-3000:]
     (rej_a, data_a, m_a), (rej_b, data_b, m_b) = outputs(tmp_path / "local"), outputs(tmp_path / "dist")
     reasons = {r[1] for r in rej_a}

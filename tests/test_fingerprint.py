@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +19,7 @@ from factory.job import load_job
 from factory.layout import check_resume, run_dirs
 from factory.pipeline import Slot
 from factory.synth.tiny import TinySDXL
+from tests.conftest import factory_run
 
 ROOT = Path(__file__).resolve().parent.parent
 V1 = ROOT / "tests" / "fixtures" / "v1"  # an output the factory made before the stage contract (commit 56f0e6d)
@@ -115,21 +114,20 @@ def test_the_version_1_fingerprint_is_read_in_todays_keys_and_values(tmp_path):
     assert resume(pipeline(*V1_ARGS, "model.tiny_refiner=true"), dirs) is not None
 
 
-def test_an_output_made_before_the_stage_contract_resumes_through_the_cli(tmp_path):
+def test_an_output_made_before_the_stage_contract_resumes_through_the_cli(tmp_path, ray_local):
     """The output the old factory made (tests/fixtures/v1/output) resumes: nothing is generated again,
     the dataset is the same; a higher synth.repeat generates only the new samples."""
     out = tmp_path / "out"
     shutil.copytree(V1 / "output", out)
     before = pq.read_table(next((V1 / "output" / "dataset").glob("*.parquet"))).sort_by("rank")
-    cmd = [sys.executable, "-m", "factory", f"input={V1 / 'captions.jsonl'}", f"output={out}", *V1_ARGS]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd = [f"input={V1 / 'captions.jsonl'}", f"output={out}", *V1_ARGS]
+    proc = factory_run(*cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     assert counts["generated"] == 0 and counts["resumed"] == 10
     after = pq.read_table(next((out / "dataset").glob("*.parquet"))).sort_by("rank")
     for c in (S.ID, S.SAMPLE, S.SEED, S.RANK, S.SCORE, S.IMAGE):
         assert after.column(c).to_pylist() == before.column(c).to_pylist(), c
-    proc = subprocess.run(cmd[:-len(V1_ARGS)] + [a for a in V1_ARGS if a != "synth.repeat=2"] + ["synth.repeat=3"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = factory_run(*cmd[:-len(V1_ARGS)], *[a for a in V1_ARGS if a != "synth.repeat=2"], "synth.repeat=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "manifest.json").read_text())["counts"]["generated"] == 5  # five captions, one more sample each

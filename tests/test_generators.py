@@ -16,7 +16,8 @@ from factory import schema as S
 from factory.config import compose
 from factory.estimate import estimate, table_lines
 from factory.job import load_job
-from tests.crash_helpers import ROOT, kill_when, parquet_rows, run_cli, start_cli, wait_gone
+from tests.conftest import factory_main, factory_run
+from tests.crash_helpers import ROOT, kill_when, parquet_rows, start_cli, wait_gone
 
 N_CAPTIONS, K = 6, 3
 SMALL = ["ray.progress_bars=false", "ray.num_cpus=4", "resources.synth.num_cpus=0.25", "score.batch_size=2",
@@ -72,11 +73,11 @@ def reference_selection(cands: pa.Table, k: int) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def grown(workdir):
+def grown(workdir, ray_local):
     """An output made by one generator, then grown by a second: the run that adds it is killed
     while it makes its samples and resumed with the same command."""
     out, cands = workdir / "grown", workdir / "grown" / "candidates"
-    first = run_cli(f"input={workdir / 'captions.jsonl'}", f"output={out}", *SMALL, *generators("tiny"))
+    first = factory_run(f"input={workdir / 'captions.jsonl'}", f"output={out}", *SMALL, *generators("tiny"))
     assert first.returncode == 0, first.stderr[-3000:]
     before = files_of(cands)
     both = [f"input={workdir / 'captions.jsonl'}", f"output={out}", *SMALL, *generators(*BOTH, **SLOW_FLUX)]
@@ -84,7 +85,7 @@ def grown(workdir):
     tree = kill_when(proc, lambda: generator_rows(cands, "tiny_flux") >= 2)
     assert not wait_gone(tree)
     killed_at = generator_rows(cands, "tiny_flux")
-    resumed = run_cli(*both)
+    resumed = factory_run(*both)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return out, before, killed_at, resumed
 
@@ -132,21 +133,22 @@ def test_generators_are_compared_in_manifest_summary_and_report(grown):
     assert (out / "report" / "generators.png").stat().st_size > 1000
 
 
-def test_a_generators_changed_setting_is_refused_and_named(grown):
+def test_a_generators_changed_setting_is_refused_and_named(grown, capsys):
     out = grown[0]
-    r = run_cli(f"output={out}", *SMALL, *generators(*BOTH, **SLOW_FLUX), "generators.tiny_flux.guidance=1.0")
+    r = factory_main(capsys, f"output={out}", *SMALL, *generators(*BOTH, **SLOW_FLUX), "generators.tiny_flux.guidance=1.0")
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode != 0 and len(lines) == 1, r.stderr[-2000:]
     assert "generators.tiny_flux.guidance" in lines[0] and "generators.tiny." not in lines[0]
 
 
-def test_every_tiny_family_in_one_run(tmp_path, workdir):
+def test_every_tiny_family_in_one_run(tmp_path, workdir, ray_local):
     names = ["tiny_sd3", "tiny_flux", "tiny_pixart", "tiny_sana"]
     out, few = tmp_path / "all", 2
     inp = tmp_path / "two.jsonl"
     inp.write_text("".join((workdir / "captions.jsonl").read_text().splitlines(keepends=True)[:few]))
-    r = run_cli(f"input={inp}", f"output={out}", *SMALL[:-1], "select.k=2", "report.enabled=false",
-                "ray.num_cpus=6", *generators(*names))
+    # four synthesis actors at an eighth of a CPU each and the scorer's half: one CPU stays whole for Ray Data's repartition
+    small = [o.replace("resources.synth.num_cpus=0.25", "resources.synth.num_cpus=0.125") for o in SMALL[:-1]]
+    r = factory_run(f"input={inp}", f"output={out}", *small, "select.k=2", "report.enabled=false", *generators(*names))
     assert r.returncode == 0, r.stderr[-3000:]
     cands = read_dir(out / "candidates", [S.GENERATOR, S.REASON, S.SCORE])
     made = {m["values"]: m["counts"] for m in pc.value_counts(cands.column(S.GENERATOR)).to_pylist()}

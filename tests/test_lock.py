@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from factory.jobs import LOCK_NAME, OutputInUseError, OutputLock
-from tests.conftest import factory_main
-from tests.crash_helpers import manifest, parquet_rows, run_cli, start_cli, wait_gone
+from tests.conftest import factory_main, factory_run
+from tests.crash_helpers import manifest, parquet_rows, start_cli, wait_gone
 
 
 def write_lock(output: Path, host: str, pid: int, age_s: float = 0.0, beat_s: float = 0.1) -> None:
@@ -145,7 +145,7 @@ def overrides(captions: Path, output: Path, *extra: str) -> list[str]:
             "synth.batch_size=2", "score.batch_size=2", "score.ssim_size=64", "score.ssim_low=32", "select.k=3", *extra]
 
 
-def test_cli_refuses_an_output_in_use_then_takes_it_once_gone(tmp_path, captions_file, capsys):
+def test_cli_refuses_an_output_in_use_then_takes_it_once_gone(tmp_path, captions_file, capsys, ray_local):
     out = tmp_path / "out"
     with beating(out, "head-node-7", 1234):
         refused = factory_main(capsys, *overrides(captions_file, out))
@@ -154,7 +154,7 @@ def test_cli_refuses_an_output_in_use_then_takes_it_once_gone(tmp_path, captions
     assert len(lines) == 1 and lines[0].startswith("error: ") and "head-node-7 (pid 1234)" in lines[0], refused.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing else touched
 
-    taken = run_cli(*overrides(captions_file, out))  # its heartbeat has stopped
+    taken = factory_run(*overrides(captions_file, out))  # its heartbeat has stopped
     assert taken.returncode == 0, taken.stderr[-3000:]
     assert "head-node-7 (pid 1234) that is gone; this run takes over" in taken.stdout
     assert manifest(out)["status"] == "complete" and not (out / LOCK_NAME).exists()

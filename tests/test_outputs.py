@@ -26,7 +26,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import CAPTIONS, ROOT, factory_main, tiny_overrides, write_jsonl
+from conftest import CAPTIONS, ROOT, factory_main, factory_run, tiny_overrides, write_jsonl
 from factory import schema as S
 
 K, REPEAT, SHARD = 6, 2, 4
@@ -49,12 +49,12 @@ def captions_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_out(tmp_path_factory, captions_path):
+def run_out(tmp_path_factory, captions_path, ray_local):
     """(output folder, CLI stdout) of one tiny run with every export on."""
     out = tmp_path_factory.mktemp("run") / "out"
     args = tiny_overrides(out, captions_path, f"select.k={K}", f"synth.repeat={REPEAT}", "export.llava=true",
                           "export.webdataset=true", "export.hf=true", f"export.shard_size={SHARD}", "model.batch_size=4")
-    proc = cli("factory", *args)
+    proc = factory_run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -349,9 +349,9 @@ def test_estimate_matches_the_run(captions_path, manifest, run_out):
     assert e["dataset_bytes"] == pytest.approx(e["candidates_bytes"] * K / e["images"])
 
 
-def test_estimate_cli_with_given_seconds(captions_path):
-    proc = cli("factory", "estimate", f"input={captions_path}", "synth.repeat=3", "estimate.seconds_per_image=36",
-               "estimate.gpus=2", "estimate.image_bytes=1048576", "select.k=4", timeout=120)
+def test_estimate_cli_with_given_seconds(captions_path, capsys):
+    proc = factory_main(capsys, "estimate", f"input={captions_path}", "synth.repeat=3", "estimate.seconds_per_image=36",
+                        "estimate.gpus=2", "estimate.image_bytes=1048576", "select.k=4")
     assert proc.returncode == 0, proc.stderr
     table = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line)[1] for line in proc.stdout.splitlines()}
     curated = int(table["captions after curation"])
@@ -363,15 +363,15 @@ def test_estimate_cli_with_given_seconds(captions_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA (a laptop) says")
-def test_estimate_without_cuda_is_one_line_or_takes_the_measured_figures(captions_path):
+def test_estimate_without_cuda_is_one_line_or_takes_the_measured_figures(captions_path, capsys):
     from factory.estimate import MEASURED
 
     real = ["model=sdxl", "scorer=clip_l14_336", f"input={captions_path}"]
-    proc = cli("factory", "estimate", *real, timeout=120)
+    proc = factory_main(capsys, "estimate", *real)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert "estimate.seconds_per_image" in lines[0] and "estimate.device=h200" in lines[0]
-    proc = cli("factory", "estimate", *real, "estimate.device=H200", timeout=120)
+    proc = factory_main(capsys, "estimate", *real, "estimate.device=H200")
     assert proc.returncode == 0, proc.stderr[-2000:]
     synth, score = MEASURED[("h200", "sdxl", "ViT-L-14-336")]
     table = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line)[1:] for line in proc.stdout.splitlines()}
@@ -379,11 +379,11 @@ def test_estimate_without_cuda_is_one_line_or_takes_the_measured_figures(caption
     assert "benchmarks/RESULTS.md" in table["seconds per image"][1]
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()  # the figures are RESULTS.md's own
     assert f"{synth} images/s" in results and f"{score:g} pairs/s" in results
-    proc = cli("factory", "estimate", *real, "estimate.device=h100", timeout=120)
+    proc = factory_main(capsys, "estimate", *real, "estimate.device=h100")
     assert proc.returncode == 2 and "estimate.device='h100': nothing measured" in proc.stderr
 
 
-def test_estimate_assumes_the_models_own_image_size_when_it_measures_none(captions_path):
+def test_estimate_assumes_the_models_own_image_size_when_it_measures_none(captions_path, capsys):
     """Without calibration the image size comes from the model's configs (what the synthesis stage
     itself makes), not SDXL's 1024² for every model."""
     from factory.synth.diffusion import SDXL
@@ -393,7 +393,7 @@ def test_estimate_assumes_the_models_own_image_size_when_it_measures_none(captio
     side = SDXL(path=folder, device="cpu", steps=1).native_side()
     assert side == TinySDXL().native_side() == SDXL(path=folder, device="cpu", steps=1).loaded().output_size()[0]
     assert SDXL(path="stabilityai/stable-diffusion-xl-base-1.0").native_side() == 1024  # a hub id: the family's own size
-    proc = cli("factory", "estimate", f"input={captions_path}", "estimate.seconds_per_image=1", timeout=120)
+    proc = factory_main(capsys, "estimate", f"input={captions_path}", "estimate.seconds_per_image=1")
     assert proc.returncode == 0, proc.stderr
     assert f"per png image (assumed {side}x{side})" in proc.stdout
 

@@ -14,8 +14,8 @@ import pytest
 
 from factory import schema as S
 from factory.jobs import LOCK_NAME
-from tests.conftest import factory_main
-from tests.crash_helpers import ROOT, kill_when, manifest, parquet_rows, run_cli, start_cli, wait_gone
+from tests.conftest import factory_main, factory_run
+from tests.crash_helpers import ROOT, kill_when, manifest, parquet_rows, start_cli, wait_gone
 
 N_CAPTIONS, REPEAT = 12, 2
 BAD_ROWS = ['{"id": "blank", "caption": "   "}', '{"id": "short", "caption": "A cat."}']
@@ -63,13 +63,12 @@ def status_rows(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(workdir):
-    """The killed run, checked right after the kill, then resumed with the same command."""
+def killed_and_resumed(workdir, ray_local):
+    """The killed run (a process of its own), checked right after the kill, then resumed with the
+    same command; and the uninterrupted reference run."""
     out = workdir / "killed"
     cands = out / "candidates"
     total = len(kept_ids(workdir)) * REPEAT
-    # The uninterrupted reference run goes alongside: Ray's start-up waits overlap.
-    clean = start_cli(*overrides(workdir, workdir / "clean"), log=workdir / "clean.log")
     proc = start_cli(*overrides(workdir, out), log=workdir / "killed.log")
     tree = kill_when(proc, lambda: parquet_rows(cands) >= 2)
     leftover = wait_gone(tree)
@@ -86,9 +85,10 @@ def killed_and_resumed(workdir):
     }
     assert 0 < after_kill["rows"] < total, "the kill should land in the middle of synthesis"
 
-    rerun = run_cli(*overrides(workdir, out))
+    rerun = factory_run(*overrides(workdir, out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert clean.wait(timeout=300) == 0, (workdir / "clean.log").read_text()[-3000:]
+    clean = factory_run(*overrides(workdir, workdir / "clean"))
+    assert clean.returncode == 0, clean.stderr[-3000:]
     return out, after_kill, rerun
 
 
@@ -173,7 +173,7 @@ def test_a_resume_after_the_input_and_repeat_changed_selects_as_a_fresh_run(kill
         return [f"input={changed}", f"output={output}", "ray.progress_bars=false", "ray.num_cpus=2", "synth.steps=2", "synth.repeat=1",
                 "synth.batch_size=2", "score.batch_size=2", "score.ssim_size=64", "score.ssim_low=32", "select.k=6"]
 
-    runs = {output: run_cli(*args(output)) for output in (resumed, tmp_path / "fresh")}
+    runs = {output: factory_run(*args(output)) for output in (resumed, tmp_path / "fresh")}
     for r in runs.values():
         assert r.returncode == 0, r.stderr[-3000:]
     m = manifest(resumed)
@@ -221,7 +221,7 @@ def test_a_caption_changed_under_its_id_is_refused_on_resume(killed_and_resumed,
 
     before = files_of(out)
     assert manifest(out)["status"] == "complete" and any(k.startswith("rejects/") for k in before)
-    r = run_cli(*overrides(workdir, out, f"input={changed}"))
+    r = factory_run(*overrides(workdir, out, f"input={changed}"))
     assert r.returncode == 2
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]  # Ray logs its start on stderr too
     assert "Traceback" not in r.stderr
@@ -247,7 +247,7 @@ def test_best_by_clip_score_reaches_selection_through_the_cli(killed_and_resumed
     caption, the sample with the highest clip_score (pyarrow's own group-by as the reference)."""
     out = tmp_path / "reselected"
     shutil.copytree(workdir / "clean", out)
-    r = run_cli(*overrides(workdir, out, "select.best_by=clip_score", "select.k=1000"))
+    r = factory_run(*overrides(workdir, out, "select.best_by=clip_score", "select.k=1000"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert manifest(out)["counts"]["generated"] == 0
     cands = read_dir(out / "candidates", [S.ID, S.SAMPLE, S.CLIP_SCORE, S.SCORE, S.REASON])
@@ -281,7 +281,7 @@ def test_a_sample_that_ran_out_of_memory_is_made_again_on_resume(killed_and_resu
                 t = t.set_column(t.schema.get_field_index(col), col, pc.if_else(hit, nan, t.column(col)))
             reason = pc.if_else(hit, pa.scalar(S.R_OOM), t.column(S.REASON))
             pq.write_table(t.set_column(t.schema.get_field_index(S.REASON), S.REASON, reason), f)
-    r = run_cli(*overrides(workdir, out))
+    r = factory_run(*overrides(workdir, out))
     assert r.returncode == 0, r.stderr[-3000:]
     m, clean = manifest(out), manifest(workdir / "clean")
     assert m["counts"]["generated"] == 1 and m["counts"]["resumed"] == clean["counts"]["synthesized"] - 1

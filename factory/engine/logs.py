@@ -3,9 +3,11 @@ own lines (progress every progress_every_s, the summary) on the console; Ray Dat
 progress and issue-detector detail in OUTPUT/logs/ray-data.log."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from factory.io import files
 
@@ -17,21 +19,35 @@ def has_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def ray_data_to_file(output: str) -> str | None:
+@contextlib.contextmanager
+def ray_data_to_file(output: str) -> Iterator[str | None]:
     """Without a terminal, move Ray Data's console log into OUTPUT/logs/ray-data.log (a local
-    output; for a URI it stays in Ray's session log only). Returns the file, or None."""
+    output; for a URI it stays in Ray's session log only) while the run lasts; yields the file, or
+    None. On leaving, Ray Data's logger is as it was: a second run in the same process (a notebook,
+    a test) logs to its own output only."""
     if has_terminal():
-        return None
+        yield None
+        return
     logger = logging.getLogger(RAY_DATA_LOGGER)
-    for handler in logger.handlers[:]:
+    handlers, propagate = logger.handlers[:], logger.propagate
+    for handler in handlers:
         if type(handler).__name__ in CONSOLE_HANDLERS:
             logger.removeHandler(handler)
     logger.propagate = False
-    if files.has_scheme(output):
-        return None
-    path = os.path.join(files.resolve(output)[1], "logs", "ray-data.log")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
-    logger.addHandler(handler)
-    return path
+    added = path = None
+    try:
+        if not files.has_scheme(output):
+            path = os.path.join(files.resolve(output)[1], "logs", "ray-data.log")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            added = logging.FileHandler(path)
+            added.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+            logger.addHandler(added)
+        yield path
+    finally:
+        if added:
+            logger.removeHandler(added)
+            added.close()
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        logger.propagate = propagate
