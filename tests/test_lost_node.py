@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import schema as S
+from tests.conftest import factory_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTH_ACTOR = "MapWorker(MapBatches(generate_tiny))"  # the adapter names the operator after the stage's label
@@ -110,19 +111,18 @@ def drive(out: Path, input_path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lost_node_run(tmp_path_factory):
+def lost_node_run(tmp_path_factory, ray_local):
     d = tmp_path_factory.mktemp("lost-node")
     lines = (ROOT / "factory" / "data" / "sample_captions.jsonl").read_text().splitlines()[:N_CAPTIONS]
     (d / "captions.jsonl").write_text("\n".join(lines) + "\n")
     out = d / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
-    # The clean run goes alongside, on a local Ray of its own: the reference dataset.
-    clean = subprocess.Popen([sys.executable, "-m", "factory", f"input={d / 'captions.jsonl'}", f"output={d / 'clean'}",
-                              "ray.num_cpus=2", *SETTINGS], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     r = subprocess.run([sys.executable, __file__, str(out), str(d / "captions.jsonl")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert clean.wait(timeout=600) == 0, clean.stderr.read()[-3000:]
+    # The reference dataset: a clean run on a local Ray (the session's), nothing lost.
+    clean = factory_run(f"input={d / 'captions.jsonl'}", f"output={d / 'clean'}", *SETTINGS)
+    assert clean.returncode == 0, clean.stderr[-3000:]
     return out, d / "captions.jsonl", json.loads((d / "report.json").read_text())
 
 

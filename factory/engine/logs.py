@@ -47,7 +47,9 @@ def ray_data_to_file(output: str) -> Iterator[str | None]:
         if added:
             logger.removeHandler(added)
             added.close()
-        for handler in handlers:
-            if handler not in logger.handlers:
-                logger.addHandler(handler)
+        others = [h for h in logger.handlers if h not in handlers]  # added by someone else meanwhile: kept, after
+        for handler in logger.handlers[:]:
+            logger.removeHandler(handler)
+        for handler in handlers + others:  # in their order: the console's handler is where it was
+            logger.addHandler(handler)
         logger.propagate = propagate
