@@ -76,9 +76,9 @@ def factory_main(capsys, *argv: str) -> subprocess.CompletedProcess:
 def factory_run(*argv: str) -> subprocess.CompletedProcess:
     """A whole run, `python -m factory ARGV`, through main() in this process on the session's local
     Ray (the `ray_local` fixture must be up): stdout (the factory's log lines and summary), stderr
-    and the exit code, as a subprocess would give them. A fresh interpreter and a fresh Ray cost
-    about 25 CPU-seconds a run on two cores (imports, Ray's own processes and actors); what a run
-    does is the same either way. `ray.*` start settings (num_cpus, address) are the fixture's here.
+    and the exit code, as a subprocess would give them. A 4-caption run as its own process took
+    33.6 s and 43 CPU-seconds on two idle cores (imports, a fresh Ray with its own processes and
+    Ray Data's actors); through main() on a running Ray, 14-16 s. What a run does is the same. `ray.*` start settings (num_cpus, address) are the fixture's here.
     The process itself is checked by test_cli.py, test_lock.py, test_job_submit.py and the kill
     tests, which keep subprocesses. The process's logging and Ray Data context are restored after."""
     import ray
