@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models built once per session, a local Ray, configs from conf/."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -51,6 +52,25 @@ def ray_local():
     ray.shutdown()
 
 
+@contextlib.contextmanager
+def root_logging_as_found(bare: bool):
+    """The root logger's handlers and level as they were once the block ends (main() configures
+    logging for a process of its own); `bare`: without any handler inside the block."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    if bare:
+        for handler in handlers:
+            root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
 def factory_main(capsys, *argv: str) -> subprocess.CompletedProcess:
     """`python -m factory ARGV` through its main() in this process, with the exit code, stdout and
     stderr a subprocess would give. For commands that end before Ray starts (refusals, `status`,
@@ -60,15 +80,11 @@ def factory_main(capsys, *argv: str) -> subprocess.CompletedProcess:
     from factory.__main__ import main
 
     capsys.readouterr()
-    handlers = logging.getLogger().handlers[:]
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    finally:  # main() may add a root handler bound to this test's captured stdout
-        for handler in logging.getLogger().handlers[:]:
-            if handler not in handlers:
-                logging.getLogger().removeHandler(handler)
+    with root_logging_as_found(bare=False):  # main() may add a root handler bound to this test's captured stdout
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess([sys.executable, "-m", "factory", *argv], code, out, err)
 
@@ -78,30 +94,22 @@ def factory_run(*argv: str) -> subprocess.CompletedProcess:
     Ray (the `ray_local` fixture must be up): stdout (the factory's log lines and summary), stderr
     and the exit code, as a subprocess would give them. A 4-caption run as its own process took
     33.6 s and 43 CPU-seconds on two idle cores (imports, a fresh Ray with its own processes and
-    Ray Data's actors); through main() on a running Ray, 14-16 s. What a run does is the same. `ray.*` start settings (num_cpus, address) are the fixture's here.
-    The process itself is checked by test_cli.py, test_lock.py, test_job_submit.py and the kill
-    tests, which keep subprocesses. The process's logging and Ray Data context are restored after."""
+    Ray Data's actors); through main() on a running Ray, 14-16 s. What a run does is the same;
+    `ray.*` start settings (num_cpus, address) are the fixture's here. The process itself is
+    checked by test_cli.py, test_lock.py, test_job_submit.py and the kill tests, which keep
+    subprocesses. The process's logging and Ray Data context are restored after."""
     import ray
     from ray.data import DataContext
 
     from factory.__main__ import main
 
     assert ray.is_initialized(), "factory_run runs on the ray_local fixture's Ray"
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
     context = copy.copy(DataContext.get_current())
-    for handler in handlers:  # main() logs to its stdout through basicConfig, which needs a bare root
-        root.removeHandler(handler)
     out, err = io.StringIO(), io.StringIO()
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
+    try:  # main() logs to its stdout through basicConfig, which needs a bare root
+        with root_logging_as_found(bare=True), redirect_stdout(out), redirect_stderr(err):
             code = main(list(argv))
     finally:
-        for handler in root.handlers[:]:
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
         DataContext._set_current(context)
     return subprocess.CompletedProcess([sys.executable, "-m", "factory", *argv], code, out.getvalue(), err.getvalue())
 

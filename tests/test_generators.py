@@ -20,8 +20,14 @@ from tests.conftest import factory_main, factory_run
 from tests.crash_helpers import ROOT, kill_when, parquet_rows, start_cli, wait_gone
 
 N_CAPTIONS, K = 6, 3
-SMALL = ["ray.progress_bars=false", "ray.num_cpus=4", "resources.synth.num_cpus=0.25", "score.batch_size=2",
-         "score.ssim_size=32", "score.ssim_low=16", f"select.k={K}", "report.enabled=true"]
+
+
+def small(synth_cpus: float = 0.25) -> list[str]:
+    return ["ray.progress_bars=false", "ray.num_cpus=4", f"resources.synth.num_cpus={synth_cpus}", "score.batch_size=2",
+            "score.ssim_size=32", "score.ssim_low=16", f"select.k={K}", "report.enabled=true"]
+
+
+SMALL = small()
 
 
 def generators(*names: str, **steps: int) -> list[str]:
@@ -147,8 +153,8 @@ def test_every_tiny_family_in_one_run(tmp_path, workdir, ray_local):
     inp = tmp_path / "two.jsonl"
     inp.write_text("".join((workdir / "captions.jsonl").read_text().splitlines(keepends=True)[:few]))
     # four synthesis actors at an eighth of a CPU each and the scorer's half: one CPU stays whole for Ray Data's repartition
-    small = [o.replace("resources.synth.num_cpus=0.25", "resources.synth.num_cpus=0.125") for o in SMALL[:-1]]
-    r = factory_run(f"input={inp}", f"output={out}", *small, "select.k=2", "report.enabled=false", *generators(*names))
+    r = factory_run(f"input={inp}", f"output={out}", *small(synth_cpus=0.125)[:-1], "select.k=2", "report.enabled=false",
+                    *generators(*names))
     assert r.returncode == 0, r.stderr[-3000:]
     cands = read_dir(out / "candidates", [S.GENERATOR, S.REASON, S.SCORE])
     made = {m["values"]: m["counts"] for m in pc.value_counts(cands.column(S.GENERATOR)).to_pylist()}
