@@ -37,7 +37,7 @@ def phase(name: str, path: str, cpus: int, block_mb: float | None = None) -> dic
     t = time.perf_counter()
     if name == "scan":
         pre = run_prepass([path], job.pipeline, cpu, local_max_mb=0)
-        rows, extra = pre.n_read, {"keys": pre.kept.num_rows, "keys_mb": round(pre.kept.nbytes / 2**20)}
+        rows, extra = pre.n_read, {"keys": pre.n_kept, "keys_mb": round(pre.kept.size_bytes() / 2**20)}
     elif name == "stream":
         rows, extra = sum(b.num_rows for b in stream.map_files([path], [ReadFiles(again=True)], cpu)), {}
     else:

@@ -1,23 +1,28 @@
-"""The curation pre-pass at scale, through Ray (CPU): what a run does before it generates anything.
+"""Curation at scale, through Ray (CPU): `python -m factory curate` with near-duplicate removal.
 
 `--captions N` captions with planted exact copies (recased, re-spaced), near duplicates and
-repeated ids are written by Ray tasks into `--files` JSONL files (the driver never holds them); then
-factory.prepass.run_prepass runs on them with ray.local_scan_mb=0, i.e. the distributed path: the
-scan in Ray tasks, the keys in the object store, the exact and near duplicate losers by keyed
-shuffles (factory/engine/dist_dedup.py), the losers written by the workers. `--check` (small
-pools) also runs the driver path and compares the losers and the kept rows.
+repeated ids are written by Ray tasks into `--files` JSONL files (the benchmark's process never
+holds them); then `python -m factory curate curate.near_dup.enabled=true ray.local_scan_mb=0` runs
+on them as a process of its own with a local Ray: the scan in Ray tasks, the keys and the kept rows
+in the object store, the exact and near duplicate losers by keyed shuffles
+(factory/engine/dist_dedup.py), curated/ and rejects/ written by the workers. Its manifest gives the
+counts, the wall seconds and the driver's peak RSS (`driver_peak_rss_mib`). `--check` (small
+pools) also curates through the driver path (the default ray.local_scan_mb) and compares curated/,
+rejects/ and the counts.
 
-The last two lines: a header, then captions/s of the pre-pass and the driver's peak RSS in MiB.
+The last two lines: a header, then captions/s of the whole command (Ray's start-up included) and
+the driver's peak RSS in MiB.
 
-    python benchmarks/scale_curate.py --captions 100000
-    python benchmarks/scale_curate.py --captions 1000000 --files 10
+    python benchmarks/scale_curate.py --captions 1000000 --files 50
+    python benchmarks/scale_curate.py --captions 10000000 --files 500 --dir /big/disk
     python benchmarks/scale_curate.py --captions 20000 --check
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,17 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import pyarrow as pa  # noqa: E402
+import pyarrow.dataset as pads  # noqa: E402
 import ray  # noqa: E402
 
 from benchmarks.common import local_ray  # noqa: E402
 
 from factory import schema as S  # noqa: E402
-from factory.config import compose  # noqa: E402
-from factory.job import load_job  # noqa: E402
-from factory.prepass import run_prepass  # noqa: E402
 from tests.fixtures.planted import planted_pool  # noqa: E402
 
-NEAR = ["curate.near_dup.enabled=true"]
+CURATE = ["curate.near_dup.enabled=true", "ray.progress_bars=false", "progress_every_s=60"]
 
 
 def write_file(batch: pa.Table, rows: int, directory: str) -> pa.Table:
@@ -53,51 +56,71 @@ def write_file(batch: pa.Table, rows: int, directory: str) -> pa.Table:
     return pa.table({"bytes": [path.stat().st_size]})
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def write_input(n_files: int, per_file: int, directory: Path, cpus: int) -> int:
+    """The input files, written by Ray tasks on a local Ray that is shut down after (unless it was
+    already up: a test's). Returns their bytes."""
+    was_up = ray.is_initialized()
+    local_ray(cpus)
+    written = ray.data.range(n_files, override_num_blocks=n_files).map_batches(
+        write_file, fn_kwargs={"rows": per_file, "directory": str(directory)}, batch_size=1, batch_format="pyarrow").materialize()
+    size = sum(int(t.column("bytes").to_numpy().sum()) for t in ray.get(written.to_arrow_refs()))
+    if not was_up:
+        ray.shutdown()
+    return size
 
 
-def rows(t: pa.Table, cols) -> list[tuple]:
-    return sorted(zip(*(t.column(c).to_pylist() for c in cols)))
+def curate_process(argv: list[str]) -> int:
+    """`python -m factory ARGV` as a process of its own, its output passed through."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([sys.executable, "-m", "factory", *argv], env=env, cwd=ROOT).returncode
 
 
-def main(argv=None) -> tuple[float, float]:
+def curate(inp: Path, out: Path, extra: list[str], cpus: int, run_cli) -> dict:
+    """One curate run; its manifest (exits on failure)."""
+    code = run_cli(["curate", f"input={inp}", f"output={out}", f"ray.num_cpus={cpus}", *CURATE, *extra])
+    if code != 0:
+        raise SystemExit(f"python -m factory curate exited with {code}")
+    return json.loads((out / "manifest.json").read_text())
+
+
+def contents(out: Path) -> tuple[list, list]:
+    """curated/ (id, caption) and rejects/ (id, reason, detail), sorted."""
+    curated = pads.dataset(str(out / "curated")).to_table(columns=[S.ID, S.CAPTION])
+    rejects = pads.dataset(str(out / "rejects")).to_table(columns=[S.ID, S.REASON, S.DETAIL])
+    return (sorted(zip(*(curated.column(c).to_pylist() for c in curated.column_names))),
+            sorted(zip(*(rejects.column(c).to_pylist() for c in rejects.column_names)), key=str))
+
+
+def main(argv=None, run_cli=curate_process) -> tuple[float, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", type=int, default=100_000)
     p.add_argument("--files", type=int, default=None, help="input files (default: one per 20,000 captions)")
     p.add_argument("--cpus", type=int, default=2)
-    p.add_argument("--no-near", action="store_true", help="exact duplicates only")
-    p.add_argument("--check", action="store_true", help="also run the driver path and compare (small pools)")
-    p.add_argument("--dir", default=None, help="where the input files go (default: a temporary folder)")
+    p.add_argument("--check", action="store_true", help="also curate through the driver path and compare (small pools)")
+    p.add_argument("--dir", default=None, help="where the input and the outputs go (default: a temporary folder)")
     args = p.parse_args(argv)
     n_files = args.files or max(1, args.captions // 20_000)
     per_file = -(-args.captions // n_files)
-    local_ray(args.cpus)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        inp = Path(tmp) / "input"
+        inp.mkdir()
         t0 = time.perf_counter()
-        written = ray.data.range(n_files, override_num_blocks=n_files).map_batches(
-            write_file, fn_kwargs={"rows": per_file, "directory": tmp}, batch_size=1, batch_format="pyarrow").materialize()
-        size = sum(int(t.column("bytes").to_numpy().sum()) for t in ray.get(written.to_arrow_refs()))
-        paths = sorted(str(f) for f in Path(tmp).glob("*.jsonl"))
+        size = write_input(n_files, per_file, inp, args.cpus)
         print(f"{n_files * per_file:,} captions in {n_files} files ({size / 2**20:.0f} MiB) written by Ray tasks in "
-              f"{time.perf_counter() - t0:.1f} s; driver peak RSS so far {peak_rss_mib():.0f} MiB", flush=True)
-        pipeline = load_job(compose([] if args.no_near else NEAR)).pipeline
-        t0 = time.perf_counter()
-        pre = run_prepass(paths, pipeline, 1.0, 0)
-        pre.save_losers(str(Path(tmp) / ".duplicates"))
-        seconds = time.perf_counter() - t0
-        rss = peak_rss_mib()
-        print(f"distributed pre-pass: {pre.n_read:,} read, {pre.n_duplicates():,} duplicates {pre.duplicates_by_reason()}, "
-              f"{pre.kept.num_rows:,} kept, in {seconds:.1f} s; driver peak RSS {rss:.0f} MiB", flush=True)
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        m = curate(inp, Path(tmp) / "dist", ["ray.local_scan_mb=0"], args.cpus, run_cli)
+        c, wall, rss = m["counts"], m["wall_seconds"], m["driver_peak_rss_mib"]
+        print(f"curate (distributed): {c['read']:,} read, {c['rejected']:,} rejected {c['rejected_by_reason']}, "
+              f"{c['curated']:,} curated; wall seconds {wall}; driver peak RSS {rss:.0f} MiB", flush=True)
         if args.check:
-            t0 = time.perf_counter()
-            local = run_prepass(paths, pipeline, 1.0, float("inf"))
-            same = (rows(local.losers, [S.POS, S.REASON, S.DETAIL]) == rows(pre.losers_table(), [S.POS, S.REASON, S.DETAIL])
-                    and rows(local.kept, [S.ID, S.NORM_HASH]) == rows(pre.kept, [S.ID, S.NORM_HASH]))
-            print(f"driver path: {local.n_duplicates():,} duplicates in {time.perf_counter() - t0:.1f} s; equal: {same}", flush=True)
+            local = curate(inp, Path(tmp) / "local", [], args.cpus, run_cli)
+            same = contents(Path(tmp) / "dist") == contents(Path(tmp) / "local") and local["counts"] == m["counts"]
+            print(f"driver path: {local['counts']['rejected']:,} rejected in {local['wall_seconds']['total']:.1f} s; "
+                  f"equal: {same}", flush=True)
             if not same:
-                raise SystemExit("the distributed pre-pass differs from the driver's")
-    rate = pre.n_read / seconds
+                raise SystemExit("the distributed curation differs from the driver path's")
+    rate = c["read"] / wall["total"]
+    print(f"pre-pass alone: {c['read'] / wall['scan']:.0f} captions/s")
     print("captions/s driver_peak_rss_mib")
     print(f"{rate:.0f} {rss:.0f}")
     return rate, rss

@@ -33,14 +33,14 @@ def curate_locked(job: Job, paths: list[str], dirs: dict, manifest: Manifest, pl
     pre = run_prepass(paths, job.pipeline, float(job.config["resources"]["cpu_task_cpus"]), s.ray.local_scan_mb)
     wall["scan"] = round(time.perf_counter() - t, 3)
     counts["read"] = pre.n_read
-    log.info("read %d caption rows from %d file(s); %d duplicates", pre.n_read, len(paths), pre.losers.num_rows)
+    log.info("read %d caption rows from %d file(s); %d duplicates", pre.n_read, len(paths), pre.n_duplicates())
     for part in ("rejects", "llm_judge", "curated"):
         files.delete_dir(dirs[part])
     pre.save_losers(dirs["losers"])
     manifest.started = True
     manifest.save()
     t = time.perf_counter()
-    progress = ProgressLog(pre.kept.num_rows, float(s.progress_every_s), what="captions")
+    progress = ProgressLog(pre.n_kept, float(s.progress_every_s), what="captions")
     for summary in stream.curation_dataset(paths, job.pipeline, dirs["losers"], dirs, places).iter_batches(
             batch_size=None, batch_format="numpy"):
         lock.check()

@@ -137,7 +137,7 @@ def estimate(job: Job) -> dict:
     failed = {r: n for r, n in pre.rejected_by_reason.items() if r in rule_reasons}
     reader = {r: n for r, n in pre.rejected_by_reason.items() if r not in rule_reasons}
     valid = pre.n_read - sum(reader.values())
-    curated = pre.kept.num_rows
+    curated = pre.n_kept
     images = curated * s.synth.repeat * len(pipeline.generators)
     selected = resolve_k(curated, s.select.k, s.select.fraction)
     cals = seconds_per_image(job, pre.sample)

@@ -9,6 +9,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from ray.data.dataset import MaterializedDataset
 
 from factory import schema as S
 from factory.counts import (
@@ -17,7 +18,7 @@ from factory.counts import (
     count_rejects,
     curation_rejected_ids,
 )
-from factory.engine import select_dist
+from factory.engine import dist_resume, select_dist
 from factory.engine.select import write_selected
 from factory.errors import RunError
 from factory.export import write_exports
@@ -45,14 +46,26 @@ def record_counts(job: Job, scan: Scan, dirs: dict, counts: dict) -> None:
 
 def curated_ids(job: Job, scan: Scan, dirs: dict, counts: dict) -> pa.Array:
     """This run's curated captions (kept by the pre-pass, not rejected by a late filter), also
-    written for the report."""
+    written for the report; on the driver (a pre-pass on the driver)."""
     repeat, generators = job.settings.synth.repeat, job.pipeline.generator_names()
     kept = scan.kept_ids
     curated = pc.filter(kept, pc.invert(pc.is_in(kept, value_set=curation_rejected_ids(dirs["rejects"], job.pipeline.curation_reasons()))))
     if len(curated) < len(kept):  # a late filter rejected some: their samples on disk no longer count
         counts["resumed"] = count_current(scan.on_disk_keys, scan.on_disk, curated, repeat, generators)
     # What competes, for the report: candidates of other captions stay on disk (and come back if they do).
+    files.delete_dir(dirs["curated_ids"])  # (a folder: written by the workers after a distributed pre-pass)
     files.write_parquet_atomic(dirs["curated_ids"], pa.table({S.ID: curated}))
+    return curated
+
+
+def curated_on_workers(job: Job, scan: Scan, dirs: dict, counts: dict) -> MaterializedDataset:
+    """curated_ids after a distributed pre-pass: the ids stay in the object store, written to
+    curated_ids by the workers (engine/dist_resume)."""
+    pre, reasons = scan.prepass, job.pipeline.curation_reasons()
+    curated = dist_resume.curated(pre.kept, dirs["rejects"], reasons, dirs["curated_ids"])
+    if curated.count() < pre.n_kept:  # a late filter rejected some: their samples on disk no longer count
+        counts["resumed"] = dist_resume.current(curated, sorted(scan.files_before), scan.legacy, job.settings.synth.repeat,
+                                                job.pipeline.generator_names(), float(job.config["resources"]["cpu_task_cpus"]))
     return curated
 
 
@@ -77,14 +90,20 @@ def competing(job: Job, scan: Scan, dirs: dict, candidate_paths: list[str], coun
 def select(job: Job, scan: Scan, dirs: dict, sizes: dict[str, int], counts: dict) -> tuple[pa.Table, float | None, int]:
     """select_top_k of the competing score rows: on the driver for candidates/ up to
     ray.local_select_mb, else as a distributed reduce whose score rows never reach the driver
-    (engine/select_dist: the same rows, ties included)."""
-    s = job.settings
+    (engine/select_dist: the same rows, ties included). After a distributed pre-pass, always the
+    latter, with the curated ids joined to the score rows on the workers."""
+    s, cpu = job.settings, float(job.config["resources"]["cpu_task_cpus"])
+    if scan.prepass.distributed:  # the curated ids stay on the workers: so does selection
+        curated = curated_on_workers(job, scan, dirs, counts)
+        rows, counts["not_competing"] = select_dist.competing_by_join(list(sizes), curated, s.synth.repeat,
+                                                                      job.pipeline.generator_names(), cpu, scan.legacy)
+        warn_not_competing(counts, dirs)
+        return select_dist.select_top_k_distributed(rows, s.select.k, s.select.fraction, s.select.best_by)
     if sum(sizes.values()) <= s.ray.local_select_mb * 2**20:
         return select_top_k(competing(job, scan, dirs, list(sizes), counts), s.select.k, s.select.fraction, s.select.best_by)
     curated = curated_ids(job, scan, dirs, counts)
     which = select_dist.Competing.of(curated, s.synth.repeat, tuple(job.pipeline.generator_names()))
-    rows, counts["not_competing"] = select_dist.competing_scores(list(sizes), which, float(job.config["resources"]["cpu_task_cpus"]),
-                                                                 scan.legacy)
+    rows, counts["not_competing"] = select_dist.competing_scores(list(sizes), which, cpu, scan.legacy)
     warn_not_competing(counts, dirs)
     return select_dist.select_top_k_distributed(rows, s.select.k, s.select.fraction, s.select.best_by)
 

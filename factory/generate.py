@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from factory import schema as S
 from factory.counts import candidate_keys, changed_captions, count_current
-from factory.engine import stream
+from factory.engine import dist_resume, stream
 from factory.engine.stats import operator_stats
 from factory.errors import RunError
 from factory.expand import sample_keys
@@ -33,15 +33,12 @@ class Scan:
     paths: list[str]
     prepass: Prepass
     done: np.ndarray  # sample keys already in candidates/ (sorted)
-    on_disk: pa.Table  # (id, sample) of every candidate row before this run that is done for good
-    on_disk_keys: np.ndarray  # the sample key of each of those rows
     files_before: frozenset  # the candidates files before this run
     legacy: str | None = None  # the generator of candidates made before the generator column
-
-    @property
-    def kept_ids(self) -> pa.Array:
-        """Ids of the rows that pass the early filters and deduplication (before the late filters)."""
-        return self.prepass.kept.column(S.ID).combine_chunks()
+    # A pre-pass on the driver only (a distributed one leaves them on the workers: engine/dist_resume):
+    kept_ids: pa.Array | None = None  # ids of the rows that pass the early filters and deduplication (before the late filters)
+    on_disk: pa.Table | None = None  # (id, sample, generator) of every candidate row before this run that is done for good
+    on_disk_keys: np.ndarray | None = None  # the sample key of each of those rows
 
     def new_files(self, candidates_dir: str) -> list[str]:
         """The candidates files this run wrote. Files are named by their rows' keys, so a new file
@@ -57,26 +54,48 @@ def scan_input(job: Job, paths: list[str], dirs: dict, manifest: Manifest) -> Sc
     pre = run_prepass(paths, job.pipeline, float(job.config["resources"]["cpu_task_cpus"]), s.ray.local_scan_mb)
     wall["scan"] = round(time.perf_counter() - t, 3)
     counts["read"] = pre.n_read
-    counts["samples_at_most"] = pre.kept.num_rows * s.synth.repeat  # before the late filters
+    counts["samples_at_most"] = pre.n_kept * s.synth.repeat  # before the late filters
     log.info("read %d caption rows from %d file(s); %d duplicates", pre.n_read, len(paths), pre.n_duplicates())
 
     files_before = files.list_files(dirs["candidates"], ".parquet")
-    legacy, generators = manifest.data["legacy_generator"], job.pipeline.generator_names()
-    done_table, made_from = candidate_keys(files_before, legacy)
-    changed = changed_captions(pre.kept, made_from)
-    if changed.num_rows:
-        raise RunError(
-            f"{changed.num_rows} caption(s) of the input differ from the captions their ids' samples in {dirs['candidates']} "
-            f"were made from (first: id {changed.column(S.ID)[0].as_py()!r}): resuming would select old images for new "
-            "captions; give changed captions new ids (or drop the id column), or use a new output="
-        )
-    on_disk = sample_keys(done_table)
-    scan = Scan(paths, pre, np.unique(on_disk), done_table, on_disk, frozenset(files_before), legacy)
-    counts["resumed"] = count_current(on_disk, done_table, scan.kept_ids, s.synth.repeat, generators)  # before the late filters
+    legacy = manifest.data["legacy_generator"]
+    scan = (resume_on_workers if pre.distributed else resume_on_driver)(job, paths, pre, files_before, legacy, dirs, counts)
     if len(scan.done):
         log.info("resuming: %d samples already in %s (%d of them for this run's captions)", len(scan.done), dirs["candidates"],
                  counts["resumed"])
     return scan
+
+
+def refuse_changed(n: int, first: str, dirs: dict) -> None:
+    if n:
+        raise RunError(
+            f"{n} caption(s) of the input differ from the captions their ids' samples in {dirs['candidates']} were made from "
+            f"(first: id {first!r}): resuming would select old images for new captions; give changed captions new ids (or "
+            "drop the id column), or use a new output="
+        )
+
+
+def resume_on_driver(job: Job, paths: list[str], pre: Prepass, files_before: list[str], legacy: str | None, dirs: dict,
+                     counts: dict) -> Scan:
+    """The resume checks with the kept rows and the candidates' keys on the driver (a pre-pass on the driver)."""
+    done_table, made_from = candidate_keys(files_before, legacy)
+    changed = changed_captions(pre.kept, made_from)
+    refuse_changed(changed.num_rows, changed.column(S.ID)[0].as_py() if changed.num_rows else "", dirs)
+    on_disk = sample_keys(done_table)
+    kept_ids = pre.kept.column(S.ID).combine_chunks()
+    # before the late filters
+    counts["resumed"] = count_current(on_disk, done_table, kept_ids, job.settings.synth.repeat, job.pipeline.generator_names())
+    return Scan(paths, pre, np.unique(on_disk), frozenset(files_before), legacy, kept_ids, done_table, on_disk)
+
+
+def resume_on_workers(job: Job, paths: list[str], pre: Prepass, files_before: list[str], legacy: str | None, dirs: dict,
+                      counts: dict) -> Scan:
+    """The same checks as keyed joins on the workers (a distributed pre-pass: its kept rows stay there)."""
+    checked = dist_resume.check(pre.kept, files_before, legacy, job.settings.synth.repeat, job.pipeline.generator_names(),
+                                float(job.config["resources"]["cpu_task_cpus"]))
+    refuse_changed(checked.changed, checked.changed_id, dirs)
+    counts["resumed"] = checked.current  # before the late filters
+    return Scan(paths, pre, checked.done, frozenset(files_before), legacy)
 
 
 def generate(job: Job, scan: Scan, dirs: dict, manifest: Manifest, places: dict, still_ours: Callable[[], None]) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -167,4 +169,11 @@ class Manifest:
     def save(self) -> None:
         self.guard()
         self.data["updated_at"] = round(time.time(), 3)
+        self.data["driver_peak_rss_mib"] = driver_peak_rss_mib()
         files.write_json_atomic(self.path, self.data)
+
+
+def driver_peak_rss_mib() -> float:
+    """The peak resident memory of this process (the run's driver) so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)

@@ -8,7 +8,8 @@ file that cannot be read at all.
 Inputs up to ray.local_scan_mb are scanned and deduplicated in this process. Bigger ones are
 scanned in Ray tasks whose keys stay in the object store; the deduplicators' `shuffle_steps` then
 run as keyed shuffles across workers (factory/engine/dist_dedup.py): the same losers, and the
-driver holds only counts, the sample, and the kept (id, norm_hash) rows the resume checks read.
+driver holds only counts and the sample. The kept (id, norm_hash) rows stay in the object store
+too; a full run's resume checks gather them (Prepass.kept_table), curation and `estimate` count them.
 """
 from __future__ import annotations
 
@@ -112,7 +113,10 @@ class Prepass:
     # (pos, reason, detail) of the rows that lose a duplicate group: a table on the driver, or, for
     # inputs above ray.local_scan_mb, a dataset in Ray's object store (the driver never holds it)
     losers: pa.Table | "MaterializedDataset"
-    kept: pa.Table  # (id, norm_hash) of the rows that pass the early filters and deduplication
+    # (id, norm_hash) of the rows that pass the early filters and deduplication: on the driver or,
+    # like the losers, in the object store
+    kept: pa.Table | "MaterializedDataset"
+    n_kept: int
     sample: list[str]  # a uniform sample of the kept captions (at most sample_rows)
     duplicates: dict[str, int] = field(default_factory=dict)  # losers by reason
 
@@ -129,6 +133,10 @@ class Prepass:
     def losers_table(self) -> pa.Table:
         """All losers on the driver (tests, small inputs)."""
         return dist_prepass.gather(self.losers) if self.distributed else self.losers
+
+    def kept_table(self) -> pa.Table:
+        """The kept (id, norm_hash) rows on the driver (a full run's resume checks, tests)."""
+        return dist_prepass.gather_kept(self.kept) if self.distributed else self.kept
 
     def save_losers(self, path: str) -> None:
         """Where the stream's MarkDuplicates reads them: one file (driver) or a folder (workers)."""
@@ -203,14 +211,15 @@ def run_prepass(paths: list[str], pipeline: Pipeline, cpu: float, local_max_mb: 
     losers = find_losers(keys, dedup)
     kept = without_rejected(keys, losers).select([S.ID, S.NORM_HASH]).combine_chunks()
     lost = set(losers.column(S.POS).to_pylist())
-    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.samples, lost.__contains__, sample_rows),
-                   by_reason(losers))
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, kept.num_rows,
+                   merged_sample(tally.samples, lost.__contains__, sample_rows), by_reason(losers))
 
 
 def distributed_prepass(paths: list[str], scan: ScanKeys, dedup: list[Deduplicator], cpu: float, sample_rows: int) -> Prepass:
     """The pre-pass whose keys never reach the driver: ScanKeys in Ray tasks, its blocks kept in the
     object store; the losers by keyed shuffles across workers (engine/dist_dedup: the same rows as
-    find_losers); the driver reads the per-block counts, the samples and the kept (id, norm_hash)."""
+    find_losers) and the kept rows by an anti-join on the workers; the driver reads the per-block
+    counts, the samples and the number of kept rows."""
     scanned = dist_prepass.scan_blocks(paths, [ReadFiles(), scan], cpu)
     tally = Tally()
     for block in dist_prepass.small_rows(scanned):
@@ -222,8 +231,8 @@ def distributed_prepass(paths: list[str], scan: ScanKeys, dedup: list[Deduplicat
     kept = dist_prepass.kept_rows(keys, losers, keys.count())
     candidates = sample_candidates(tally.samples, sample_rows)
     lost = dist_prepass.lost_among(losers, candidates.column(S.POS).to_numpy()) if candidates is not None else set()
-    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.samples, lost.__contains__, sample_rows),
-                   dist_prepass.counts_by_reason(losers))
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, kept.count(),
+                   merged_sample(tally.samples, lost.__contains__, sample_rows), dist_prepass.counts_by_reason(losers))
 
 
 def find_losers(keys: pa.Table, dedup: list[Deduplicator]) -> pa.Table:

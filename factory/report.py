@@ -78,10 +78,11 @@ def candidate_scores(candidate_paths: list[str], legacy: str | None = None) -> p
 
 def competing(cands: pa.Table, curated_ids_path: str, m: dict) -> pa.Table:
     """The candidates that competed in the run's selection: samples below its synth.repeat of the
-    captions it curated (curated_ids.parquet; an output without it: all its candidates)."""
+    captions it curated (curated_ids.parquet, a file or a folder; an output without it: all its candidates)."""
     if not cands.num_rows or not files.exists(curated_ids_path):
         return cands
-    ids = _read(curated_ids_path, [S.ID]).column(S.ID).combine_chunks()
+    parts = files.list_files(curated_ids_path, ".parquet")  # a folder after a distributed pre-pass (engine/dist_resume)
+    ids = (files.read_parquet_files(parts, [S.ID]) if parts else _read(curated_ids_path, [S.ID])).column(S.ID).combine_chunks()
     repeat = int(m.get("config", {}).get("synth", {}).get("repeat", 1))
     return cands.filter(is_current(cands, ids, repeat, run_generators(m)))
 

@@ -121,5 +121,5 @@ def test_the_pre_pass_reads_past_every_bad_row(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text(around('{"id": ' + "7" * 5000 + ', "caption": "x"}') + "[" * 10_000 + "]" * 10_000 + "\n")
     pre = run_prepass([str(p)], load_job(compose([])).pipeline, 0.25, local_max_mb=16)
-    assert pre.n_read == 4 and sorted(pre.kept.column(S.ID).to_pylist()) == ["after", "before"]
+    assert pre.n_read == 4 and sorted(pre.kept_table().column(S.ID).to_pylist()) == ["after", "before"]
     assert pre.rejected_by_reason == {S.R_TOO_LARGE: 2}

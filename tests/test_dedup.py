@@ -45,7 +45,7 @@ def test_a_caption_the_rules_reject_never_wins_a_duplicate_group(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", rows)
     p = load_job(compose([f"input={path}", "curate.near_dup.enabled=true"])).pipeline
     pre = run_prepass([str(path)], p, 0.25, 16)
-    rejected, n_read, kept = pre.losers_table(), pre.n_read, pre.kept
+    rejected, n_read, kept = pre.losers_table(), pre.n_read, pre.kept_table()
     assert n_read == 5 and sorted(kept.column(S.ID).to_pylist()) == ["2", "5"]  # ids 2 and 5 (its second row) go on to synthesis
     lost = {r[S.POS]: (r[S.REASON], r[S.DETAIL]) for r in rejected.to_pylist()}
     # Only id 6 loses, to the second row of id 5 (pos 3): the rule-rejected rows competed for nothing.

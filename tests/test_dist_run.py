@@ -17,6 +17,9 @@ SMALL = ["synth.steps=1", "synth.repeat=2", "score.ssim_size=64", "score.ssim_lo
          "curate.near_dup.enabled=true"]
 
 
+NO_BOKEH = "+curate.no_bokeh={_target_: tests.fixtures.toy_filter.NoWord, word: bokeh}"
+
+
 def pool(tmp_path):
     captions, near = planted_pool(24, near_fraction=0.25, exact_fraction=0.0, seed=7)
     ids = [str(100 - i) if i % 3 else f"c{i}" for i in range(len(captions))]  # keepers by id, not by pos
@@ -31,27 +34,68 @@ def outputs(out):
     return rejects, t.to_pylist(), json.loads((out / "manifest.json").read_text())
 
 
-def test_distributed_paths_give_the_local_result(tmp_path, ray_local):
-    inp, n_near = pool(tmp_path)
-    local = factory_run(*tiny_overrides(tmp_path / "local", inp, *SMALL))
-    assert local.returncode == 0, local.stderr[-3000:]
-    dist = factory_run(*tiny_overrides(tmp_path / "dist", inp, *SMALL, "ray.local_scan_mb=0", "ray.local_select_mb=0"))
-    assert dist.returncode == 0, dist.stderr[-3000:]
+def curated_ids(out) -> list[str]:
+    """curated_ids.parquet: a file (driver path) or a folder written by the workers."""
+    return sorted(pads.dataset(str(out / "curated_ids.parquet")).to_table().column(S.ID).to_pylist())
+
+
+def same_outputs(tmp_path, n_selected):
     (rej_a, data_a, m_a), (rej_b, data_b, m_b) = outputs(tmp_path / "local"), outputs(tmp_path / "dist")
-    reasons = {r[1] for r in rej_a}
-    assert {S.R_DUP_ID, S.R_DUP_CAPTION, S.R_NEAR_DUP} <= reasons and n_near > 0
     assert rej_b == rej_a
-    assert len(data_a) == 9 and data_b == data_a
-    for key in ("rejected_by_reason", "selected", "not_competing"):
+    assert len(data_a) == n_selected and data_b == data_a
+    for key in ("rejected_by_reason", "selected", "not_competing", "resumed", "generated", "samples_at_most"):
         assert m_b["counts"][key] == m_a["counts"][key], key
     # The same rows; their scores only as close as two batchings of the same float work allow.
     assert m_b["selection"] == pytest.approx(m_a["selection"], abs=1e-5)
+    assert curated_ids(tmp_path / "dist") == curated_ids(tmp_path / "local")
+    return rej_a, m_a
+
+
+def test_distributed_paths_give_the_local_result(tmp_path, ray_local):
+    """A first run, then a resume with a late caption filter added (the resume checks, the count of
+    samples on disk that still count, the curated ids and selection: keyed joins on the workers
+    after a distributed pre-pass), then a refused resume of a changed caption."""
+    inp, n_near = pool(tmp_path)
+    flags = {"local": (), "dist": ("ray.local_scan_mb=0", "ray.local_select_mb=0")}
+    for name, extra in flags.items():
+        done = factory_run(*tiny_overrides(tmp_path / name, inp, *SMALL, *extra))
+        assert done.returncode == 0, done.stderr[-3000:]
+    rejects, _ = same_outputs(tmp_path, 9)
+    assert {S.R_DUP_ID, S.R_DUP_CAPTION, S.R_NEAR_DUP} <= {r[1] for r in rejects} and n_near > 0
+
+    for name, extra in flags.items():  # some captions the pre-pass kept now fail a late filter
+        done = factory_run(*tiny_overrides(tmp_path / name, inp, *SMALL, *extra, "select.k=6", NO_BOKEH))
+        assert done.returncode == 0, done.stderr[-3000:]
+    _, m = same_outputs(tmp_path, 6)
+    c = m["counts"]
+    assert c["generated"] == 0 and c["rejected_by_reason"]["no_word"] > 0
+    assert c["not_competing"] == 2 * c["rejected_by_reason"]["no_word"]  # their two samples stay on disk, out of selection
+    assert c["resumed"] == c["samples_at_most"] - c["not_competing"]
+
+    rows = [json.loads(line) for line in inp.read_text().splitlines()]
+    changed = outputs(tmp_path / "dist")[1][0][S.ID]  # a selected caption: its samples are on disk
+    row = next(r for r in rows if r["id"] == changed)  # the first row of the id: the one kept
+    row["caption"] = row["caption"].replace(" in ", " high in ", 1).replace(" on ", " high on ", 1)
+    write_jsonl(inp, rows)
+    errors = []
+    for name, extra in flags.items():
+        refused = factory_run(*tiny_overrides(tmp_path / name, inp, *SMALL, *extra))
+        assert refused.returncode != 0
+        errors.append([line.replace(str(tmp_path / name), "OUT") for line in refused.stderr.splitlines() if line.startswith("error:")])
+    assert errors[0] == errors[1] and len(errors[0]) == 1
+    assert errors[0][0].startswith("error: 1 caption(s) of the input differ") and repr(changed) in errors[0][0]
 
 
 def test_scale_benchmark_checks_itself_against_the_driver(ray_local, tmp_path):
-    """benchmarks/scale_curate.py at a tiny size: the distributed pre-pass's losers and kept rows
-    equal the driver path's (it exits otherwise); its last line is captions/s and peak RSS."""
+    """benchmarks/scale_curate.py at a tiny size, its curate runs through main() on this session's
+    Ray: the distributed curation's curated/, rejects/ and counts equal the driver path's (it exits
+    otherwise); its last line is captions/s and the driver's peak RSS from the manifest."""
     from benchmarks import scale_curate
 
-    rate, rss = scale_curate.main(["--captions", "600", "--files", "2", "--check", "--dir", str(tmp_path)])
-    assert rate > 0 and rss > 0
+    def run_cli(argv):
+        done = factory_run(*argv)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.returncode
+
+    rate, rss = scale_curate.main(["--captions", "600", "--files", "2", "--check", "--dir", str(tmp_path)], run_cli=run_cli)
+    assert rate > 0 and rss > 100  # MiB: a driver with torch and Ray imported

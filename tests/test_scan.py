@@ -21,7 +21,8 @@ def prepass(paths, local_mb, *overrides, sample_rows=0):
 def same(a, b):
     assert (a.n_read, a.rejected_by_reason, a.sample) == (b.n_read, b.rejected_by_reason, b.sample)
     assert a.losers_table().sort_by(S.POS).to_pylist() == b.losers_table().sort_by(S.POS).to_pylist()
-    assert a.kept.sort_by(S.ID).to_pylist() == b.kept.sort_by(S.ID).to_pylist()
+    assert a.kept_table().sort_by(S.ID).to_pylist() == b.kept_table().sort_by(S.ID).to_pylist()
+    assert a.n_kept == a.kept_table().num_rows and b.n_kept == b.kept_table().num_rows
 
 
 def test_local_and_ray_scans_agree(tmp_path, ray_local):
@@ -31,10 +32,11 @@ def test_local_and_ray_scans_agree(tmp_path, ray_local):
     b.write_text("one caption of a long and sunny day\nx\n")
     local, remote = prepass([a, b], 16, sample_rows=5), prepass([a, b], 0, sample_rows=5)
     same(local, remote)
+    assert remote.distributed and not local.distributed  # the kept rows of the Ray path stay in the object store
     assert local.n_read == 43
     assert local.rejected_by_reason == {S.R_MALFORMED: 1, S.R_TOO_SHORT: 1}  # the reader's and the rules' rejects
     assert local.duplicates_by_reason() == {S.R_DUP_CAPTION: 33}  # 40 rows of 7 captions
-    assert local.kept.num_rows == 8 and len(local.sample) <= 5
+    assert local.n_kept == 8 and len(local.sample) <= 5
 
     bad = tmp_path / "c.json"
     bad.write_text("[{oops")
@@ -65,7 +67,7 @@ def test_an_input_of_rejects_only_is_read_but_keeps_nothing(tmp_path):
     empty = tmp_path / "e.jsonl"
     empty.write_text('{"id": 1, "caption": "   "}\n')  # its one row is a reject: no keys
     pre = prepass([empty], 16, "curate.near_dup.enabled=true")
-    assert pre.n_read == 1 and pre.kept.num_rows == 0 and pre.n_duplicates() == 0
+    assert pre.n_read == 1 and pre.n_kept == 0 and pre.kept_table().num_rows == 0 and pre.n_duplicates() == 0
     assert pre.rejected_by_reason == {S.R_BLANK: 1}
 
 

@@ -1,7 +1,7 @@
 """The pre-pass's Ray part for inputs bigger than ray.local_scan_mb: the deduplicators' keys stay
 in the object store, the losers are found by keyed shuffles (dist_dedup) and written by the
-workers; the driver receives per-block counts and samples, the kept (id, norm_hash) rows, and the
-losers' counts by reason.
+workers; the kept (id, norm_hash) rows stay in the object store too. The driver receives per-block
+counts and samples and the losers' counts by reason.
 """
 from __future__ import annotations
 
@@ -73,12 +73,20 @@ def _survivors(part: pa.Table) -> pa.Table:
     return rows.filter(pc.invert(pc.is_in(rows.column(S.POS), value_set=lost.combine_chunks()))).select([S.ID, S.NORM_HASH])
 
 
-def kept_rows(keys, losers: MaterializedDataset, rows: int) -> pa.Table:
-    """(id, norm_hash) of the keys' rows that lose no group: an anti-join by pos on the workers."""
+KEPT = pa.schema([pa.field(S.ID, pa.string()), pa.field(S.NORM_HASH, pa.int64())])
+
+
+def kept_rows(keys, losers: MaterializedDataset, rows: int) -> MaterializedDataset:
+    """(id, norm_hash) of the keys' rows that lose no group, in the object store: an anti-join by
+    pos on the workers."""
     both = per_block(keys, functools.partial(_tag, lost=0)).union(per_block(losers, functools.partial(_tag, lost=1)))
-    kept = materialized(per_key(both, [S.POS], _survivors, partitions_for(rows)))
+    return materialized(per_key(both, [S.POS], _survivors, partitions_for(rows)))
+
+
+def gather_kept(kept: MaterializedDataset) -> pa.Table:
+    """The kept rows on the driver (a full run's resume checks, tests)."""
     parts = [t for t in ray.get(kept.to_arrow_refs()) if t.num_rows]
-    return pa.concat_tables(parts).combine_chunks() if parts else pa.table({S.ID: pa.array([], pa.string()), S.NORM_HASH: pa.array([], pa.int64())})
+    return pa.concat_tables(parts).cast(KEPT).combine_chunks() if parts else KEPT.empty_table()
 
 
 def find_losers(keys, dedup: list[Deduplicator]) -> MaterializedDataset:

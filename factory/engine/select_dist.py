@@ -24,7 +24,7 @@ from ray.data import Dataset
 
 from factory import schema as S
 from factory.candidates import read_candidates
-from factory.engine.shuffle import default_partitions, materialized, per_key
+from factory.engine.shuffle import default_partitions, materialized, per_block, per_key
 from factory.select import best_of_n, check_best_by, is_current, resolve_k, top_k
 
 SCORES = pa.schema([S.CANDIDATES.field(c) for c in S.SELECT_COLUMNS if c != S.REASON]
@@ -94,6 +94,34 @@ def competing_scores(candidate_paths: list[str], competing: Competing, cpu_per_t
     read = _read_competing.options(num_cpus=cpu_per_task)
     tables, left_out = zip(*(read.remote(p, i, legacy, competing) for i, p in enumerate(candidate_paths)))
     return ray.data.from_arrow_refs(list(tables)), sum(ray.get(list(left_out)))
+
+
+CURATED = "curated"  # int8 in the join of score rows with the curated ids: 1 on an id's row
+
+
+def _tagged(block: pa.Table, curated: int) -> pa.Table:
+    """Score rows (curated 0) or curated ids (curated 1, the other columns null) in one schema."""
+    n = block.num_rows
+    cols = [block.column(f.name) if f.name in block.column_names else pa.nulls(n, f.type) for f in SCORES]
+    return pa.Table.from_arrays([*cols, pa.array(np.full(n, curated, np.int8))], schema=SCORES.append(pa.field(CURATED, pa.int8())))
+
+
+def _of_curated(part: pa.Table, repeat: int, generators: tuple[str, ...]) -> pa.Table:
+    """The score rows of a partition (all rows of its ids) that compete: select.is_current."""
+    ids = part.filter(pc.equal(part.column(CURATED), 1)).column(S.ID).combine_chunks()
+    rows = part.filter(pc.equal(part.column(CURATED), 0)).drop_columns([CURATED])
+    return rows.filter(is_current(rows, ids, repeat, list(generators)))
+
+
+def competing_by_join(candidate_paths: list[str], curated: Dataset, repeat: int, generators, cpu_per_task: float = 1.0,
+                      legacy: str | None = None) -> tuple[Dataset, int]:
+    """competing_scores with the curated ids (`curated`, one column id) as a dataset that never
+    reaches the driver or any one worker whole: score rows and ids meet in their id's partition."""
+    scores = materialized(scores_dataset(candidate_paths, cpu_per_task, legacy))
+    both = per_block(scores, functools.partial(_tagged, curated=0)).union(per_block(curated, functools.partial(_tagged, curated=1)))
+    fn = functools.partial(_of_curated, repeat=repeat, generators=tuple(generators))
+    rows = materialized(per_key(both, [S.ID], fn, default_partitions(scores, ROWS_PER_PARTITION)))
+    return rows, scores.count() - rows.count()
 
 
 def partition_best(part: pa.Table, best_by: str) -> pa.Table:
