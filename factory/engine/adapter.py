@@ -12,6 +12,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from factory import schema as S
+from factory.devices import torch_threads
 from factory.engine.placement import Placement
 from factory.stage import Stage
 
@@ -23,8 +24,9 @@ class StageActor:
     threads: int | None = None
 
     def __init__(self):
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
+        threads = torch_threads(self.threads, str(getattr(self.stage, "device", "cpu")))
+        if threads:
+            torch.set_num_threads(int(threads))
         self.stage.loaded()
         self.timed = self.stage.batch_format == "numpy"
 
