@@ -9,7 +9,7 @@ Inputs up to ray.local_scan_mb are scanned and deduplicated in this process. Big
 scanned in Ray tasks whose keys stay in the object store; the deduplicators' `shuffle_steps` then
 run as keyed shuffles across workers (factory/engine/dist_dedup.py): the same losers, and the
 driver holds only counts and the sample. The kept (id, norm_hash) rows stay in the object store
-too; a full run's resume checks gather them (Prepass.kept_table), curation and `estimate` count them.
+too: curation and `estimate` count them, a full run joins them on the workers (engine/dist_resume).
 """
 from __future__ import annotations
 
@@ -116,7 +116,6 @@ class Prepass:
     # (id, norm_hash) of the rows that pass the early filters and deduplication: on the driver or,
     # like the losers, in the object store
     kept: pa.Table | "MaterializedDataset"
-    n_kept: int
     sample: list[str]  # a uniform sample of the kept captions (at most sample_rows)
     duplicates: dict[str, int] = field(default_factory=dict)  # losers by reason
 
@@ -134,8 +133,12 @@ class Prepass:
         """All losers on the driver (tests, small inputs)."""
         return dist_prepass.gather(self.losers) if self.distributed else self.losers
 
+    @property
+    def n_kept(self) -> int:
+        return self.kept.count() if self.distributed else self.kept.num_rows  # (a dataset's count: its metadata)
+
     def kept_table(self) -> pa.Table:
-        """The kept (id, norm_hash) rows on the driver (a full run's resume checks, tests)."""
+        """The kept (id, norm_hash) rows on the driver (tests)."""
         return dist_prepass.gather_kept(self.kept) if self.distributed else self.kept
 
     def save_losers(self, path: str) -> None:
@@ -211,8 +214,8 @@ def run_prepass(paths: list[str], pipeline: Pipeline, cpu: float, local_max_mb: 
     losers = find_losers(keys, dedup)
     kept = without_rejected(keys, losers).select([S.ID, S.NORM_HASH]).combine_chunks()
     lost = set(losers.column(S.POS).to_pylist())
-    return Prepass(tally.n_read, tally.rejected(), losers, kept, kept.num_rows,
-                   merged_sample(tally.samples, lost.__contains__, sample_rows), by_reason(losers))
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.samples, lost.__contains__, sample_rows),
+                   by_reason(losers))
 
 
 def distributed_prepass(paths: list[str], scan: ScanKeys, dedup: list[Deduplicator], cpu: float, sample_rows: int) -> Prepass:
@@ -231,8 +234,8 @@ def distributed_prepass(paths: list[str], scan: ScanKeys, dedup: list[Deduplicat
     kept = dist_prepass.kept_rows(keys, losers, keys.count())
     candidates = sample_candidates(tally.samples, sample_rows)
     lost = dist_prepass.lost_among(losers, candidates.column(S.POS).to_numpy()) if candidates is not None else set()
-    return Prepass(tally.n_read, tally.rejected(), losers, kept, kept.count(),
-                   merged_sample(tally.samples, lost.__contains__, sample_rows), dist_prepass.counts_by_reason(losers))
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.samples, lost.__contains__, sample_rows),
+                   dist_prepass.counts_by_reason(losers))
 
 
 def find_losers(keys: pa.Table, dedup: list[Deduplicator]) -> pa.Table:

@@ -84,7 +84,7 @@ def kept_rows(keys, losers: MaterializedDataset, rows: int) -> MaterializedDatas
 
 
 def gather_kept(kept: MaterializedDataset) -> pa.Table:
-    """The kept rows on the driver (a full run's resume checks, tests)."""
+    """The kept rows on the driver (tests)."""
     parts = [t for t in ray.get(kept.to_arrow_refs()) if t.num_rows]
     return pa.concat_tables(parts).cast(KEPT).combine_chunks() if parts else KEPT.empty_table()
 

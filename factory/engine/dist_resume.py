@@ -36,18 +36,15 @@ from factory.select import is_current
 
 SIDE = "side"  # which table a row of a join comes from
 KEPT, CANDIDATE, REJECTED = 0, 1, 2
-# One schema for every side of the joins (columns a side lacks are null).
-JOIN = pa.schema([pa.field(S.ID, pa.string()), pa.field(S.NORM_HASH, pa.int64()), pa.field(S.SAMPLE, pa.int32()),
-                  pa.field(S.GENERATOR, pa.string()), pa.field(S.FILE, pa.int32()), pa.field(S.ROW, pa.int64()),
-                  pa.field(SIDE, pa.int8())])
+# One schema for every side of the joins (columns a side lacks are null), then the side.
+ROWS = pa.schema([pa.field(S.ID, pa.string()), pa.field(S.NORM_HASH, pa.int64()), pa.field(S.SAMPLE, pa.int32()),
+                  pa.field(S.GENERATOR, pa.string()), pa.field(S.FILE, pa.int32()), pa.field(S.ROW, pa.int64())])
 IDS = pa.schema([pa.field(S.ID, pa.string())])
 
 
 def _side(table: pa.Table, side: int) -> pa.Table:
-    """`table`'s columns of JOIN, the others null, tagged with `side`."""
-    n = table.num_rows
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type) for f in JOIN if f.name != SIDE]
-    return pa.Table.from_arrays([*cols, pa.array(np.full(n, side, np.int8))], schema=JOIN)
+    """`table` in ROWS (columns it lacks: null), tagged with `side`."""
+    return files.conform(table, ROWS).append_column(SIDE, pa.array(np.full(table.num_rows, side, np.int8)))
 
 
 @ray.remote(num_returns=2)
@@ -103,7 +100,7 @@ class Checked:
 
 
 def joined(parts: list[Dataset], rows: int, fn) -> list[dict]:
-    """`fn` of each id partition of the union of `parts` (JOIN rows), its rows back on the driver."""
+    """`fn` of each id partition of the union of `parts` (_side rows), its rows back on the driver."""
     both = functools.reduce(lambda a, b: a.union(b), parts)
     out = materialized(per_key(both, [S.ID], fn, partitions_for(rows)))
     return [r for t in ray.get(out.to_arrow_refs()) for r in t.to_pylist()]
@@ -127,7 +124,7 @@ def check(kept: MaterializedDataset, candidate_paths: list[str], legacy: str | N
 def current(curated_ids: MaterializedDataset, candidate_paths: list[str], legacy: str | None, repeat: int,
             generators: list[str], cpu: float) -> int:
     """counts.count_current of the ids `curated_ids` (one column, id) and the candidates files."""
-    return check(curated_ids, candidate_paths, legacy, repeat, generators, cpu).current if candidate_paths else 0
+    return check(curated_ids, candidate_paths, legacy, repeat, generators, cpu).current
 
 
 @ray.remote

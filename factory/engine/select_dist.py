@@ -25,6 +25,7 @@ from ray.data import Dataset
 from factory import schema as S
 from factory.candidates import read_candidates
 from factory.engine.shuffle import default_partitions, materialized, per_block, per_key
+from factory.io import files
 from factory.select import best_of_n, check_best_by, is_current, resolve_k, top_k
 
 SCORES = pa.schema([S.CANDIDATES.field(c) for c in S.SELECT_COLUMNS if c != S.REASON]
@@ -101,9 +102,7 @@ CURATED = "curated"  # int8 in the join of score rows with the curated ids: 1 on
 
 def _tagged(block: pa.Table, curated: int) -> pa.Table:
     """Score rows (curated 0) or curated ids (curated 1, the other columns null) in one schema."""
-    n = block.num_rows
-    cols = [block.column(f.name) if f.name in block.column_names else pa.nulls(n, f.type) for f in SCORES]
-    return pa.Table.from_arrays([*cols, pa.array(np.full(n, curated, np.int8))], schema=SCORES.append(pa.field(CURATED, pa.int8())))
+    return files.conform(block, SCORES).append_column(CURATED, pa.array(np.full(block.num_rows, curated, np.int8)))
 
 
 def _of_curated(part: pa.Table, repeat: int, generators: tuple[str, ...]) -> pa.Table:
