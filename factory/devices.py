@@ -1,8 +1,6 @@
 """Device and dtype names as the config writes them, checked in one line each."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -15,15 +13,6 @@ def torch_dtype(name: str, key: str = "dtype") -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"{key}={name!r}: expected one of {', '.join(sorted(DTYPES))}") from None
-
-
-def torch_threads(threads: int | None, device: str) -> int | None:
-    """The torch threads of an actor that declares `threads` (Resources.threads) and runs on `device`:
-    -1 (stage.CPU_CORES) is every core of this node on a CPU and one beside a GPU."""
-    if threads is None or threads > 0:
-        return threads
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return 1 if on_gpu else os.cpu_count() or 1
 
 
 def resolve_device(device: str, key: str = "model.device") -> str:

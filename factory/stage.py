@@ -30,12 +30,6 @@ GiB = 2**30
 # What a Python process with torch, pyarrow and a model's code imported holds before its weights
 # (measured: a tiny-model actor peaks at about 1.5 GiB; Ray Data warned at 1.9 GiB over a run).
 PROCESS_BYTES = 2 * GiB
-# Resources.threads of the stage the others wait on (the generator): torch threads for every core
-# of the node while the stage runs on a CPU, one beside a GPU (devices.torch_threads). Its partners
-# keep one thread each and the OS shares the cores while both are busy; the slower stage no longer
-# leaves a core idle while the faster one waits (benchmarks/pipeline_overhead.py on 2 cores, one
-# thread each: 0.763; the generator on both cores: 0.839 and 0.853).
-CPU_CORES = -1
 
 
 @dataclass(frozen=True)
@@ -46,7 +40,7 @@ class Resources:
     gpus: float = 0.0  # per actor while the stage's device is CUDA (0 on CPU)
     gpu_share: float | None = None  # per actor where the cluster has fewer GPUs than all stages ask for; None: what the others leave of one GPU
     memory: int = 0  # bytes of host memory per task or actor (Ray schedules by it; 0: no reservation)
-    threads: int | None = None  # torch threads per actor (None: torch's own choice; CPU_CORES, see there)
+    threads: int | None = None  # torch threads per actor (None: torch's own choice)
 
 
 @dataclass

@@ -12,7 +12,6 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from factory import schema as S
-from factory.devices import torch_threads
 from factory.engine.placement import Placement
 from factory.stage import Stage
 
@@ -24,9 +23,8 @@ class StageActor:
     threads: int | None = None
 
     def __init__(self):
-        threads = torch_threads(self.threads, str(getattr(self.stage, "device", "cpu")))
-        if threads:
-            torch.set_num_threads(int(threads))
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
         self.stage.loaded()
         self.timed = self.stage.batch_format == "numpy"
 

@@ -29,7 +29,7 @@ from factory.checks import number
 from factory.devices import resolve_device, torch_dtype
 from factory.errors import SettingError
 from factory.retry import run_in_halves
-from factory.stage import CPU_CORES, PROCESS_BYTES, GiB, Resources, Stage
+from factory.stage import PROCESS_BYTES, GiB, Resources, Stage
 from factory.synth.families import FAMILIES, NONE, Family
 from factory.synth.fp8 import (
     QUANTIZE,
@@ -237,7 +237,7 @@ class Generator(Stage):
 
     pool: ClassVar[str] = "synth"
     batch_format: ClassVar[str] = "numpy"
-    needs: ClassVar[Resources] = Resources(cpus=0.5, gpus=1.0, gpu_share=None, threads=CPU_CORES)
+    needs: ClassVar[Resources] = Resources(cpus=0.5, gpus=1.0, gpu_share=None, threads=1)
     reasons: ClassVar[tuple[str, ...]] = (S.R_BAD_IMAGE, S.R_OOM)
     speed_only: ClassVar[frozenset[str]] = frozenset({
         "device", "batch_size", "channels_last", "fuse_qkv", "compile", "compile_mode", "attention_backend",
