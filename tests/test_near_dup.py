@@ -13,7 +13,7 @@ import pytest
 from factory import schema as S
 from factory.curate import near_dup as nd
 from factory.curate.dedup import dedup_keys, find_duplicates
-from tests.fixtures.planted import NEAR_KINDS, near_variant, planted_pool
+from tests.fixtures.planted import NEAR_KINDS, distinct_caption, near_variant, planted_pool, web_caption
 
 
 def keys_table(captions, ids=None, num_perm=128, shingle_size=1):
@@ -100,8 +100,6 @@ def test_smallest_id_is_kept_numbers_before_strings():
 @pytest.mark.parametrize("kind", NEAR_KINDS)
 def test_each_edit_kind_is_caught(kind):
     rng = random.Random(kind)
-    from tests.fixtures.planted import distinct_caption
-
     originals = [distinct_caption(rng) for _ in range(40)]
     variants = [near_variant(c, kind, rng) for c in originals]
     out = nd.find_near_duplicates(keys_table(originals + variants), threshold=0.8)
@@ -110,8 +108,11 @@ def test_each_edit_kind_is_caught(kind):
     assert len(caught) >= 38, f"{kind}: caught {len(caught)} of 40"
 
 
-def test_precision_and_recall_on_planted_pool(capsys):
-    captions, truth = planted_pool(6000, near_fraction=0.12, exact_fraction=0.03, seed=7)
+@pytest.mark.parametrize("distinct, least_precision", [(distinct_caption, 0.98), (web_caption, 1.0)])
+def test_precision_and_recall_on_planted_pool(capsys, distinct, least_precision):
+    """On the slot-vocabulary pool a few originals are near duplicates of each other by chance; the
+    web-like pool (scale benchmarks) has no near duplicates but the planted ones."""
+    captions, truth = planted_pool(6000, near_fraction=0.12, exact_fraction=0.03, seed=7, distinct=distinct)
     ids = [str(i + 1) for i in range(len(captions))]
     base = pa.table({S.ID: ids, S.CAPTION: captions, S.POS: pa.array(range(len(captions)), pa.int64()),
                      S.REASON: pa.array([None] * len(captions), pa.string())})
@@ -125,9 +126,9 @@ def test_precision_and_recall_on_planted_pool(capsys):
     tp = len(found & planted)
     precision, recall = tp / len(found), tp / len(planted)
     with capsys.disabled():
-        print(f"\nnear-dup on {len(captions)} captions: {len(planted)} planted, {len(found)} found, "
+        print(f"\nnear-dup on {len(captions)} {distinct.__name__} captions: {len(planted)} planted, {len(found)} found, "
               f"precision {precision:.3f}, recall {recall:.3f}")
-    assert precision >= 0.98 and recall >= 0.95
+    assert precision >= least_precision and recall >= 0.95
     # Each caught duplicate names the keeper of its group: a kept caption whose id is at most its
     # original's (groups are transitive, so two similar originals may share one keeper).
     details = dict(zip(near.column(S.POS).to_pylist(), near.column(S.DETAIL).to_pylist()))
