@@ -104,6 +104,8 @@ def main(argv=None, run_cli=curate_process) -> tuple[float, float]:
     args = p.parse_args(argv)
     n_files = args.files or max(1, args.captions // 20_000)
     per_file = -(-args.captions // n_files)
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         inp = Path(tmp) / "input"
         inp.mkdir()

@@ -173,10 +173,12 @@ def blocks(paths: list[str], scan: ScanKeys) -> Iterator[pa.Table]:
 
 
 class Tally:
-    """The scan's per-block counts and samples, added up on the driver (small: no keys)."""
+    """The scan's per-block counts added up on the driver, and its per-block samples merged into one
+    bottom-k sample as they come: the driver holds `sample_rows` sampled captions whatever the
+    number of blocks (no keys)."""
 
-    def __init__(self):
-        self.n_read, self.counts, self.samples = 0, {}, []
+    def __init__(self, sample_rows: int):
+        self.n_read, self.counts, self.sample_rows, self.sample = 0, {}, sample_rows, None
 
     def add(self, block: pa.Table) -> None:
         for row in block.select(dist_prepass.SMALL_COLUMNS).to_pylist():
@@ -185,7 +187,8 @@ class Tally:
             self.n_read += row["rows"]
             for reason, n in zip(row["reasons"], row["counts"]):
                 self.counts[reason] = self.counts.get(reason, 0) + n
-            self.samples.append(from_ipc(row["sample"]))
+            merged = [t for t in (self.sample, from_ipc(row["sample"])) if t is not None]
+            self.sample = sample_candidates(merged, self.sample_rows)
 
     def check(self, paths: list[str]) -> None:
         if self.n_read == 0:
@@ -205,7 +208,7 @@ def run_prepass(paths: list[str], pipeline: Pipeline, cpu: float, local_max_mb: 
     scan = ScanKeys(filters=pipeline.early_filters(), dedup=dedup, sample_rows=sample_rows, seed=seed)
     if input_bytes(paths) > local_max_mb * 2**20:
         return distributed_prepass(paths, scan, dedup, cpu, sample_rows)
-    keys, tally = [], Tally()
+    keys, tally = [], Tally(sample_rows)
     for block in blocks(paths, scan):
         tally.add(block)
         keys.extend(from_ipc(b) for b in block.column("ipc").to_pylist())
@@ -214,7 +217,7 @@ def run_prepass(paths: list[str], pipeline: Pipeline, cpu: float, local_max_mb: 
     losers = find_losers(keys, dedup)
     kept = without_rejected(keys, losers).select([S.ID, S.NORM_HASH]).combine_chunks()
     lost = set(losers.column(S.POS).to_pylist())
-    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.samples, lost.__contains__, sample_rows),
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.sample, lost.__contains__),
                    by_reason(losers))
 
 
@@ -224,7 +227,7 @@ def distributed_prepass(paths: list[str], scan: ScanKeys, dedup: list[Deduplicat
     find_losers) and the kept rows by an anti-join on the workers; the driver reads the per-block
     counts, the samples and the number of kept rows."""
     scanned = dist_prepass.scan_blocks(paths, [ReadFiles(), scan], cpu)
-    tally = Tally()
+    tally = Tally(sample_rows)
     for block in dist_prepass.small_rows(scanned):
         tally.add(block)
     tally.check(paths)
@@ -232,9 +235,9 @@ def distributed_prepass(paths: list[str], scan: ScanKeys, dedup: list[Deduplicat
     del scanned  # its blocks leave the object store: the keys are materialized
     losers = dist_prepass.find_losers(keys, dedup)
     kept = dist_prepass.kept_rows(keys, losers, keys.count())
-    candidates = sample_candidates(tally.samples, sample_rows)
+    candidates = tally.sample
     lost = dist_prepass.lost_among(losers, candidates.column(S.POS).to_numpy()) if candidates is not None else set()
-    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.samples, lost.__contains__, sample_rows),
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.sample, lost.__contains__),
                    dist_prepass.counts_by_reason(losers))
 
 
@@ -255,12 +258,11 @@ def sample_candidates(samples: list[pa.Table], k: int) -> pa.Table | None:
     return pa.concat_tables(samples).sort_by([("priority", "ascending"), (S.POS, "ascending")]).slice(0, k)
 
 
-def merged_sample(samples: list[pa.Table], lost, k: int) -> list[str]:
-    """The kept captions (`lost(pos)` false) among the `k` rows of smallest priority over all blocks, in that order."""
-    t = sample_candidates(samples, k)
-    if t is None:
+def merged_sample(candidates: pa.Table | None, lost) -> list[str]:
+    """The kept captions (`lost(pos)` false) among the sample's candidates (Tally.sample), in their order."""
+    if candidates is None:
         return []
-    return [c for p, c in zip(t.column(S.POS).to_pylist(), t.column(S.CAPTION).to_pylist()) if not lost(p)]
+    return [c for p, c in zip(candidates.column(S.POS).to_pylist(), candidates.column(S.CAPTION).to_pylist()) if not lost(p)]
 
 
 def write_losers(losers: pa.Table, path: str) -> None:

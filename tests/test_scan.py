@@ -10,7 +10,8 @@ from factory.curate.near_dup import signature_column
 from factory.errors import InputError
 from factory.io.read import read_caption_file
 from factory.job import load_job
-from factory.prepass import ScanKeys, from_ipc, run_prepass
+from factory.engine import dist_prepass
+from factory.prepass import ScanKeys, Tally, from_ipc, run_prepass
 from tests.fixtures.planted import planted_pool
 
 
@@ -82,3 +83,21 @@ def test_the_sample_is_uniform_and_the_same_however_the_input_is_split(tmp_path)
     merged = pa.concat_tables([from_ipc(p.column("sample")[0].as_py()) for p in parts]).sort_by("priority").slice(0, 20)
     assert merged.column(S.CAPTION).to_pylist() == whole.sample
     assert len(set(whole.sample)) == 20
+
+
+def test_the_driver_folds_the_block_samples_into_one_bottom_k(tmp_path, ray_local):
+    """Tally holds `sample_rows` sampled rows whatever the number of blocks, fetched a window of
+    blocks at a time: the same rows as pyarrow's sort of every block's sample at once."""
+    a = tmp_path / "a.jsonl"
+    a.write_text("".join(json.dumps({"id": i, "caption": f"a calm harbour at dawn number {i}"}) + "\n" for i in range(200)))
+    table = read_caption_file(str(a), 0)
+    scanned = ray_local.data.from_arrow([ScanKeys(sample_rows=20)(table.slice(i, 10)) for i in range(0, 200, 10)]).materialize()
+    tally, held = Tally(20), []
+    for block in dist_prepass.small_rows(scanned, window=3):
+        tally.add(block)
+        held.append(tally.sample.num_rows)
+    blocks = [from_ipc(b) for t in ray_local.get(scanned.to_arrow_refs()) for b in t.column("sample").to_pylist()]
+    whole = pa.concat_tables(blocks).sort_by([("priority", "ascending"), (S.POS, "ascending")]).slice(0, 20)
+    assert len(blocks) == 20 and tally.n_read == 200
+    assert tally.sample.to_pylist() == whole.to_pylist()
+    assert max(held) == 20 and held[0] == 10  # one block's sample, then never more than sample_rows

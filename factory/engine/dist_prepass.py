@@ -6,6 +6,7 @@ counts and samples and the losers' counts by reason.
 from __future__ import annotations
 
 import functools
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,7 @@ from factory.stage import Deduplicator, Stage
 
 LOST = "lost"  # int8 in the anti-join: 1 on a loser's row
 SMALL_COLUMNS = ["sample", "rows", "reasons", "counts", "error"]  # what the driver reads of the scan's rows
+SMALL_WINDOW = 16  # blocks whose counts and samples the driver fetches at once (a sample: up to 2,000 captions)
 LOSER_ROW_GROUP = 64 * 1024  # as prepass.write_losers: a stream batch reads only the row groups of its positions
 
 
@@ -41,9 +43,14 @@ def _small(block: pa.Table) -> pa.Table:
     return block.select(SMALL_COLUMNS)
 
 
-def small_rows(scanned: MaterializedDataset) -> list[pa.Table]:
-    """The scan's rows without their keys (which stay in the object store): one small task a block."""
-    return ray.get([_small.remote(ref) for ref in scanned.to_arrow_refs()])
+def small_rows(scanned: MaterializedDataset, window: int = SMALL_WINDOW) -> Iterator[pa.Table]:
+    """The scan's rows without their keys (which stay in the object store): one small task a block,
+    fetched `window` blocks at a time, so that the driver holds one window's samples, not every block's."""
+    refs = [_small.remote(ref) for ref in scanned.to_arrow_refs()]
+    refs.reverse()
+    while refs:
+        part = [refs.pop() for _ in range(min(window, len(refs)))]
+        yield from ray.get(part)
 
 
 @ray.remote
