@@ -173,13 +173,15 @@ def start_writing(captions_file: Path, out: Path, log: Path) -> subprocess.Popen
 
 def test_sigterm_marks_the_run_stopped_and_frees_the_output(tmp_path, captions_file):
     """What `ray job stop` sends: ray.init turns SIGTERM into SystemExit in the driver."""
-    for attempt in (1, 2):
+    for attempt in (1, 2, 3):
         out, log = tmp_path / f"out{attempt}", tmp_path / f"run{attempt}.log"
         proc = start_writing(captions_file, out, log)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
-        # Once in about four CI runs Ray's core worker aborts while ray.shutdown() tears it down after
-        # a SIGTERM (exit -6, after the stop line and the manifest): that teardown gets one more try.
+        # Ray's core worker sometimes aborts while ray.shutdown() tears a local Ray down after a SIGTERM
+        # (exit -6, after the stop line and the manifest): once in about four CI runs, twice in a row on
+        # 2026-12-03. Skipping ray.shutdown() orphaned Ray's dashboard agent (tried), so the teardown
+        # stays and gets two more tries here.
         if code != -signal.SIGABRT:
             break
         assert manifest(out)["status"] == "stopped"  # recorded before the teardown aborted
