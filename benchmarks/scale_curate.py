@@ -5,9 +5,10 @@ repeated ids are written by Ray tasks into `--files` JSONL files (the benchmark'
 holds them). The originals are web-like (tests/fixtures/planted.web_caption: made-up words, so
 two originals are never near duplicates by chance): the duplicate share stays the planted 11% at
 any N, where the slot-vocabulary captions repeated themselves more as the pool grew (17% near
-duplicates at 1M, 49% at 5M, and a near-duplicate verification that outgrew the disk at 10M); then `python -m factory curate curate.near_dup.enabled=true ray.local_scan_mb=0` runs
-on them as a process of its own with a local Ray: the scan in Ray tasks, the keys and the kept rows
-in the object store, the exact and near duplicate losers by keyed shuffles
+duplicates at 1M, 49% at 5M, and a near-duplicate verification that outgrew the disk at 10M).
+Then `python -m factory curate curate.near_dup.enabled=true ray.local_scan_mb=0` runs on them
+as a process of its own with a local Ray: the scan in Ray tasks, the keys and the kept rows in the
+object store, the exact and near duplicate losers by keyed shuffles
 (factory/engine/dist_dedup.py), curated/ and rejects/ written by the workers. Its manifest gives the
 counts, the wall seconds and the driver's peak RSS (`driver_peak_rss_mib`). `--check` (small
 pools) also curates through the driver path (the default ray.local_scan_mb) and compares curated/,

@@ -235,9 +235,9 @@ def distributed_prepass(paths: list[str], scan: ScanKeys, dedup: list[Deduplicat
     del scanned  # its blocks leave the object store: the keys are materialized
     losers = dist_prepass.find_losers(keys, dedup)
     kept = dist_prepass.kept_rows(keys, losers, keys.count())
-    candidates = tally.sample
-    lost = dist_prepass.lost_among(losers, candidates.column(S.POS).to_numpy()) if candidates is not None else set()
-    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(tally.sample, lost.__contains__),
+    sample = tally.sample
+    lost = dist_prepass.lost_among(losers, sample.column(S.POS).to_numpy()) if sample is not None else set()
+    return Prepass(tally.n_read, tally.rejected(), losers, kept, merged_sample(sample, lost.__contains__),
                    dist_prepass.counts_by_reason(losers))
 
 

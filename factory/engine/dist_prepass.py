@@ -45,12 +45,10 @@ def _small(block: pa.Table) -> pa.Table:
 
 def small_rows(scanned: MaterializedDataset, window: int = SMALL_WINDOW) -> Iterator[pa.Table]:
     """The scan's rows without their keys (which stay in the object store): one small task a block,
-    fetched `window` blocks at a time, so that the driver holds one window's samples, not every block's."""
-    refs = [_small.remote(ref) for ref in scanned.to_arrow_refs()]
-    refs.reverse()
-    while refs:
-        part = [refs.pop() for _ in range(min(window, len(refs)))]
-        yield from ray.get(part)
+    `window` blocks at a time, so that the driver holds one window's samples, not every block's."""
+    blocks = scanned.to_arrow_refs()
+    for start in range(0, len(blocks), window):
+        yield from ray.get([_small.remote(ref) for ref in blocks[start:start + window]])
 
 
 @ray.remote
