@@ -10,6 +10,7 @@ local Ray other tests share. Its head has no GPU and its workers declare 2 GPUs 
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -18,10 +19,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from factory import schema as S
 from tests.conftest import factory_run
@@ -150,13 +153,24 @@ def test_workers_lost_again_and_again_do_not_stop_the_run(lost_node_run):
     assert m["counts"]["generated"] == len(kept) * REPEAT and len(kept) >= 0.95 * N_CAPTIONS
 
 
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
 def test_the_dataset_is_a_clean_runs(lost_node_run):
+    """Same ids, samples and ranks. The images are the clean run's to a grey level: the churned run
+    batches its rows with other neighbours (two actors, re-run blocks), and the denoiser's float
+    sums round with the batch, so a pixel now and then lands one level apart (seen: 2 of 12 tiny
+    images with one such pixel, batches of 4 against 3). That moves a score by about 1.5e-6."""
     out = lost_node_run[0]
     cols = [S.ID, S.SAMPLE, S.RANK]
     churned = pa.concat_tables([pq.read_table(f) for f in (out / "dataset").glob("*.parquet")]).sort_by(S.RANK)
     clean = pa.concat_tables([pq.read_table(f) for f in (out.parent / "clean" / "dataset").glob("*.parquet")]).sort_by(S.RANK)
     assert churned.select(cols).to_pylist() == clean.select(cols).to_pylist()
-    assert churned.column(S.SCORE).to_pylist() == pytest.approx(clean.column(S.SCORE).to_pylist(), abs=1e-6)
+    for a, b in zip(churned.column(S.IMAGE).to_pylist(), clean.column(S.IMAGE).to_pylist()):
+        diff = np.abs(pixels(a) - pixels(b))
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= 0.01 * diff.size
+    assert churned.column(S.SCORE).to_pylist() == pytest.approx(clean.column(S.SCORE).to_pylist(), abs=1e-5)
 
 
 def test_every_node_was_checked_for_the_local_paths(lost_node_run):
