@@ -25,12 +25,9 @@ def curation_rejected_ids(rejects_dir: str, reasons: tuple[str, ...]) -> pa.Arra
 
 
 def count_rejects(rejects_dir: str) -> tuple[int, dict]:
-    t = files.read_parquet_dir(rejects_dir, [S.REASON])
-    if t is None:
-        return 0, {}
-    counts = t.group_by(S.REASON).aggregate([(S.REASON, "count")]).to_pylist()
-    by_reason = {r[S.REASON]: r[f"{S.REASON}_count"] for r in counts}
-    return t.num_rows, dict(sorted(by_reason.items(), key=lambda kv: -kv[1]))
+    """Rows in rejects/ and their count per reason, most first (read a batch at a time)."""
+    by_reason = files.count_values(files.list_files(rejects_dir, ".parquet"), S.REASON)
+    return sum(by_reason.values()), dict(by_reason.most_common())
 
 
 def settled(reasons: pa.ChunkedArray | pa.Array):
@@ -38,25 +35,37 @@ def settled(reasons: pa.ChunkedArray | pa.Array):
     return pc.invert(pc.fill_null(pc.is_in(reasons, value_set=pa.array(S.RETRY_ON_RESUME)), False))
 
 
+CANDIDATE_COLUMNS = [S.ID, S.SAMPLE, S.GENERATOR, S.REASON]  # what counting the candidates reads
+
+
 def count_candidates(candidates_dir: str, legacy: str | None = None) -> dict:
-    """Samples in candidates/, each counted once by its best outcome: usable, else unusable for a
-    reason that stays, else one a resumed run tries again (S.RETRY_ON_RESUME). A sample can sit
-    there twice: made again after running out of memory, or by two runs at once (resume.take_over).
-    Also by generator: samples made and usable."""
+    """Samples in candidates/, each counted once by its best outcome (see tally_candidates), on the
+    driver; engine/dist_counts counts the same on the workers."""
     paths = files.list_files(candidates_dir, ".parquet")
-    if not paths:
-        return {"rows": 0, "usable": 0, "unusable": {}, "by_generator": {}}
-    t = read_candidates(paths, [S.ID, S.SAMPLE, S.GENERATOR, S.REASON], legacy)
+    return candidate_summary([tally_candidates(read_candidates(paths, CANDIDATE_COLUMNS, legacy))] if paths else [])
+
+
+def tally_candidates(t: pa.Table) -> dict[str, collections.Counter]:
+    """Samples of the rows `t` (CANDIDATE_COLUMNS), each counted once by its best outcome: usable,
+    else unusable for a reason that stays, else one a resumed run tries again (S.RETRY_ON_RESUME). A
+    sample can sit there twice: made again after running out of memory, or by two runs at once
+    (resume.take_over). Tallies of tables that share no sample add up (candidate_summary)."""
     rank = pc.if_else(pc.is_null(t.column(S.REASON)), 0, pc.if_else(settled(t.column(S.REASON)), 1, 2))
     t = t.append_column("_rank", rank).sort_by("_rank")
     # "first" skips nulls: a sample's reason is that of its best unusable row, read only where it has no usable one.
     best = t.group_by([S.ID, S.SAMPLE, S.GENERATOR], use_threads=False).aggregate([("_rank", "min"), (S.REASON, "first")])
     bad = best.filter(pc.greater(best.column("_rank_min"), 0))
-    reasons = collections.Counter(bad.column(f"{S.REASON}_first").to_pylist())
-    made = collections.Counter(best.column(S.GENERATOR).to_pylist())
-    usable = collections.Counter(best.filter(pc.equal(best.column("_rank_min"), 0)).column(S.GENERATOR).to_pylist())
-    by_generator = {str(g): {"samples": n, "usable": usable.get(g, 0)} for g, n in sorted(made.items(), key=lambda kv: str(kv[0]))}
-    return {"rows": best.num_rows, "usable": best.num_rows - bad.num_rows, "unusable": dict(reasons.most_common()),
+    return {"unusable": collections.Counter(bad.column(f"{S.REASON}_first").to_pylist()),
+            "made": collections.Counter(str(g) for g in best.column(S.GENERATOR).to_pylist()),
+            "usable": collections.Counter(str(g) for g in best.filter(pc.equal(best.column("_rank_min"), 0)).column(S.GENERATOR).to_pylist())}
+
+
+def candidate_summary(tallies: list[dict]) -> dict:
+    """The manifest's candidate counts from tallies of tables that share no sample: samples (rows),
+    usable, unusable by reason (most first), and samples made and usable by generator."""
+    total = {k: sum((collections.Counter(t[k]) for t in tallies), collections.Counter()) for k in ("unusable", "made", "usable")}
+    by_generator = {g: {"samples": n, "usable": total["usable"].get(g, 0)} for g, n in sorted(total["made"].items())}
+    return {"rows": total["made"].total(), "usable": total["usable"].total(), "unusable": dict(total["unusable"].most_common()),
             "by_generator": by_generator}
 
 

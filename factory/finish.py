@@ -2,7 +2,6 @@
 folder), the manifest's summary and the report."""
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from factory.counts import (
     count_rejects,
     curation_rejected_ids,
 )
-from factory.engine import dist_resume, select_dist
+from factory.engine import dist_counts, dist_resume, select_dist
 from factory.engine.select import write_selected
 from factory.errors import RunError
 from factory.export import write_exports
@@ -34,8 +33,14 @@ log = logging.getLogger("factory")
 
 
 def record_counts(job: Job, scan: Scan, dirs: dict, counts: dict) -> None:
+    """Rejects and candidates counted from their files: the candidates on the workers where
+    selection is distributed (see `select`), so the driver never reads every candidate's row."""
     n_rejected, by_reason = count_rejects(dirs["rejects"])
-    cands = count_candidates(dirs["candidates"], scan.legacy)
+    sizes = files.file_sizes(dirs["candidates"], ".parquet")
+    if scan.prepass.distributed or sum(sizes.values()) > job.settings.ray.local_select_mb * 2**20:
+        cands = dist_counts.count_candidates(list(sizes), scan.legacy, float(job.config["resources"]["cpu_task_cpus"]))
+    else:
+        cands = count_candidates(dirs["candidates"], scan.legacy)
     for f in job.pipeline.late_filters():
         if (side := f.side_counts(dirs["output"])) is not None:
             counts[f.name] = side
@@ -152,8 +157,7 @@ def made_this_run(dirs: dict, scan: Scan) -> dict[str, int]:
     new = scan.new_files(dirs["candidates"])
     if not new:
         return {}
-    names = files.read_parquet_files(new, [S.GENERATOR], schema=S.CANDIDATES).column(S.GENERATOR).to_pylist()
-    return dict(collections.Counter(str(g) for g in names))
+    return {str(g): n for g, n in files.count_values(new, S.GENERATOR, schema=S.CANDIDATES).items()}
 
 
 def finish(job: Job, scan: Scan, dirs: dict, manifest: Manifest, generated: dict, t_start: float) -> dict:

@@ -115,7 +115,8 @@ def test_distributed_paths_give_the_local_result(tmp_path, ray_local):
 def test_scale_benchmark_checks_itself_against_the_driver(ray_local, tmp_path):
     """benchmarks/scale_curate.py at a tiny size, its curate runs through main() on this session's
     Ray: the distributed curation's curated/, rejects/ and counts equal the driver path's (it exits
-    otherwise); its last line is captions/s and the driver's peak RSS from the manifest."""
+    otherwise); its last line is captions/s and the driver's peak RSS from the manifest. Six files:
+    the keys of the six scanned blocks go into the shuffles joined into four (dist_prepass.keys_dataset)."""
     from benchmarks import scale_curate
 
     def run_cli(argv):
@@ -123,5 +124,5 @@ def test_scale_benchmark_checks_itself_against_the_driver(ray_local, tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         return done.returncode
 
-    rate, rss = scale_curate.main(["--captions", "600", "--files", "2", "--check", "--dir", str(tmp_path)], run_cli=run_cli)
+    rate, rss = scale_curate.main(["--captions", "600", "--files", "6", "--check", "--dir", str(tmp_path)], run_cli=run_cli)
     assert rate > 0 and rss > 100  # MiB: a driver with torch and Ray imported

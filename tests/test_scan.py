@@ -101,3 +101,32 @@ def test_the_driver_folds_the_block_samples_into_one_bottom_k(tmp_path, ray_loca
     assert len(blocks) == 20 and tally.n_read == 200
     assert tally.sample.to_pylist() == whole.to_pylist()
     assert max(held) == 20 and held[0] == 10  # one block's sample, then never more than sample_rows
+
+
+def test_the_keys_join_adjacent_blocks_and_keep_every_row(tmp_path, ray_local):
+    """keys_dataset joins adjacent scanned blocks (fewer map outputs in every shuffle after it, all
+    owned by the driver) into at least two blocks per CPU, and loses, repeats or changes no key."""
+    scanned = ray_local.data.from_arrow([ScanKeys()(read_caption_file(str(write_file(tmp_path / f"{f}.jsonl", f)), f))
+                                         for f in range(6)]).materialize()
+    apart = dist_prepass.keys_dataset(scanned, from_ipc, ScanKeys().empty_keys(), block_bytes=1)
+    joined = dist_prepass.keys_dataset(scanned, from_ipc, ScanKeys().empty_keys(), block_bytes=2**40)
+    assert (scanned.num_blocks(), apart.num_blocks(), joined.num_blocks()) == (6, 6, 4)  # 2 per CPU on the session's 2-CPU Ray
+    each = [from_ipc(b) for t in ray_local.get(scanned.to_arrow_refs()) for b in t.column("ipc").to_pylist()]
+    reference = pa.concat_tables(each).sort_by(S.POS).to_pylist()
+    for ds in (apart, joined):
+        assert pa.concat_tables(ray_local.get(ds.to_arrow_refs())).sort_by(S.POS).to_pylist() == reference
+    assert len(reference) == len({r[S.POS] for r in reference}) == 6 * 30
+
+
+def write_file(path, f: int):
+    path.write_text("".join(json.dumps({"id": f"{f}-{i}", "caption": f"a quiet street in town {f} at hour {i}"}) + "\n" for i in range(30)))
+    return path
+
+
+def test_runs_are_contiguous_cover_every_block_and_split_the_bytes_evenly():
+    sizes = [5, 1, 1, 1, 8, 0, 2, 2, 9, 3]
+    for n in range(1, len(sizes) + 1):
+        r = dist_prepass.runs(sizes, n)
+        assert [i for run in r for i in run] == list(range(len(sizes))) and 0 < len(r) <= n and all(r)
+        assert max(sum(sizes[i] for i in run) for run in r) <= sum(sizes) / n + max(sizes)
+    assert dist_prepass.runs([0, 0, 0], 2) == [[0, 1], [2]]

@@ -304,9 +304,4 @@ class VerdictLog(Stage):
 
 def count_verdicts(directory: str) -> dict:
     """{yes, no, unparseable} over the verdict log (zeros when nothing was judged)."""
-    counts = dict.fromkeys(VERDICTS, 0)
-    t = files.read_parquet_dir(directory, [S.VERDICT])
-    if t is not None:
-        for row in t.group_by(S.VERDICT).aggregate([(S.VERDICT, "count")]).to_pylist():
-            counts[row[S.VERDICT]] = row[f"{S.VERDICT}_count"]
-    return counts
+    return {**dict.fromkeys(VERDICTS, 0), **files.count_values(files.list_files(directory, ".parquet"), S.VERDICT)}
