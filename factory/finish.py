@@ -157,7 +157,7 @@ def made_this_run(dirs: dict, scan: Scan) -> dict[str, int]:
     new = scan.new_files(dirs["candidates"])
     if not new:
         return {}
-    return {str(g): n for g, n in files.count_values(new, S.GENERATOR, schema=S.CANDIDATES).items()}
+    return {str(g): n for g, n in files.count_values(new, S.GENERATOR).items()}
 
 
 def finish(job: Job, scan: Scan, dirs: dict, manifest: Manifest, generated: dict, t_start: float) -> dict:

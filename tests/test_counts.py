@@ -49,3 +49,9 @@ def test_candidates_counted_on_the_workers_equal_the_drivers_count(tmp_path, ray
     usable = t.filter(pc.is_null(t.column(S.REASON))).group_by([S.ID, S.SAMPLE]).aggregate([]).num_rows
     assert local["usable"] == usable < local["rows"] and local["by_generator"] == {"g": {"samples": local["rows"], "usable": usable}}
     assert dist_counts.count_candidates([], None, 0.25) == count_candidates(str(tmp_path / "none"))
+
+
+def test_a_file_without_the_column_counts_its_rows_as_none(tmp_path):
+    pq.write_table(pa.table({S.ID: ["a", "b"]}), tmp_path / "old.parquet")
+    pq.write_table(pa.table({S.ID: ["c"], S.GENERATOR: ["g"]}), tmp_path / "new.parquet")
+    assert files.count_values(files.list_files(str(tmp_path), ".parquet"), S.GENERATOR) == {None: 2, "g": 1}

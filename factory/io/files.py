@@ -119,16 +119,20 @@ def read_parquet_dir(directory: str, columns: list[str], filter=None, schema: pa
     return read_parquet_files(paths, columns, filter, schema) if paths else None
 
 
-def count_values(paths: list[str], column: str, schema: pa.Schema | None = None) -> collections.Counter:
-    """Rows per value of `column` (None for nulls) over the Parquet files `paths` (see
-    parquet_dataset), read a batch at a time with one batch of read-ahead: the memory it takes is the
-    same whatever the files hold (rejects/ of a billion-caption curation)."""
+def count_values(paths: list[str], column: str) -> collections.Counter:
+    """Rows per value of `column` (None for nulls, and for every row of a file without it) over the
+    Parquet files `paths`, one file open at a time and read a batch at a time: the memory it takes is
+    the same whatever the files hold (rejects/ of a billion-caption curation). A pyarrow dataset over
+    all of them took ~15 KB a file: +149 MiB over 10,000 files, where this takes +7 MiB."""
     counts: collections.Counter = collections.Counter()
-    batches = parquet_dataset(paths, schema).to_batches(columns=[column], batch_size=COUNT_BATCH_ROWS, batch_readahead=1,
-                                                        fragment_readahead=1) if paths else ()
-    for batch in batches:
-        for row in pc.value_counts(batch.column(0)).to_pylist():
-            counts[row["values"]] += row["counts"]
+    for path in paths:
+        with open_input_file(path) as f, pq.ParquetFile(f) as parquet:
+            if column not in parquet.schema_arrow.names:
+                counts[None] += parquet.metadata.num_rows
+                continue
+            for batch in parquet.iter_batches(batch_size=COUNT_BATCH_ROWS, columns=[column]):
+                for row in pc.value_counts(batch.column(0)).to_pylist():
+                    counts[row["values"]] += row["counts"]
     return counts
 
 
