@@ -139,23 +139,39 @@ class OutputLock:
                 "(resume.take_over=true starts now, and the other run stops)"
             )
         self.mine["since"] = time.time()  # when this run took the output: `status` tells a starting run by it
-        self._beat()
-        # Two runs that both found no lock both wrote one: the later write wins, and the run whose
-        # lock was overwritten sees it here (or, if its write came later still, the other run's
-        # heartbeat thread sees it and that run stops at its next batch).
-        time.sleep(min(1.0, self.beat_s / 4))
-        now = self.holder()
-        if now is not None and now["token"] != self.mine["token"]:
-            raise OutputInUseError(
-                f"{self.path.rsplit('/', 1)[0]} was taken at the same moment by a run on {now['host']} (pid {now['pid']}): "
-                "this run leaves it to that one"
-            )
+        # Where no lock was, it is made in one exclusive step (local disks, NFS): of two runs that
+        # both found none, the file system lets one make it, and the other leaves at once.
+        made = files.create_exclusive(self.path, files.json_bytes(self._record())) if other is None else None
+        if made is False and (now := self.holder()) is not None:
+            raise self._raced(now)
+        if not made:
+            self._overwrite_and_settle()
         self._thread = threading.Thread(target=self._run, name="factory-output-lock", daemon=True)
         self._thread.start()
         return other
 
+    def _overwrite_and_settle(self) -> None:
+        """Replace the lock (one gone, or on storage without an exclusive step). Two runs that both
+        did so: the later write wins, and the run whose lock was overwritten sees it here (or, if
+        its write came later still, the other run's heartbeat thread sees it and that run stops at
+        its next batch)."""
+        self._beat()
+        time.sleep(min(1.0, self.beat_s / 4))
+        now = self.holder()
+        if now is not None and now["token"] != self.mine["token"]:
+            raise self._raced(now)
+
+    def _raced(self, now: dict) -> OutputInUseError:
+        return OutputInUseError(
+            f"{self.path.rsplit('/', 1)[0]} was taken at the same moment by a run on {now['host']} (pid {now['pid']}): "
+            "this run leaves it to that one"
+        )
+
+    def _record(self) -> dict:
+        return dict(self.mine, heartbeat=time.time())
+
     def _beat(self) -> None:
-        files.write_json_atomic(self.path, dict(self.mine, heartbeat=time.time()))
+        files.write_json_atomic(self.path, self._record())
 
     def _run(self) -> None:
         while not self._stop.wait(self.beat_s):

@@ -102,7 +102,56 @@ def test_a_gone_run_is_taken_over(tmp_path, case):
     lock.release()
 
 
-def test_of_two_runs_started_at_once_the_overwritten_one_leaves(tmp_path):
+def test_of_two_runs_started_at_once_on_a_local_output_one_takes_it_and_neither_waits(tmp_path, monkeypatch):
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # the settling wait of storage without an exclusive step
+    locks = [OutputLock(str(tmp_path / "out"), beat_s=60) for _ in range(2)]
+    barrier, outcome = threading.Barrier(2), {}
+
+    def start(i):
+        barrier.wait()
+        try:
+            locks[i].acquire()
+            outcome[i] = "took it"
+        except OutputInUseError as e:
+            outcome[i] = str(e)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, o in outcome.items() if o == "took it"]
+    assert len(winners) == 1, outcome
+    assert f"(pid {os.getpid()})" in outcome[1 - winners[0]]  # the other one was refused, naming the winner
+    assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["token"] == locks[winners[0]].mine["token"]
+    assert slept == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [LOCK_NAME]  # no temporary file left
+    locks[winners[0]].release()
+
+
+def test_a_run_whose_look_came_before_another_runs_lock_leaves_at_once(tmp_path, monkeypatch):
+    lock = OutputLock(str(tmp_path))
+    looks, real = [], lock.holder
+
+    def holder():  # its first look finds nothing; then the other run's lock lands
+        looks.append(1)
+        if len(looks) == 1:
+            write_lock(tmp_path, "head-7", 4242)
+            return None
+        return real()
+
+    monkeypatch.setattr(lock, "holder", holder)
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    with pytest.raises(OutputInUseError, match=r"taken at the same moment by a run on head-7 \(pid 4242\)"):
+        lock.acquire()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["token"] == "other"  # the winner's lock stays
+    assert slept == []
+
+
+def test_of_two_runs_taking_over_a_gone_lock_at_once_the_overwritten_one_leaves(tmp_path):
+    write_lock(tmp_path, socket.gethostname(), dead_pid())  # gone: replaced, then settled
     lock = OutputLock(str(tmp_path), beat_s=2.0)  # it checks its lock again 0.5 s after writing it
     outcome = []
 
@@ -115,7 +164,7 @@ def test_of_two_runs_started_at_once_the_overwritten_one_leaves(tmp_path):
 
     thread = threading.Thread(target=start)
     thread.start()
-    while not (tmp_path / LOCK_NAME).exists():
+    while json.loads((tmp_path / LOCK_NAME).read_text())["token"] != lock.mine["token"]:
         time.sleep(0.005)
     write_lock(tmp_path, "head-7", 4242)  # the other run's write lands just after this one's
     thread.join()

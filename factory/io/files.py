@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import errno
 import fnmatch
 import glob
 import io
@@ -286,8 +287,38 @@ def write_bytes_atomic(path: str, data: bytes, make_parent: bool = True) -> None
     fs.move(tmp, p)
 
 
+def create_exclusive(path: str, data: bytes) -> bool | None:
+    """Write `path` whole, only if no file is there, in one step no other writer can come between:
+    True if this call made it, False if a file was there. A hard link of a finished temporary file
+    is atomic and exclusive on local disks and on NFS. None where the storage has no such step (an
+    object store; a file system without hard links): the caller settles races its own way."""
+    fs, p = resolve(path)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    parent, name = p.rsplit("/", 1)
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, p)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK):
+            return None  # no hard links here
+        raise
+    finally:
+        os.unlink(tmp)
+
+
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+
+
 def write_json_atomic(path: str, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(obj))
 
 
 def write_parquet_atomic(path: str, table: pa.Table, compression: str = "zstd", make_parent: bool = True,
