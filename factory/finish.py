@@ -32,12 +32,18 @@ from factory.stages import generator_summary, stage_summary
 log = logging.getLogger("factory")
 
 
-def record_counts(job: Job, scan: Scan, dirs: dict, counts: dict) -> None:
+def on_workers(job: Job, scan: Scan, sizes: dict[str, int]) -> bool:
+    """Whether the candidates are counted and selected on the workers, so that the driver never
+    reads every candidate's row: after a distributed pre-pass (the curated ids stay on the workers),
+    or where candidates/ (`sizes`: bytes per file) is above ray.local_select_mb."""
+    return scan.prepass.distributed or sum(sizes.values()) > job.settings.ray.local_select_mb * 2**20
+
+
+def record_counts(job: Job, scan: Scan, dirs: dict, sizes: dict[str, int], counts: dict) -> None:
     """Rejects and candidates counted from their files: the candidates on the workers where
-    selection is distributed (see `select`), so the driver never reads every candidate's row."""
+    selection runs there (`on_workers`)."""
     n_rejected, by_reason = count_rejects(dirs["rejects"])
-    sizes = files.file_sizes(dirs["candidates"], ".parquet")
-    if scan.prepass.distributed or sum(sizes.values()) > job.settings.ray.local_select_mb * 2**20:
+    if on_workers(job, scan, sizes):
         cands = dist_counts.count_candidates(list(sizes), scan.legacy, float(job.config["resources"]["cpu_task_cpus"]))
     else:
         cands = count_candidates(dirs["candidates"], scan.legacy)
@@ -98,26 +104,24 @@ def select(job: Job, scan: Scan, dirs: dict, sizes: dict[str, int], counts: dict
     (engine/select_dist: the same rows, ties included). After a distributed pre-pass, always the
     latter, with the curated ids joined to the score rows on the workers."""
     s, cpu = job.settings, float(job.config["resources"]["cpu_task_cpus"])
-    if scan.prepass.distributed:  # the curated ids stay on the workers: so does selection
+    if not on_workers(job, scan, sizes):
+        return select_top_k(competing(job, scan, dirs, list(sizes), counts), s.select.k, s.select.fraction, s.select.best_by)
+    if scan.prepass.distributed:  # the curated ids stay on the workers: joined to the score rows there
         curated = curated_on_workers(job, scan, dirs, counts)
         rows, counts["not_competing"] = select_dist.competing_by_join(list(sizes), curated, s.synth.repeat,
                                                                       job.pipeline.generator_names(), cpu, scan.legacy)
-        warn_not_competing(counts, dirs)
-        return select_dist.select_top_k_distributed(rows, s.select.k, s.select.fraction, s.select.best_by)
-    if sum(sizes.values()) <= s.ray.local_select_mb * 2**20:
-        return select_top_k(competing(job, scan, dirs, list(sizes), counts), s.select.k, s.select.fraction, s.select.best_by)
-    curated = curated_ids(job, scan, dirs, counts)
-    which = select_dist.Competing.of(curated, s.synth.repeat, tuple(job.pipeline.generator_names()))
-    rows, counts["not_competing"] = select_dist.competing_scores(list(sizes), which, cpu, scan.legacy)
+    else:
+        curated = curated_ids(job, scan, dirs, counts)
+        which = select_dist.Competing.of(curated, s.synth.repeat, tuple(job.pipeline.generator_names()))
+        rows, counts["not_competing"] = select_dist.competing_scores(list(sizes), which, cpu, scan.legacy)
     warn_not_competing(counts, dirs)
     return select_dist.select_top_k_distributed(rows, s.select.k, s.select.fraction, s.select.best_by)
 
 
-def select_into_dataset(job: Job, scan: Scan, dirs: dict, manifest: Manifest) -> pa.Table:
+def select_into_dataset(job: Job, scan: Scan, dirs: dict, sizes: dict[str, int], manifest: Manifest) -> pa.Table:
     """Selection, written to a staging folder with the exports, then moved to dataset/ whole."""
     s, counts, wall = job.settings, manifest.data["counts"], manifest.data["wall_seconds"]
     t = time.perf_counter()
-    sizes = files.file_sizes(dirs["candidates"], ".parquet")
     chosen, threshold, n_competing = select(job, scan, dirs, sizes, counts)
     staging = files.join(dirs["output"], f".dataset-staging-{os.getpid()}")
     files.delete_dir(staging)
@@ -163,9 +167,10 @@ def made_this_run(dirs: dict, scan: Scan) -> dict[str, int]:
 def finish(job: Job, scan: Scan, dirs: dict, manifest: Manifest, generated: dict, t_start: float) -> dict:
     """Counts, selection, the stage summary, status complete, and the report; returns the manifest."""
     data, wall = manifest.data, manifest.data["wall_seconds"]
-    record_counts(job, scan, dirs, data["counts"])
+    sizes = files.file_sizes(dirs["candidates"], ".parquet")  # listed once: nothing writes candidates/ from here on
+    record_counts(job, scan, dirs, sizes, data["counts"])
     manifest.guard()  # a fresh look at the lock: the next steps replace the run's outputs
-    chosen = select_into_dataset(job, scan, dirs, manifest)
+    chosen = select_into_dataset(job, scan, dirs, sizes, manifest)
     wall["total"] = round(time.perf_counter() - t_start, 3)
     data["busy_seconds"] = {k: round(v, 3) for k, v in generated["busy"].items()}
     data["ray_operators"] = generated["operators"]
