@@ -93,7 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--captions", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=1,
-                    help="loop and pipeline alternated this many times (fresh outputs; Ray stays up); the median ratio last")
+                    help="loop and pipeline alternated this many times (fresh outputs, a Ray of its own per pipeline run); the median ratio last")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for the pipeline's run (e.g. resources.synth.torch_threads=2); repeatable")

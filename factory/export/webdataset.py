@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import uuid
 
 from factory import schema as S
 from factory.export.common import dataset_batches, image_extension, sample_name
@@ -34,7 +33,7 @@ class _ShardWriter:
     def _open(self) -> None:
         self.index += 1
         name = SHARD_PATTERN % self.index
-        self.tmp, self.final = f"{self.root}/.{name}.{uuid.uuid4().hex[:8]}.tmp", f"{self.root}/{name}"
+        self.tmp, self.final = files.temp_path(self.root, name), f"{self.root}/{name}"
         self.stream = self.fs.open_output_stream(self.tmp)
         self.tar = tarfile.open(fileobj=self.stream, mode="w")  # plain tar writes forward only: any filesystem
         self.in_shard = 0

@@ -264,6 +264,11 @@ class NotSharedError(FileNotFoundError):
     """A worker was asked to write into a local folder that is not there on its node."""
 
 
+def temp_path(parent: str, name: str) -> str:
+    """A hidden temporary file beside `name`, which remove_stale_temp knows as a killed run's leftover."""
+    return f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+
+
 def write_bytes_atomic(path: str, data: bytes, make_parent: bool = True) -> None:
     """Write beside the target under a hidden name, then rename: readers see all or nothing.
 
@@ -281,7 +286,7 @@ def write_bytes_atomic(path: str, data: bytes, make_parent: bool = True) -> None
             f"{parent} is missing on host {socket.gethostname()}, though the run made it: this node does not "
             "share the run's storage; mount it there, or use a URI output (s3://, gs://)"
         )
-    tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = temp_path(parent, name)
     with fs.open_output_stream(tmp) as f:
         f.write(data)
     fs.move(tmp, p)
@@ -297,7 +302,7 @@ def create_exclusive(path: str, data: bytes) -> bool | None:
         return None
     parent, name = p.rsplit("/", 1)
     os.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = temp_path(parent, name)
     with open(tmp, "wb") as f:
         f.write(data)
     try:
